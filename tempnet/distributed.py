@@ -1,0 +1,102 @@
+"""The only place library code touches torch.distributed: rank/world size and gathers.
+
+Every function is the identity (or (1, 0)) when no process group is initialised, so the losses
+have one code path for one process and for many.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["world_size_and_rank", "is_main_process", "gather_with_grad", "gather_ids", "all_reduce_mean",
+           "init_from_env", "destroy"]
+
+
+def world_size_and_rank() -> tuple[int, int]:
+    """(world size, rank), or (1, 0) when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def is_main_process() -> bool:
+    return world_size_and_rank()[1] == 0
+
+
+def _all_gather(x: torch.Tensor) -> list[torch.Tensor]:
+    world, _ = world_size_and_rank()
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    if len({int(s) for s in sizes}) != 1:
+        raise ValueError(f"every rank must pass the same batch size to a gathered loss, got {[int(s) for s in sizes]}"
+                         " (use drop_last=True in the data loader)")
+    out = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(out, x.contiguous())
+    return out
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward hands each rank the gradient of its own slice.
+
+    The losses compute the same global-batch loss on every rank, so each rank's gradient of the
+    gathered tensor is already complete: no reduction is needed, and the gradient reaching a rank's
+    local features equals a single process's gradient on the concatenated batch.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        _, rank = world_size_and_rank()
+        ctx.rank, ctx.size = rank, x.shape[0]
+        return torch.cat(_all_gather(x), dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's x [B, ...] into [W * B, ...] in rank order, keeping the local gradient."""
+    if world_size_and_rank()[0] == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's dataset indices [B] into [W * B] in rank order (no gradient)."""
+    if world_size_and_rank()[0] == 1:
+        return ids
+    return torch.cat(_all_gather(ids), dim=0)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of x over ranks (for logging global-batch metrics); a copy, x is untouched."""
+    world, _ = world_size_and_rank()
+    if world == 1:
+        return x.detach().clone()
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / world
+
+
+def init_from_env(backend: str | None = None) -> tuple[int, int, int]:
+    """Initialise the default process group from torchrun's variables if they are set.
+
+    Returns (world size, rank, local rank). Picks nccl when CUDA is available, else gloo.
+    """
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend)
+    world, rank = world_size_and_rank()
+    return world, rank, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def destroy() -> None:
+    """Tear down the process group (a gloo run can abort at exit without it)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

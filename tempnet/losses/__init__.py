@@ -1,0 +1,18 @@
+"""The paper's losses: robust next-token loss (lm) and global contrastive losses (contrastive)."""
+
+from tempnet.losses.contrastive import ClipLoss, CompositionalState, CyClipLoss, ISogCLRLoss, RobustGCLoss, SogCLRLoss
+from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective, dro_lm_loss, objective_terms, tempered_ce_loss
+
+#: Contrastive losses by the names the Bimodal-CL trainer and configs use.
+CONTRASTIVE_LOSSES = {
+    "clip": ClipLoss,
+    "cyclip": CyClipLoss,
+    "sogclr": SogCLRLoss,
+    "isogclr": ISogCLRLoss,
+    "isogclr_tempnet": RobustGCLoss,
+}
+
+__all__ = [
+    "dro_lm_loss", "tempered_ce_loss", "objective_terms", "LMObjective", "OBJECTIVES", "build_objective",
+    "ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss", "CompositionalState", "CONTRASTIVE_LOSSES",
+]

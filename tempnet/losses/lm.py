@@ -1,0 +1,152 @@
+"""Next-token losses with a temperature: the paper's robust (DRO) loss and the ablation objectives.
+
+For one position with logits z [V], label y, temperature tau and KL budget rho:
+
+    L(z, y, tau) = tau * log( (1/V) * sum_k exp((z_k - z_y) / tau) ) + tau * rho
+                 = tau * CE(z / tau, y) + tau * (rho - log V)
+
+This is the dual of max_{p: KL(p, uniform) <= rho} E_p[z_k - z_y]: the tau minimising it is the one
+where KL(softmax(z / tau) || uniform) = rho. Both z and tau receive gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tempnet.modules import FixedTemperature, GlobalTemperature, TempNet
+
+__all__ = ["dro_lm_loss", "tempered_ce_loss", "LMObjective", "OBJECTIVES", "build_objective"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _prepare(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor | float, reduction: str):
+    """Validate shapes and return (logits32 [N, V], labels [N], tau32 [N])."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [N, V], got shape {tuple(logits.shape)}")
+    n = logits.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels must be [N]={n}, got shape {tuple(labels.shape)} for logits {tuple(logits.shape)}")
+    if not torch.is_tensor(tau):
+        tau = torch.full((n,), float(tau), device=logits.device)
+    if tau.shape not in ((n,), (n, 1)):
+        raise ValueError(f"tau must be [N] or [N, 1] with N={n}, got shape {tuple(tau.shape)}")
+    if torch.isnan(logits).any():
+        raise ValueError("logits contain NaN")
+    return logits.float(), labels, tau.reshape(n).float()
+
+
+def _reduce(per_position: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_position
+    total = per_position.sum()
+    return total if reduction == "sum" else total / valid.sum().clamp(min=1)
+
+
+def tempered_ce_loss(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor | float,
+                     ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of z / tau: the plain objective with a (possibly per-position) temperature.
+
+    Args:
+        logits: [N, V]; labels: [N]; tau: [N], [N, 1] or a float.
+    Returns:
+        a scalar, or [N] (zero at ignored positions) with reduction="none". float32.
+    """
+    z, labels, tau = _prepare(logits, labels, tau, reduction)
+    ce = F.cross_entropy(z / tau[:, None], labels, ignore_index=ignore_index, reduction="none")  # [N]
+    return _reduce(ce, labels != ignore_index, reduction)
+
+
+def dro_lm_loss(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor | float, rho: float,
+                ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """The robust next-token loss tau * CE(z / tau, y) + tau * (rho - log V) of PAPER.md.
+
+    Positions whose label is `ignore_index` contribute nothing (neither the CE term nor the
+    tau * (rho - log V) term), and the mean is over the remaining positions.
+
+    Args:
+        logits: [N, V] in any float dtype; labels: [N]; tau: [N] or [N, 1] (or a float); rho >= 0.
+    Returns:
+        a scalar, or [N] (zero at ignored positions) with reduction="none". float32.
+    """
+    if not rho >= 0:
+        raise ValueError(f"rho (the KL budget) must be >= 0, got {rho}")
+    z, labels, tau = _prepare(logits, labels, tau, reduction)
+    valid = labels != ignore_index
+    ce = F.cross_entropy(z / tau[:, None], labels, ignore_index=ignore_index, reduction="none")  # [N]
+    per_position = tau * (ce + (rho - math.log(z.shape[-1]))) * valid
+    return _reduce(per_position, valid, reduction)
+
+
+class LMObjective(nn.Module):
+    """A temperature source plus a loss: the unit the paper's ablation table varies.
+
+    forward(logits [N, V], labels [N]) -> dict with
+        "loss":     the term to minimise (scalar, float32)
+        "ce":       cross-entropy of z / tau, detached (the tempered model's NLL, for logging)
+        "tau_mean", "tau_min", "tau_max": statistics over the non-ignored positions, detached
+    The temperature source reads the detached logits, so it never sends gradient into the model.
+    """
+
+    def __init__(self, temperature: nn.Module, robust: bool, rho: float = 0.0, ignore_index: int = -100):
+        super().__init__()
+        if robust and not rho >= 0:
+            raise ValueError(f"rho (the KL budget) must be >= 0, got {rho}")
+        self.temperature, self.robust, self.rho, self.ignore_index = temperature, robust, float(rho), ignore_index
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        tau = self.temperature(logits.detach())  # [N, 1]
+        return objective_terms(logits, labels, tau, self.robust, self.rho, self.ignore_index)
+
+
+def objective_terms(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor, robust: bool, rho: float,
+                    ignore_index: int = -100) -> dict[str, torch.Tensor]:
+    """The loss dict of `LMObjective` for a tau already predicted: shared with the HF wrapper."""
+    ce = tempered_ce_loss(logits, labels, tau, ignore_index)
+    loss = dro_lm_loss(logits, labels, tau, rho, ignore_index) if robust else ce
+    valid = labels != ignore_index
+    t = tau.detach().reshape(-1)[valid] if valid.any() else tau.detach().reshape(-1)
+    return {"loss": loss, "ce": ce.detach(), "tau_mean": t.mean(), "tau_min": t.min(), "tau_max": t.max()}
+
+
+def _ce(vocab_size: int, *, tau: float = 1.0, **_) -> LMObjective:
+    return LMObjective(FixedTemperature(tau), robust=False)
+
+
+def _dro(vocab_size: int, *, rho: float = 8.0, tau: float = 1.0, tau_min: float = 0.01, tau_max: float = 2.0, **_):
+    return LMObjective(GlobalTemperature(tau, tau_min, tau_max), robust=True, rho=rho)
+
+
+def _tempnet(robust: bool) -> Callable[..., LMObjective]:
+    def build(vocab_size: int, *, rho: float = 8.0, tau_min: float = 0.01, tau_max: float = 2.0,
+              hidden_size: int = 256, dropout: float = 0.5, **_) -> LMObjective:
+        net = TempNet(vocab_size, hidden_size, tau_min, tau_max, dropout)
+        return LMObjective(net, robust=robust, rho=rho)
+    return build
+
+
+#: The ablation table's rows by name: (no TempNet, no DRO), (DRO only), (TempNet only), (both).
+OBJECTIVES: dict[str, Callable[..., LMObjective]] = {
+    "ce": _ce,
+    "dro": _dro,
+    "tempnet_ce": _tempnet(robust=False),
+    "tempnet_dro": _tempnet(robust=True),
+}
+
+
+def build_objective(name: str, vocab_size: int, **kwargs) -> LMObjective:
+    """OBJECTIVES[name](vocab_size, **kwargs) with a clear error for an unknown name.
+
+    kwargs: tau (fixed / initial tau), rho, tau_min, tau_max, hidden_size, dropout; each objective
+    takes the ones it needs.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](vocab_size, **kwargs)

@@ -1,0 +1,187 @@
+"""Temperature predictors: the paper's TempNets and the two non-network baselines.
+
+Every module here maps model outputs to a temperature and nothing else: the losses in
+`tempnet.losses` consume tau, the modules only predict it. All math runs in float32 whatever
+the dtype of the inputs or parameters (the released checkpoints store TempNet in fp16).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TempNet", "PrototypeTempNet", "GlobalTemperature", "FixedTemperature", "check_tau_range"]
+
+
+def check_tau_range(tau_min: float, tau_max: float) -> None:
+    """Raise a ValueError unless 0 < tau_min < tau_max."""
+    if not tau_min > 0:
+        raise ValueError(f"tau_min must be positive, got tau_min={tau_min}")
+    if not tau_min < tau_max:
+        raise ValueError(f"tau_min must be smaller than tau_max, got tau_min={tau_min} >= tau_max={tau_max}")
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    if torch.isnan(x).any():
+        raise ValueError(f"{what} contain NaN")
+
+
+def _squash(r: torch.Tensor, tau_min: float, tau_max: float) -> torch.Tensor:
+    """Output layer of both TempNets: tau = (tau_max - tau_min) * sigmoid(r) + tau_min."""
+    return (tau_max - tau_min) * torch.sigmoid(r) + tau_min
+
+
+def _linear32(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`layer(x)` in float32 even when the layer's parameters are half precision."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x, layer.weight.float(), bias)
+
+
+class TempNet(nn.Module):
+    """The LLM TempNet: one temperature per token position, predicted from that position's logits.
+
+    transformation  x = normalize_L2(z - max(z))
+    projection      h = Linear(V, M) -> Sigmoid -> Dropout -> Linear(M, M)
+    pooling         w = softmax(h / exp(s)),  r = Linear(M, 1)((w - 1/M) * h)
+    output          tau = (tau_max - tau_min) * sigmoid(r) + tau_min
+
+    Subtracting the max makes the input identical whether or not the caller already shifted its
+    logits (training vs. generation). Parameter names match the authors' released checkpoints.
+
+    Args:
+        vocab_size: V, the size of the logits this TempNet reads.
+        hidden_size: M, the width of the projection.
+        tau_min, tau_max: the range of the predicted temperature.
+        dropout: dropout probability inside the projection.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int = 256, tau_min: float = 0.01, tau_max: float = 2.0,
+                 dropout: float = 0.5):
+        super().__init__()
+        if vocab_size < 2 or hidden_size < 1:
+            raise ValueError(f"need vocab_size >= 2 and hidden_size >= 1, got {vocab_size} and {hidden_size}")
+        check_tau_range(tau_min, tau_max)
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.tau_min, self.tau_max = float(tau_min), float(tau_max)
+        self.proj = nn.Sequential(
+            nn.Linear(vocab_size, hidden_size), nn.Sigmoid(), nn.Dropout(dropout), nn.Linear(hidden_size, hidden_size)
+        )
+        self.scaler = nn.Parameter(torch.zeros(()))  # log of the pooling temperature, init log 1
+        self.last = nn.Linear(hidden_size, 1)
+        self.reset_output_layer()
+
+    def reset_output_layer(self) -> None:
+        """Initialise the pooling read-out to weight 1, bias 0 (as in the paper)."""
+        with torch.no_grad():
+            self.last.weight.fill_(1.0)
+            self.last.bias.zero_()
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [..., V] (any float dtype) -> tau [..., 1] float32."""
+        if logits.shape[-1] != self.vocab_size:
+            raise ValueError(
+                f"TempNet was built for vocabulary size {self.vocab_size} but got logits with last dimension "
+                f"{logits.shape[-1]}"
+            )
+        _check_finite(logits, "logits given to TempNet")
+        with torch.autocast(logits.device.type, enabled=False):
+            z = logits.float()
+            x = F.normalize(z - z.amax(dim=-1, keepdim=True), dim=-1)  # [..., V]
+            h = torch.sigmoid(_linear32(x, self.proj[0]))
+            h = _linear32(self.proj[2](h), self.proj[3])  # [..., M]
+            w = torch.softmax(h / self.scaler.float().exp(), dim=-1)
+            r = _linear32((w - 1.0 / self.hidden_size) * h, self.last)  # [..., 1]
+            return _squash(r, self.tau_min, self.tau_max)
+
+    def extra_repr(self) -> str:
+        return f"vocab_size={self.vocab_size}, tau_range=[{self.tau_min}, {self.tau_max}]"
+
+
+class PrototypeTempNet(nn.Module):
+    """The CLIP TempNet: one temperature per image (or text) from its embedding.
+
+    x = Dropout(Sigmoid(Linear(d, d)(f)));  p = x @ normalize(prototypes)^T   [B, M]
+    w = softmax(p / exp(s));  r = Linear(M, 1)((w - 1/M) * sigmoid(p));  tau = squash(r)
+
+    Args:
+        feature_dim: d, the embedding size.
+        num_prototypes: M.
+        tau_min, tau_max: the range of the predicted temperature.
+        dropout: dropout probability after the projection.
+    """
+
+    def __init__(self, feature_dim: int, num_prototypes: int = 256, tau_min: float = 0.005, tau_max: float = 0.05,
+                 dropout: float = 0.5):
+        super().__init__()
+        if feature_dim < 1 or num_prototypes < 1:
+            raise ValueError(f"need feature_dim >= 1 and num_prototypes >= 1, got {feature_dim}, {num_prototypes}")
+        check_tau_range(tau_min, tau_max)
+        self.feature_dim, self.num_prototypes = feature_dim, num_prototypes
+        self.tau_min, self.tau_max = float(tau_min), float(tau_max)
+        self.proj = nn.Linear(feature_dim, feature_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.prototypes = nn.Parameter(torch.randn(num_prototypes, feature_dim) / math.sqrt(feature_dim))
+        self.scaler = nn.Parameter(torch.tensor(math.log(0.01)))
+        self.linear_1 = nn.Linear(num_prototypes, 1)
+        with torch.no_grad():
+            self.linear_1.weight.fill_(1.0)
+            self.linear_1.bias.zero_()
+
+    @torch.no_grad()
+    def init_prototypes(self, embeddings: torch.Tensor) -> None:
+        """Copy embeddings [M, d] into the prototypes (the paper uses the other modality's first batch)."""
+        if embeddings.shape != self.prototypes.shape:
+            raise ValueError(
+                f"init_prototypes needs embeddings of shape {tuple(self.prototypes.shape)} "
+                f"(num_prototypes, feature_dim), got {tuple(embeddings.shape)}"
+            )
+        self.prototypes.copy_(embeddings.to(self.prototypes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B, d] -> tau [B] float32."""
+        if features.dim() != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(f"PrototypeTempNet expects features [B, {self.feature_dim}], got {tuple(features.shape)}")
+        _check_finite(features, "features given to PrototypeTempNet")
+        with torch.autocast(features.device.type, enabled=False):
+            x = self.dropout(torch.sigmoid(_linear32(features.float(), self.proj)))  # [B, d]
+            p = x @ F.normalize(self.prototypes.float(), dim=-1).t()  # [B, M]
+            w = torch.softmax(p / self.scaler.float().exp(), dim=-1)
+            r = _linear32((w - 1.0 / self.num_prototypes) * torch.sigmoid(p), self.linear_1)  # [B, 1]
+            return _squash(r, self.tau_min, self.tau_max).squeeze(-1)
+
+
+class GlobalTemperature(nn.Module):
+    """One learnable temperature shared by every position (the ablation's "DRO without TempNet").
+
+    Parameterised like TempNet's output layer, tau = squash(r) with a learned scalar r, so it
+    stays inside [tau_min, tau_max]. forward(logits [..., V]) -> tau [..., 1] float32.
+    """
+
+    def __init__(self, tau_init: float = 1.0, tau_min: float = 0.01, tau_max: float = 2.0):
+        super().__init__()
+        check_tau_range(tau_min, tau_max)
+        if not tau_min < tau_init < tau_max:
+            raise ValueError(f"tau_init={tau_init} must lie strictly inside ({tau_min}, {tau_max})")
+        self.tau_min, self.tau_max = float(tau_min), float(tau_max)
+        frac = (tau_init - tau_min) / (tau_max - tau_min)
+        self.logit = nn.Parameter(torch.tensor(math.log(frac / (1.0 - frac))))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        tau = _squash(self.logit.float(), self.tau_min, self.tau_max)
+        return tau.expand(*logits.shape[:-1], 1)
+
+
+class FixedTemperature(nn.Module):
+    """A constant temperature (the usual tau = 1 baseline). forward(logits [..., V]) -> tau [..., 1]."""
+
+    def __init__(self, tau: float = 1.0):
+        super().__init__()
+        if not tau > 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.tau = float(tau)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.full((*logits.shape[:-1], 1), self.tau, dtype=torch.float32, device=logits.device)
