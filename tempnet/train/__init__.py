@@ -1,0 +1,1 @@
+"""Training helpers shared by the experiment folders (logging, checkpoints, LM trainer)."""
