@@ -37,17 +37,22 @@ def _check_features(image_features: torch.Tensor, text_features: torch.Tensor) -
         raise ValueError("features contain NaN")
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half precision is up-cast (exp of d / 0.005 needs float32); float64 stays for gradcheck."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _gather_features(image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather both modalities over ranks: (I, T), each [B_global, d] in float32."""
+    """Gather both modalities over ranks: (I, T), each [B_global, d], at least float32."""
     _check_features(image_features, text_features)
-    image, text = gather_with_grad(image_features).float(), gather_with_grad(text_features).float()
+    image, text = _at_least_float32(gather_with_grad(image_features)), _at_least_float32(gather_with_grad(text_features))
     if image.shape[0] < 2:
         raise ValueError("a contrastive loss needs a global batch of at least 2 pairs")
     return image, text
 
 
 def _global_similarity(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """sim = I @ T^T [B, B] over the global batch, in float32."""
+    """sim = I @ T^T [B, B] over the global batch, at least float32."""
     image, text = _gather_features(image_features, text_features)
     with torch.autocast(image.device.type, enabled=False):
         return image @ text.t()
@@ -62,7 +67,7 @@ class CompositionalState(nn.Module):
     """Per-dataset-index moving averages s and running maxima b (stochastic compositional optimisation).
 
     update(ids, A) with A [B, B] (detached, row i = anchor ids[i]):
-        b[i] = max(b_old[i], max_j A_ij)                       (max_j A_ij on the first visit)
+        b[i] = max(b_old[i], max_{j != i} A_ij)                (max_{j != i} A_ij on the first visit)
         g[i] = sum_{j != i} exp(A_ij - b[i])
         s[i] = g[i] on the first visit, else (1 - gamma) * s_old[i] * exp(b_old[i] - b[i]) + gamma * g[i]
     and returns (s, b) for the batch. The state lives in buffers, so it is checkpointed and moved by .to().
@@ -92,10 +97,13 @@ class CompositionalState(nn.Module):
         self.check_ids(ids)
         off_diag = ~torch.eye(A.shape[0], dtype=torch.bool, device=A.device)
         seen, b_old, s_old = self.seen[ids], self.b[ids], self.s[ids]
-        b = torch.where(seen, torch.maximum(b_old, A.amax(dim=1)), A.amax(dim=1))  # [B]
-        g = (torch.exp(A - b[:, None]) * off_diag).sum(dim=1)  # [B]
+        # max over j != i: then the first visit's g holds a term exp(0) = 1 and s > 0 even when
+        # every exp(A_ij) underflows (A_ii = 0 would dominate a max that includes the diagonal)
+        row_max = A.masked_fill(~off_diag, float("-inf")).amax(dim=1)  # [B]
+        b = torch.where(seen, torch.maximum(b_old, row_max), row_max)
+        g = torch.exp(A - b[:, None]).masked_fill(~off_diag, 0.0).sum(dim=1)  # [B]; masked, never inf * 0
         s = torch.where(seen, (1 - self.gamma) * s_old * torch.exp(b_old - b) + self.gamma * g, g)
-        self.s[ids], self.b[ids], self.seen[ids] = s, b, True
+        self.s[ids], self.b[ids], self.seen[ids] = s.to(self.s.dtype), b.to(self.b.dtype), True
         return s, b
 
 
@@ -111,7 +119,7 @@ def _weighted_terms(d: torch.Tensor, tau: torch.Tensor, ids: torch.Tensor, state
     A = (d / tau[:, None]).detach()  # [B, B]
     s, b = state.update(ids, A)
     off_diag = ~torch.eye(n, dtype=torch.bool, device=d.device)
-    w = torch.exp(A - b[:, None]) * off_diag / s[:, None]  # [B, B]
+    w = torch.exp(A - b[:, None]).masked_fill(~off_diag, 0.0) / s[:, None]  # [B, B]
     contrastive = (w * d).sum(dim=1)
     tau_weight = torch.log(s / (n - 1)) + b + rho - (w * A).sum(dim=1)
     return contrastive, tau_weight
@@ -257,7 +265,7 @@ class RobustGCLoss(nn.Module):
                              f"{tuple(tau_text.shape)} for a global batch of {n}")
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
-        tau_image, tau_text = tau_image.float(), tau_text.float()
+        tau_image, tau_text = _at_least_float32(tau_image), _at_least_float32(tau_text)
         image_term, image_w = _weighted_terms(_row_diffs(sim), tau_image, image_ids, self.image_state, self.rho)
         text_term, text_w = _weighted_terms(_row_diffs(sim.t()), tau_text, text_ids, self.text_state, self.rho)
         contrastive = image_term.mean() + text_term.mean()

@@ -40,7 +40,8 @@ def _prepare(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor | flo
         raise ValueError(f"tau must be [N] or [N, 1] with N={n}, got shape {tuple(tau.shape)}")
     if torch.isnan(logits).any():
         raise ValueError("logits contain NaN")
-    return logits.float(), labels, tau.reshape(n).float()
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # half inputs are up-cast; float64 stays
+    return logits.to(dtype), labels, tau.reshape(n).to(dtype)
 
 
 def _reduce(per_position: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -74,7 +75,8 @@ def dro_lm_loss(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor | 
     Args:
         logits: [N, V] in any float dtype; labels: [N]; tau: [N] or [N, 1] (or a float); rho >= 0.
     Returns:
-        a scalar, or [N] (zero at ignored positions) with reduction="none". float32.
+        a scalar, or [N] (zero at ignored positions) with reduction="none"; float32 (float64 for
+        float64 inputs).
     """
     if not rho >= 0:
         raise ValueError(f"rho (the KL budget) must be >= 0, got {rho}")
