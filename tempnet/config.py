@@ -85,6 +85,11 @@ def _build(cls: type[T], data: dict, where: str) -> T:
             value = _build(tp, value, f"{where}{name}.")
         elif tp is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        elif tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"config key {where}{name} needs a number, got {value!r}") from None
         elif tp is tuple or typing.get_origin(tp) is tuple:
             value = tuple(value)
         kwargs[name] = value
