@@ -6,13 +6,14 @@ have one code path for one process and for many.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["world_size_and_rank", "is_main_process", "gather_with_grad", "gather_ids", "all_reduce_mean",
-           "init_from_env", "destroy"]
+           "all_reduce_min", "all_reduce_max", "barrier", "main_process_first", "init_from_env", "destroy"]
 
 
 def world_size_and_rank() -> tuple[int, int]:
@@ -81,17 +82,67 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / world
 
 
-def init_from_env(backend: str | None = None) -> tuple[int, int, int]:
+def _all_reduce(x: torch.Tensor, op) -> torch.Tensor:
+    y = x.detach().clone()
+    if world_size_and_rank()[0] > 1:
+        dist.all_reduce(y, op=op)
+    return y
+
+
+def all_reduce_min(x: torch.Tensor) -> torch.Tensor:
+    """The minimum of x over ranks (e.g. the global tau_min); a copy, x is untouched."""
+    return _all_reduce(x, dist.ReduceOp.MIN)
+
+
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """The maximum of x over ranks (e.g. the global tau_max); a copy, x is untouched."""
+    return _all_reduce(x, dist.ReduceOp.MAX)
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op in one process."""
+    if world_size_and_rank()[0] > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Run the body on rank 0 first, then on the other ranks (e.g. tokenise and cache once, then read).
+
+    Same contract as accelerate's `main_process_first`, for runs that are not launched by accelerate.
+    """
+    is_main = is_main_process()
+    if not is_main:
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main:
+            barrier()
+
+
+def init_from_env(backend: str | None = None, require_group: bool = False) -> tuple[int, int, int]:
     """Initialise the default process group from torchrun's variables if they are set.
 
-    Returns (world size, rank, local rank). Picks nccl when CUDA is available, else gloo.
+    With require_group=True a run not started by a launcher still gets a group of one process
+    (DeepSpeed needs one). Returns (world size, rank, local rank). Picks nccl when CUDA is
+    available, else gloo.
     """
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+    launched = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if (launched or require_group) and not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend)
+        if all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")):
+            dist.init_process_group(backend)
+        else:
+            import socket
+
+            with socket.socket() as s:  # a free port for a group of one
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     world, rank = world_size_and_rank()
     return world, rank, int(os.environ.get("LOCAL_RANK", 0))
 
