@@ -1,0 +1,140 @@
+"""Per-step temperatures as Hugging Face logits processors: TempNet and the decoding baselines.
+
+Each processor divides the next-token scores [B, V] by a temperature [B, 1] computed from those
+scores, so one `generate` harness compares them on equal terms:
+
+    TempNetLogitsProcessor(tempnet)        tau = TempNet(z)            (a separately stored TempNet)
+    FixedTemperatureLogitsProcessor(tau)   tau constant                (the usual baseline)
+    EntropyDynamicTemperatureLogitsProcessor(t_min, t_max, exponent)
+                                           T = t_min + (t_max - t_min) * (H / log n)^exponent
+                                           (llama.cpp's dynatemp; n = number of candidate tokens)
+    EDTLogitsProcessor(t0, n, theta)       T = t0 * n^(theta / H)      (EDT, Zhang et al. 2024)
+
+H is the entropy (nats) of softmax(scores). Pass them in `generate(logits_processor=[...])`:
+transformers runs them after its own penalties/masks and before temperature/top-k/top-p.
+With `record=True` each processor keeps the temperature of every step in `history` ([B] per step).
+Greedy and sampling with the TempNet processor on a plain model match the TempNet wrapper model
+exactly; beam search feeds processors log-probabilities, so there the wrapper is the exact method.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import LogitsProcessor
+
+from tempnet.modules import FixedTemperature
+
+__all__ = [
+    "TemperatureLogitsProcessor", "TempNetLogitsProcessor", "FixedTemperatureLogitsProcessor",
+    "EntropyDynamicTemperatureLogitsProcessor", "EDTLogitsProcessor", "entropy_of_scores", "MIN_TEMPERATURE",
+]
+
+#: The smallest temperature the dynamic baselines return (their formulas reach 0 for a one-hot distribution).
+MIN_TEMPERATURE = 1e-4
+
+
+def entropy_of_scores(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores [B, V] (masked tokens at -inf) -> (entropy of softmax [B, 1] in nats, candidates n [B, 1])."""
+    p = torch.softmax(scores.float(), dim=-1)
+    entropy = torch.special.entr(p).sum(dim=-1, keepdim=True)  # entr(0) = 0, so masked tokens add nothing
+    n = torch.isfinite(scores).sum(dim=-1, keepdim=True)
+    return entropy, n
+
+
+class TemperatureLogitsProcessor(LogitsProcessor):
+    """Base class: scores / self.temperature(scores), optionally recording the temperatures."""
+
+    def __init__(self, record: bool = False):
+        self.record = record
+        self.history: list[torch.Tensor] = []
+
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores [B, V] -> temperature [B, 1] float32 (> 0)."""
+        raise NotImplementedError
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        tau = self.temperature(scores)  # [B, 1]
+        if self.record:
+            self.history.append(tau[:, 0].detach().float().cpu())
+        return scores / tau.to(scores.device)
+
+
+class TempNetLogitsProcessor(TemperatureLogitsProcessor):
+    """Divides the scores by a stored TempNet's tau, so any model's `generate` uses it unchanged.
+
+    The TempNet (any module [B, V] -> [B, 1]) is put in eval mode and moved to the scores' device on
+    first use. Tokens already masked to -inf by an earlier processor are shown to it as the row's
+    lowest finite score (TempNet's input must be finite).
+    """
+
+    def __init__(self, tempnet: nn.Module, record: bool = False):
+        super().__init__(record)
+        self.tempnet = tempnet.eval()
+
+    @torch.no_grad()
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:
+        param = next(self.tempnet.parameters(), None)
+        if param is not None and param.device != scores.device:
+            self.tempnet.to(scores.device)
+        finite = torch.isfinite(scores)
+        if not finite.all():
+            floor = scores.masked_fill(~finite, float("inf")).amin(dim=-1, keepdim=True)
+            scores = torch.where(finite, scores, floor)
+        return self.tempnet(scores)
+
+
+class FixedTemperatureLogitsProcessor(TemperatureLogitsProcessor):
+    """A constant temperature (unlike transformers' own, also applied in greedy and beam search)."""
+
+    def __init__(self, tau: float, record: bool = False):
+        super().__init__(record)
+        self.fixed = FixedTemperature(tau)
+
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.fixed(scores)
+
+
+class EntropyDynamicTemperatureLogitsProcessor(TemperatureLogitsProcessor):
+    """llama.cpp's entropy-based dynamic temperature (dynatemp).
+
+    T = t_min + (t_max - t_min) * (H / log n)^exponent, with n the number of candidate (finite)
+    tokens; rows with a single candidate keep their scores (T = 1). llama.cpp's `--temp T
+    --dynatemp-range R` is t_min = max(0, T - R), t_max = T + R (see `from_range`).
+    """
+
+    def __init__(self, t_min: float, t_max: float, exponent: float = 1.0, record: bool = False):
+        super().__init__(record)
+        if not 0 <= t_min <= t_max or not exponent > 0:
+            raise ValueError(f"need 0 <= t_min <= t_max and exponent > 0, got {t_min}, {t_max}, {exponent}")
+        self.t_min, self.t_max, self.exponent = float(t_min), float(t_max), float(exponent)
+
+    @classmethod
+    def from_range(cls, temperature: float, dynatemp_range: float, exponent: float = 1.0, record: bool = False):
+        return cls(max(0.0, temperature - dynatemp_range), temperature + dynatemp_range, exponent, record)
+
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:
+        entropy, n = entropy_of_scores(scores)
+        normalized = entropy / torch.log(n.clamp(min=2).float())
+        tau = self.t_min + (self.t_max - self.t_min) * normalized.clamp(0, 1).pow(self.exponent)
+        return torch.where(n > 1, tau.clamp(min=MIN_TEMPERATURE), torch.ones_like(tau))
+
+
+class EDTLogitsProcessor(TemperatureLogitsProcessor):
+    """Entropy-based Dynamic Temperature (EDT): T = t0 * n^(theta / H), clamped to >= MIN_TEMPERATURE.
+
+    With 0 < n < 1 (the paper uses n = 0.8) a confident step (small H) gets a small T.
+    """
+
+    def __init__(self, t0: float = 1.0, n: float = 0.8, theta: float = 1.0, record: bool = False):
+        super().__init__(record)
+        if not t0 > 0 or not 0 < n < 1 or not theta > 0:
+            raise ValueError(f"need t0 > 0, 0 < n < 1 and theta > 0, got t0={t0}, n={n}, theta={theta}")
+        self.t0, self.n, self.theta = float(t0), float(n), float(theta)
+
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:
+        entropy, _ = entropy_of_scores(scores)
+        exponent = self.theta / entropy.clamp(min=1e-12)
+        return (self.t0 * torch.exp(exponent * math.log(self.n))).clamp(min=MIN_TEMPERATURE)

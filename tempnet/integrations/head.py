@@ -1,0 +1,198 @@
+"""The temperature head of a causal LM: its settings, and its weights inside checkpoints.
+
+`TempNetConfig` holds what a checkpoint needs to rebuild the head (objective, rho, tau range,
+hidden size, dropout); the HF wrappers store it under "tempnet" in config.json. The head itself is
+built by the core (`tempnet.losses.lm.build_objective`), never here.
+
+The authors' released checkpoints (LLM-Opt/TempNet-LLaMA2-Chat-*) are plain LLaMA checkpoints whose
+state dict also holds fp16 `tempnet.*` weights, with no TempNet settings in config.json, a tau range
+of [0.01, 1.2] fixed in their code and `tempnet.scaler` stored with shape [1]. `RELEASED_TEMPNET`
+and `fit_state_dict` cover that layout. Export files (`save_tempnet_file`) hold one head alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective
+from tempnet.modules import check_tau_range
+
+__all__ = [
+    "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "build_head", "head_shapes", "fit_state_dict",
+    "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file", "load_tempnet_file",
+]
+
+#: Where the head's parameters live inside a causal LM's state dict.
+PREFIX = "tempnet."
+
+
+@dataclass
+class TempNetConfig:
+    """Settings of the temperature head (one of the core's four objectives)."""
+
+    objective: str = "tempnet_dro"
+    """"tempnet_dro" (paper), "tempnet_ce", "dro" (one learned global tau) or "ce" (fixed tau)."""
+    rho: float = 8.0
+    """KL budget of the robust loss (used by "dro" and "tempnet_dro")."""
+    tau: float = 1.0
+    """The fixed tau of "ce", the initial tau of "dro"."""
+    tau_min: float = 0.01
+    """Lower end of the predicted tau."""
+    tau_max: float = 2.0
+    """Upper end of the predicted tau."""
+    hidden_size: int = 256
+    """M, TempNet's projection width."""
+    dropout: float = 0.5
+    """Dropout inside TempNet's projection."""
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {sorted(OBJECTIVES)}")
+        check_tau_range(self.tau_min, self.tau_max)
+        if not self.rho >= 0:
+            raise ValueError(f"rho (the KL budget) must be >= 0, got {self.rho}")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.hidden_size < 1 or not 0 <= self.dropout < 1:
+            raise ValueError(f"need hidden_size >= 1 and 0 <= dropout < 1, got {self.hidden_size}, {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TempNetConfig":
+        """Build from a dict; unknown keys are an error that lists the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown TempNet setting(s) {unknown}; valid ones: {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **overrides) -> "TempNetConfig":
+        return TempNetConfig.from_dict({**self.to_dict(), **overrides})
+
+    def build(self, vocab_size: int) -> LMObjective:
+        """The core objective (temperature module + robust flag + rho) for a vocabulary of this size."""
+        return build_objective(self.objective, vocab_size, rho=self.rho, tau=self.tau, tau_min=self.tau_min,
+                               tau_max=self.tau_max, hidden_size=self.hidden_size, dropout=self.dropout)
+
+
+#: Settings assumed for a checkpoint that holds TempNet weights but no "tempnet" entry in config.json:
+#: the authors' released LLaMA2-Chat TempNets (tau range [0.01, 1.2]; rho 8.5 as in the LLaMA-2 setting).
+RELEASED_TEMPNET = TempNetConfig(objective="tempnet_dro", rho=8.5, tau_min=0.01, tau_max=1.2, hidden_size=256)
+
+
+def build_head(cfg: TempNetConfig, vocab_size: int) -> nn.Module:
+    """Just the temperature module of `cfg.build(vocab_size)`."""
+    return cfg.build(vocab_size).temperature
+
+
+def head_shapes(cfg: TempNetConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the head (keys without prefix), built on the meta device (no memory)."""
+    with torch.device("meta"):
+        head = build_head(cfg, vocab_size)
+    return {k: tuple(v.shape) for k, v in head.state_dict().items()}
+
+
+def fit_state_dict(state: Mapping[str, torch.Tensor], head: nn.Module) -> dict[str, torch.Tensor]:
+    """Reshape released-layout tensors to the head's shapes ([1] -> [] for `scaler`); cast to its dtypes."""
+    own = head.state_dict()
+    out = {}
+    for key, value in state.items():
+        if key in own and value.numel() == own[key].numel() == 1:
+            value = value.reshape(own[key].shape)
+        out[key] = value.to(own[key].dtype) if key in own else value
+    return out
+
+
+# ---- reading checkpoints without loading the model -------------------------------------------------
+
+_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_SINGLE = ("model.safetensors", "pytorch_model.bin")
+
+
+def _resolve(path: str | os.PathLike, filename: str, **download_kwargs) -> str | None:
+    """Local file path of `filename` in a checkpoint dir or hub repo, or None if it does not exist."""
+    local = Path(path) / download_kwargs.get("subfolder", "") / filename
+    if Path(path).is_dir():
+        return str(local) if local.is_file() else None
+    from transformers.utils import cached_file
+
+    return cached_file(str(path), filename, _raise_exceptions_for_missing_entries=False, **download_kwargs)
+
+
+def _weight_files(path, prefix: str, **download_kwargs) -> list[str]:
+    """The weight files of a checkpoint that may hold keys starting with `prefix`."""
+    for index in _INDEXES:
+        found = _resolve(path, index, **download_kwargs)
+        if found:
+            weight_map = json.loads(Path(found).read_text())["weight_map"]
+            shards = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
+            return [_resolve(path, s, **download_kwargs) for s in shards]
+    for single in _SINGLE:
+        found = _resolve(path, single, **download_kwargs)
+        if found:
+            return [found]
+    raise FileNotFoundError(f"no model weights (model.safetensors, pytorch_model.bin or a sharded index) in {path}")
+
+
+def _iter_tensors(file: str, prefix: str, load: bool):
+    """(key, shape or tensor) for every key of `file` starting with `prefix`."""
+    if file.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                if key.startswith(prefix):
+                    yield key, (f.get_tensor(key) if load else tuple(f.get_slice(key).get_shape()))
+    else:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        for key, value in state.items():
+            if key.startswith(prefix):
+                yield key, (value.clone() if load else tuple(value.shape))
+
+
+def checkpoint_shapes(path, prefix: str = PREFIX, **download_kwargs) -> dict[str, tuple[int, ...]]:
+    """Shapes of the checkpoint's tensors whose names start with `prefix`, read from file headers."""
+    return {k: v for f in _weight_files(path, prefix, **download_kwargs) for k, v in _iter_tensors(f, prefix, False)}
+
+
+def read_checkpoint_tensors(path, prefix: str = PREFIX, **download_kwargs) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors whose names start with `prefix` (only those are read)."""
+    return {k: v for f in _weight_files(path, prefix, **download_kwargs) for k, v in _iter_tensors(f, prefix, True)}
+
+
+# ---- a head alone in one small safetensors file ----------------------------------------------------
+
+def save_tempnet_file(head: nn.Module, cfg: TempNetConfig, vocab_size: int, file: str | os.PathLike,
+                      dtype: torch.dtype | None = None) -> None:
+    """Write the head's weights (keys without prefix) and its settings (as metadata) to `file`."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in head.state_dict().items()}
+    meta = {"format": "pt", "tempnet_config": json.dumps(cfg.to_dict()), "vocab_size": str(vocab_size)}
+    Path(file).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(file), metadata=meta)
+
+
+def load_tempnet_file(file: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TempNetConfig]:
+    """Read a file written by `save_tempnet_file`: (head in eval mode, float32, on `device`; its settings)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if "tempnet_config" not in meta or "vocab_size" not in meta:
+        raise ValueError(f"{file} is not a TempNet export: its metadata lacks 'tempnet_config' and 'vocab_size'")
+    cfg = TempNetConfig.from_dict(json.loads(meta["tempnet_config"]))
+    head = build_head(cfg, int(meta["vocab_size"]))
+    head.load_state_dict(fit_state_dict(state, head))
+    return head.to(device).eval(), cfg

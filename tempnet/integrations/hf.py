@@ -1,0 +1,360 @@
+"""Hugging Face causal LMs with a temperature head (TempNet or an ablation baseline).
+
+`LlamaTempNetForCausalLM`, `GPT2TempNetForCausalLM` and `GPTNeoXTempNetForCausalLM` are the base HF
+classes plus a `tempnet` submodule, so one checkpoint holds base weights and `tempnet.*` weights and
+config.json holds the head's settings under "tempnet". forward(labels=...) returns the objective's
+loss (the core's `objective_terms`) and the per-position tau; without labels it returns the logits
+already divided by tau, so `generate` (any strategy, KV cache, left padding) and pipelines work
+unchanged. The head always reads the detached logits (TempNet shifts them by their max itself).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
+                          GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedConfig)
+from transformers import initialization as hf_init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
+from tempnet.integrations.head import (PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head, checkpoint_shapes,
+                                       head_shapes, read_checkpoint_tensors)
+from tempnet.losses.lm import objective_terms
+
+__all__ = [
+    "TempNetConfig", "TempNetCausalLMOutput", "LlamaTempNetForCausalLM", "GPT2TempNetForCausalLM",
+    "GPTNeoXTempNetForCausalLM", "LLaMA_TempNet", "TempNetLogitsProcessor", "tempnet_model_from_config",
+    "tempnet_model_from_pretrained", "tempnet_class_for",
+]
+
+logger = logging.getLogger(__name__)
+
+_DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+
+
+@dataclass
+class TempNetCausalLMOutput(CausalLMOutputWithPast):
+    """CausalLMOutputWithPast (logits divided by tau) plus tau [B, L, 1] float32 and the objective's terms."""
+
+    tau: torch.Tensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+
+
+class TempNetCausalLMMixin:
+    """Adds the temperature head to a HF causal LM class; put it first in the bases.
+
+    The head is `self.tempnet`: TempNet for "tempnet_ce"/"tempnet_dro", GlobalTemperature for "dro",
+    FixedTemperature for "ce" (all from `tempnet.modules`). Its parameters stay in float32 when the
+    model is loaded in half precision (they are small, and TempNet is often the only thing trained).
+    """
+
+    _keep_in_fp32_modules_strict = ["tempnet"]
+
+    def __init__(self, config: PreTrainedConfig):
+        super().__init__(config)
+        self._attach_head()
+        self.post_init()  # initialises only the new head: the base modules are already marked initialised
+
+    # ---- the head --------------------------------------------------------------------------------
+    @property
+    def tempnet_config(self) -> TempNetConfig:
+        """The head's settings (from config.tempnet; the released defaults when config has none)."""
+        stored = getattr(self.config, "tempnet", None)
+        return TempNetConfig.from_dict(stored) if stored else RELEASED_TEMPNET
+
+    def _attach_head(self) -> None:
+        objective = self.tempnet_config.build(self.config.vocab_size)
+        self.tempnet = objective.temperature
+        self.tempnet_robust, self.tempnet_rho = objective.robust, objective.rho
+
+    def reset_tempnet(self, **overrides) -> nn.Module:
+        """Replace the head by a fresh one (settings updated by `overrides`), on the LM head's device."""
+        self.config.tempnet = self.tempnet_config.replace(**overrides).to_dict()
+        device = self.get_output_embeddings().weight.device
+        self._attach_head()
+        return self.tempnet.to(device).train(self.training)
+
+    def freeze_base(self) -> "TempNetCausalLMMixin":
+        """Leave only the head trainable (the paper's LLaMA-2 setting: LLM frozen, TempNet trained)."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(name.startswith(PREFIX))
+        return self
+
+    def _init_weights(self, module: nn.Module) -> None:
+        head = self.__dict__.get("_modules", {}).get("tempnet")
+        if head is None:
+            return super()._init_weights(module)
+        if module is head:  # a freshly built head, copied into every parameter that was not loaded
+            fresh = build_head(self.tempnet_config, self.config.vocab_size)
+            for name, param in module.named_parameters():
+                hf_init.copy_(param, fresh.get_parameter(name).to(param))
+        elif not any(module is m for m in head.modules()):
+            super()._init_weights(module)
+
+    # ---- forward and generation -------------------------------------------------------------------
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, logits_to_keep: int | torch.Tensor = 0,
+                **kwargs) -> TempNetCausalLMOutput | tuple:
+        """The base forward, then tau = head(logits.detach()) and logits / tau.
+
+        labels [B, L]: the input ids (shifted inside), -100 ignored; loss = the objective of
+        `tempnet_config` (the core's `objective_terms`, per-token mean). Returns logits [B, L, V]
+        float32 divided by tau, tau [B, L, 1] float32, loss_terms (loss, ce, tau_mean/min/max).
+        """
+        kwargs.pop("num_items_in_batch", None)  # the core averages over the batch's non-ignored tokens
+        return_dict = kwargs.pop("return_dict", None)
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("labels need the logits of every position: do not pass logits_to_keep with labels")
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              inputs_embeds=inputs_embeds, logits_to_keep=logits_to_keep, return_dict=True, **kwargs)
+        logits = out.logits  # [B, L, V]
+        tau = self.tempnet(logits.detach())  # [B, L, 1] float32
+        terms = None
+        if labels is not None:
+            vocab = logits.shape[-1]
+            labels = labels.to(logits.device)
+            terms = objective_terms(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1),
+                                    tau[:, :-1].reshape(-1, 1), self.tempnet_robust, self.tempnet_rho)
+        fields = {k: v for k, v in out.items() if k in TempNetCausalLMOutput.__dataclass_fields__}  # cache, ...
+        fields.update(loss=None if terms is None else terms["loss"], logits=logits.float() / tau)
+        result = TempNetCausalLMOutput(**fields, tau=tau, loss_terms=terms)
+        return result if return_dict is not False else result.to_tuple()
+
+    @torch.no_grad()
+    def sequence_tau(self, sequences: torch.LongTensor, prompt_attention_mask: torch.Tensor | None = None,
+                     prompt_length: int | None = None) -> torch.Tensor:
+        """tau used for each token after the prompt: [B, T - P] float32, by one forward over `sequences`.
+
+        Args:
+            sequences: [B, T] prompt (possibly left-padded) followed by generated tokens.
+            prompt_attention_mask: [B, P] mask of the prompt (None: no padding).
+            prompt_length: P; taken from the mask when omitted.
+        """
+        batch, total = sequences.shape
+        if prompt_length is None:
+            if prompt_attention_mask is None:
+                raise ValueError("sequence_tau needs prompt_length or prompt_attention_mask")
+            prompt_length = prompt_attention_mask.shape[1]
+        if prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones(batch, prompt_length, dtype=torch.long, device=sequences.device)
+        new = torch.ones(batch, total - prompt_length, dtype=prompt_attention_mask.dtype, device=sequences.device)
+        mask = torch.cat([prompt_attention_mask.to(sequences.device), new], dim=1)  # [B, T]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self(input_ids=sequences, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out.tau[:, prompt_length - 1:total - 1, 0]
+
+    def generate(self, *args, return_tau: bool = False, **kwargs):
+        """GenerationMixin.generate; with return_tau=True the output (a dict-like GenerateOutput) also has
+        "tau": [B, new tokens], the temperature used for each generated token (see `sequence_tau`)."""
+        if not return_tau:
+            return super().generate(*args, **kwargs)
+        prompt = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
+        if prompt is None:
+            raise ValueError("generate(return_tau=True) needs the prompt ids (inputs_embeds alone are not supported)")
+        kwargs["return_dict_in_generate"] = True
+        out = super().generate(*args, **kwargs)
+        out["tau"] = self.sequence_tau(out.sequences, kwargs.get("attention_mask"), prompt.shape[1])
+        return out
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, fresh_tempnet: bool = False,
+                        tempnet_overrides: dict[str, Any] | None = None, **kwargs):
+        """PreTrainedModel.from_pretrained that checks the checkpoint's `tempnet.*` weights first.
+
+        A checkpoint without them (a plain base model), or with a head of another shape (another
+        vocabulary, hidden size or objective), is an error unless `fresh_tempnet=True`, which starts a
+        new head. `tempnet_overrides` updates the stored settings (e.g. {"rho": 8.5}). The released
+        layout (no settings in config.json, `scaler` of shape [1]) loads with `RELEASED_TEMPNET`.
+        """
+        path = pretrained_model_name_or_path
+        download = {k: kwargs[k] for k in _DOWNLOAD_KEYS if k in kwargs}
+        config = kwargs.get("config")
+        if not isinstance(config, PreTrainedConfig):
+            config_dict, _ = PreTrainedConfig.get_config_dict(config or path, **download)
+            stored, vocab = config_dict.get("tempnet"), config_dict.get("vocab_size")
+        else:
+            stored, vocab = getattr(config, "tempnet", None), config.vocab_size
+        found = {k[len(PREFIX):]: v for k, v in checkpoint_shapes(path, **download).items()}
+        settings = _resolve_settings(stored, found, tempnet_overrides or {})
+        expected = head_shapes(settings, vocab)
+        if not fresh_tempnet:
+            _check_head(path, found, expected, settings, vocab)
+        if isinstance(config, PreTrainedConfig):
+            config.tempnet = settings.to_dict()
+        else:
+            kwargs["tempnet"] = settings.to_dict()
+        # head tensors whose stored shape differs: the released [1]-shaped scaler, or any head when fresh
+        mismatched = {k for k, shape in found.items() if expected.get(k) not in (None, shape)}
+        want_info = kwargs.pop("output_loading_info", False)
+        if mismatched:
+            kwargs["ignore_mismatched_sizes"] = True  # only for the head: other mismatches are raised below
+            with _quiet_loading_report():
+                model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
+            _check_base_loaded(path, info)
+        else:
+            model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
+        if fresh_tempnet:
+            model.reset_tempnet()
+        elif mismatched:  # the released layout: copy the [1]-shaped scalars by hand
+            state = read_checkpoint_tensors(path, **download)
+            with torch.no_grad():
+                for key in mismatched:
+                    param = model.tempnet.get_parameter(key)
+                    param.copy_(state[PREFIX + key].reshape(param.shape).to(param))
+        return (model, info) if want_info else model
+
+
+@contextmanager
+def _quiet_loading_report():
+    """Silence transformers' load report while the head's expected shape mismatches are ignored."""
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        report.setLevel(level)
+
+
+def _check_base_loaded(path, info: dict) -> None:
+    """After a load that ignored size mismatches: raise on any outside the head, warn on missing/unexpected."""
+    keys = [k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]]
+    others = sorted(k for k in keys if not k.startswith(PREFIX))
+    if others:
+        raise ValueError(f"weights in {path} do not fit the model (size mismatch): {others}")
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(PREFIX))
+    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(PREFIX))
+    if missing or unexpected:
+        logger.warning("loading %s: missing keys %s, unexpected keys %s", path, missing, unexpected)
+
+
+def _resolve_settings(stored: dict | None, found: dict[str, tuple], overrides: dict[str, Any]) -> TempNetConfig:
+    """Stored settings, or (no "tempnet" in config.json) ones inferred from the weights, then overrides."""
+    if stored:
+        base = TempNetConfig.from_dict(stored)
+    elif "proj.0.weight" in found:  # a TempNet without settings: the authors' released layout
+        base = RELEASED_TEMPNET.replace(hidden_size=found["proj.0.weight"][0])
+    elif "logit" in found:
+        base = TempNetConfig(objective="dro")
+    else:
+        base = TempNetConfig()
+    return base.replace(**overrides) if overrides else base
+
+
+def _check_head(path, found: dict[str, tuple], expected: dict[str, tuple], settings: TempNetConfig, vocab: int):
+    """Raise a ValueError naming the problem when the checkpoint's head does not fit `settings`."""
+    hint = "pass fresh_tempnet=True to start a new TempNet"
+    if expected and not found:
+        raise ValueError(f"checkpoint {path} holds no {PREFIX}* weights for objective {settings.objective!r} "
+                         f"(a plain base model?); {hint}")
+    if "proj.0.weight" in found and found["proj.0.weight"][1] != vocab:
+        raise ValueError(f"the TempNet in {path} was built for vocabulary size {found['proj.0.weight'][1]} but the "
+                         f"model's vocabulary size is {vocab}; {hint}")
+    for key in sorted(set(expected) | set(found)):
+        have, want = found.get(key), expected.get(key)
+        if have != want and not (have == (1,) and want == ()):
+            raise ValueError(f"{PREFIX}{key} in {path} has shape {have} but objective {settings.objective!r} with "
+                             f"hidden_size={settings.hidden_size} expects {want}; fix the settings or {hint}")
+
+
+# ---- the concrete classes ------------------------------------------------------------------------------
+
+class LlamaTempNetConfig(LlamaConfig):
+    """LlamaConfig plus `tempnet`: the TempNetConfig dict of the temperature head."""
+
+    model_type = "llama_tempnet"
+    tempnet: dict | None = None
+
+
+class GPT2TempNetConfig(GPT2Config):
+    """GPT2Config plus `tempnet`: the TempNetConfig dict of the temperature head."""
+
+    model_type = "gpt2_tempnet"
+    tempnet: dict | None = None
+
+
+class GPTNeoXTempNetConfig(GPTNeoXConfig):
+    """GPTNeoXConfig plus `tempnet`: the TempNetConfig dict of the temperature head."""
+
+    model_type = "gpt_neox_tempnet"
+    tempnet: dict | None = None
+
+
+class LlamaTempNetForCausalLM(TempNetCausalLMMixin, LlamaForCausalLM):
+    """LlamaForCausalLM with a temperature head (`tempnet.*`)."""
+
+    config_class = LlamaTempNetConfig
+
+
+class GPT2TempNetForCausalLM(TempNetCausalLMMixin, GPT2LMHeadModel):
+    """GPT2LMHeadModel with a temperature head (`tempnet.*`)."""
+
+    config_class = GPT2TempNetConfig
+
+
+class GPTNeoXTempNetForCausalLM(TempNetCausalLMMixin, GPTNeoXForCausalLM):
+    """GPTNeoXForCausalLM with a temperature head (`tempnet.*`)."""
+
+    config_class = GPTNeoXTempNetConfig
+
+
+#: The authors' class name, so their README snippet (`LLaMA_TempNet.from_pretrained(...)`) runs.
+LLaMA_TempNet = LlamaTempNetForCausalLM
+
+_CLASSES = {"llama": LlamaTempNetForCausalLM, "gpt2": GPT2TempNetForCausalLM, "gpt_neox": GPTNeoXTempNetForCausalLM}
+for _cls in _CLASSES.values():
+    AutoConfig.register(_cls.config_class.model_type, _cls.config_class, exist_ok=True)
+    AutoModelForCausalLM.register(_cls.config_class, _cls, exist_ok=True)
+
+
+def tempnet_class_for(model_type: str) -> type[TempNetCausalLMMixin]:
+    """The wrapper class for a base model_type ("llama", "gpt2", "gpt_neox", or one of ours)."""
+    base = model_type.removesuffix("_tempnet")
+    if base not in _CLASSES:
+        raise ValueError(f"no TempNet wrapper for model_type {model_type!r}; supported: {sorted(_CLASSES)}")
+    return _CLASSES[base]
+
+
+def _split_settings(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(TempNetConfig fields, the rest). Note: hidden_size here means TempNet's width."""
+    names = set(TempNetConfig.__dataclass_fields__)
+    return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
+
+
+def tempnet_model_from_config(base_config: PreTrainedConfig, **settings) -> TempNetCausalLMMixin:
+    """A randomly initialised base model (from a GPT2Config / LlamaConfig / GPTNeoXConfig) with a head.
+
+    settings: TempNetConfig fields (objective, rho, tau, tau_min, tau_max, hidden_size, dropout).
+    """
+    cls = tempnet_class_for(base_config.model_type)
+    data = {k: v for k, v in base_config.to_dict().items() if k not in ("model_type", "transformers_version")}
+    stored = getattr(base_config, "tempnet", None)
+    tempnet = (TempNetConfig.from_dict(stored) if stored else TempNetConfig()).replace(**settings)
+    data["tempnet"] = tempnet.to_dict()
+    return cls(cls.config_class(**data))
+
+
+def tempnet_model_from_pretrained(path, fresh_tempnet: bool = False, dtype: torch.dtype | str | None = None,
+                                  **kwargs) -> TempNetCausalLMMixin:
+    """Load a base checkpoint (plain HF causal LM, or one with `tempnet.*` weights) as its wrapper class.
+
+    kwargs that are TempNetConfig fields override the head's settings (hidden_size is TempNet's width);
+    the rest go to `from_pretrained` (device_map, revision, ...).
+    """
+    settings, hf_kwargs = _split_settings(kwargs)
+    download = {k: hf_kwargs[k] for k in _DOWNLOAD_KEYS if k in hf_kwargs}
+    config_dict, _ = PreTrainedConfig.get_config_dict(path, **download)
+    if "model_type" not in config_dict:
+        raise ValueError(f"config.json of {path} has no model_type")
+    cls = tempnet_class_for(config_dict["model_type"])
+    if dtype is not None:
+        hf_kwargs["dtype"] = dtype
+    return cls.from_pretrained(path, fresh_tempnet=fresh_tempnet, tempnet_overrides=settings, **hf_kwargs)

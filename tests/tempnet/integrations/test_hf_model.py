@@ -1,0 +1,185 @@
+"""The causal-LM-with-TempNet wrappers: construction, training forward, freezing, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaForCausalLM
+
+from tempnet.integrations.hf import (GPT2TempNetForCausalLM, LlamaTempNetForCausalLM, TempNetConfig,
+                                     tempnet_model_from_config, tempnet_model_from_pretrained)
+from tempnet.modules import FixedTemperature, GlobalTemperature, TempNet
+
+from conftest import VOCAB, gpt2_config, llama_config
+
+HEADS = {"ce": FixedTemperature, "dro": GlobalTemperature, "tempnet_ce": TempNet, "tempnet_dro": TempNet}
+
+
+def _robust_loss_float64(logits, labels, tau, rho):
+    """mean over labels != -100 of tau * log((1/V) sum_k exp((z_k - z_y) / tau)) + tau * rho, in float64."""
+    z, tau = logits.double(), tau.double().reshape(-1)
+    total, count = 0.0, 0
+    for i in range(z.shape[0]):
+        if labels[i] == -100:
+            continue
+        d = (z[i] - z[i, labels[i]]) / tau[i]
+        total += tau[i] * (torch.logsumexp(d, 0) - math.log(z.shape[1])) + tau[i] * rho
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("objective", sorted(HEADS))
+@pytest.mark.parametrize("make_config", [llama_config, gpt2_config,
+                                         lambda: GPTNeoXConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2,
+                                                               num_attention_heads=2, intermediate_size=64)])
+def test_from_config_builds_the_objectives_head(make_config, objective):
+    base = make_config()
+    model = tempnet_model_from_config(base, objective=objective, rho=7.0, tau=0.7, tau_min=0.05, tau_max=1.5,
+                                      hidden_size=16)
+    assert isinstance(model.tempnet, HEADS[objective])
+    assert model.tempnet_config == TempNetConfig(objective, 7.0, 0.7, 0.05, 1.5, 16, 0.5)
+    assert model.config.vocab_size == base.vocab_size and model.config.model_type.endswith("_tempnet")
+    if objective.startswith("tempnet"):  # the core's init survives HF's weight initialisation
+        assert torch.equal(model.tempnet.last.weight, torch.ones_like(model.tempnet.last.weight))
+        assert model.tempnet.scaler.item() == 0.0 and model.tempnet.proj[0].weight.shape == (16, base.vocab_size)
+    x = torch.randint(0, base.vocab_size, (2, 7))
+    out = model(input_ids=x, labels=x)
+    assert out.tau.shape == (2, 7, 1) and out.tau.dtype == torch.float32
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert set(out.loss_terms) == {"loss", "ce", "tau_mean", "tau_min", "tau_max"}
+
+
+@pytest.mark.parametrize("objective", ["tempnet_dro", "tempnet_ce", "dro", "ce"])
+def test_training_loss_equals_the_objective_on_the_base_logits(tiny_llama, objective):
+    model = tiny_llama
+    if objective != "tempnet_dro":
+        model.reset_tempnet(objective=objective, tau=0.8)
+    base = LlamaForCausalLM(llama_config()).eval()  # the same weights without the head
+    missing, unexpected = base.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(k.startswith("tempnet.") for k in unexpected)
+    x = torch.randint(3, VOCAB, (2, 9))
+    labels = x.clone()
+    labels[0, :3] = -100  # e.g. a masked prompt
+    out = model(input_ids=x, labels=labels)
+    z = base(input_ids=x).logits[:, :-1].reshape(-1, VOCAB)  # [N, V]
+    y = labels[:, 1:].reshape(-1)
+    tau = model.tempnet(z)  # [N, 1]
+    if objective in ("tempnet_dro", "dro"):
+        expected = _robust_loss_float64(z, y, tau, rho=8.0)
+    else:
+        keep = y != -100
+        expected = torch.nn.functional.cross_entropy(z[keep].double() / tau[keep].double(), y[keep])
+    assert torch.allclose(out.loss.double(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out.tau[:, :-1].reshape(-1, 1), tau, atol=1e-6)
+    assert torch.allclose(out.logits, base(input_ids=x).logits / out.tau, atol=1e-4)
+
+
+def test_freeze_base_leaves_only_the_tempnet_trainable(tiny_llama):
+    model = tiny_llama.train()
+    x = torch.randint(3, VOCAB, (2, 8))
+    model(input_ids=x, labels=x).loss.backward()
+    assert model.model.embed_tokens.weight.grad is not None and model.tempnet.proj[0].weight.grad is not None
+    model.zero_grad(set_to_none=True)
+    assert model.freeze_base() is model
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "tempnet." + n for n, _ in model.tempnet.named_parameters()}
+    model(input_ids=x, labels=x).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is None for n, g in grads.items() if not n.startswith("tempnet."))
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("tempnet."))
+
+
+def test_tempnet_reads_detached_logits(tiny_llama):
+    """The head sends no gradient into the LM: its loss term alone leaves the base without gradient."""
+    x = torch.randint(3, VOCAB, (1, 6))
+    tiny_llama(input_ids=x).tau.sum().backward()
+    assert all(p.grad is None for n, p in tiny_llama.named_parameters() if not n.startswith("tempnet."))
+
+
+def test_save_load_round_trip(tiny_llama, tmp_path):
+    tiny_llama.save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["model_type"] == "llama_tempnet"
+    assert stored["tempnet"] == {"objective": "tempnet_dro", "rho": 8.0, "tau": 1.0, "tau_min": 0.05, "tau_max": 2.0,
+                                 "hidden_size": 32, "dropout": 0.5}
+    x = torch.randint(3, VOCAB, (2, 8))
+    for loaded in (LlamaTempNetForCausalLM.from_pretrained(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path),
+                   tempnet_model_from_pretrained(tmp_path)):
+        assert type(loaded) is LlamaTempNetForCausalLM and not loaded.training
+        assert loaded.tempnet_config == tiny_llama.tempnet_config
+        assert torch.equal(loaded(input_ids=x).logits, tiny_llama(input_ids=x).logits)
+
+
+def test_gpt2_round_trip_and_overrides(tmp_path):
+    torch.manual_seed(1)
+    model = tempnet_model_from_config(gpt2_config(), objective="dro", tau=0.5, tau_min=0.1, tau_max=1.0).eval()
+    with torch.no_grad():
+        model.tempnet.logit.fill_(0.3)
+    model.save_pretrained(tmp_path)
+    loaded = GPT2TempNetForCausalLM.from_pretrained(tmp_path)
+    x = torch.randint(0, 300, (1, 5))
+    assert loaded.tempnet.logit.item() == pytest.approx(0.3)
+    assert torch.equal(loaded(input_ids=x).logits, model(input_ids=x).logits)
+    overridden = tempnet_model_from_pretrained(tmp_path, rho=3.0)  # settings only used by the loss
+    assert overridden.tempnet_rho == 3.0 and overridden.tempnet.logit.item() == pytest.approx(0.3)
+
+
+def test_plain_base_checkpoint_needs_fresh_tempnet(tmp_path):
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no tempnet.* weights.*fresh_tempnet=True"):
+        tempnet_model_from_pretrained(tmp_path)
+    model = tempnet_model_from_pretrained(tmp_path, fresh_tempnet=True, objective="tempnet_dro", tau_max=1.5,
+                                          hidden_size=24)
+    assert model.tempnet.proj[0].weight.shape == (24, VOCAB) and model.tempnet.tau_max == 1.5
+    assert torch.equal(model.tempnet.last.weight, torch.ones(1, 24))  # fresh: the core's init
+    base = LlamaForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert tempnet_model_from_pretrained(tmp_path, objective="ce").tempnet.tau == 1.0  # "ce" has no weights
+
+
+def test_checkpoint_with_another_vocabulary_is_a_clear_error(tiny_llama, tmp_path):
+    tiny_llama.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    other = tempnet_model_from_config(llama_config(vocab_size=400), hidden_size=32)
+    # a TempNet trained for another vocabulary, attached to this checkpoint
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "model.safetensors")
+    state.update({"tempnet." + k: v for k, v in other.tempnet.state_dict().items()})
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="vocabulary size 400 but the model's vocabulary size is 320"):
+        tempnet_model_from_pretrained(tmp_path)
+    model = tempnet_model_from_pretrained(tmp_path, fresh_tempnet=True)
+    assert model.tempnet.proj[0].weight.shape == (32, VOCAB) and config["vocab_size"] == VOCAB
+    assert not torch.equal(model.tempnet.proj[0].weight, other.tempnet.proj[0].weight[:, :VOCAB])
+
+
+def test_checkpoint_with_another_tempnet_width_is_a_clear_error(tiny_llama, tmp_path):
+    tiny_llama.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"tempnet\.\S+ in .* has shape .* but objective 'tempnet_dro' with hidden_size=8 expects"):
+        tempnet_model_from_pretrained(tmp_path, hidden_size=8)
+    model = tempnet_model_from_pretrained(tmp_path, hidden_size=8, fresh_tempnet=True)
+    assert model.tempnet.proj[0].weight.shape == (8, VOCAB)
+    assert torch.equal(model.lm_head.weight, tiny_llama.lm_head.weight)
+
+
+def test_half_precision_load_keeps_tempnet_in_float32(tiny_llama, tmp_path):
+    tiny_llama.save_pretrained(tmp_path)
+    model = tempnet_model_from_pretrained(tmp_path, dtype=torch.float16)
+    assert model.lm_head.weight.dtype == torch.float16
+    assert all(p.dtype == torch.float32 for p in model.tempnet.parameters())
+    assert torch.equal(model.tempnet.proj[0].weight, tiny_llama.tempnet.proj[0].weight)
+
+
+def test_base_model_methods_still_work(tiny_llama):
+    model = tiny_llama.train()
+    model.gradient_checkpointing_enable()
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    x = torch.randint(3, VOCAB, (1, 6))
+    model(input_ids=x, labels=x).loss.backward()
+    model.resize_token_embeddings(VOCAB + 8)
+    assert model.get_output_embeddings().weight.shape[0] == VOCAB + 8
