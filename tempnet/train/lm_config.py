@@ -1,0 +1,264 @@
+"""The config tree of the LLM trainer (GPT_2, LLaMA-1, LLaMA-2): one dataclass per section.
+
+Defaults < the folder's YAML < `key.sub=value` on the command line (`tempnet.config.load_config`).
+Every field has a docstring; `__post_init__` rejects impossible values with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tempnet.losses.lm import OBJECTIVES
+from tempnet.modules import check_tau_range
+
+__all__ = ["LMTrainConfig", "ModelConfig", "TempNetConfig", "DataConfig", "OptimConfig", "TrainConfig",
+           "EngineConfig", "DebugConfig", "MODES", "ARCHS", "ENGINES", "PRECISIONS"]
+
+MODES = ("scratch", "finetune", "frozen")
+ARCHS = ("gpt2", "llama")
+ENGINES = ("ddp", "deepspeed", "accelerate")
+PRECISIONS = ("fp32", "fp16", "bf16")
+DTYPES = (None, "float32", "float16", "bfloat16")
+
+
+def _choice(value, allowed, name: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    mode: str = "scratch"
+    """scratch: a random model from `arch` + `base`; finetune: load `path`, train everything;
+    frozen: load `path`, train only TempNet (the LLaMA-2 setting)."""
+    arch: str = "gpt2"
+    """Model family of a scratch model: gpt2 (GPT2Config) or llama (LlamaConfig)."""
+    base: dict = field(default_factory=dict)
+    """Keyword arguments of the Hugging Face config of a scratch model (n_layer, n_embd, ...)."""
+    path: Optional[str] = None
+    """Hub name or local directory of the pretrained model (finetune / frozen)."""
+    tokenizer: Optional[str] = None
+    """Hub name or directory of the tokenizer; defaults to `path`."""
+    dtype: Optional[str] = None
+    """Dtype the pretrained weights are loaded in (float32, float16, bfloat16); None keeps float32."""
+    fresh_tempnet: bool = False
+    """Finetune / frozen: start from a new TempNet even if the checkpoint holds `tempnet.*` weights."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory (large models)."""
+
+    def __post_init__(self):
+        _choice(self.mode, MODES, "model.mode")
+        _choice(self.arch, ARCHS, "model.arch")
+        _choice(self.dtype, DTYPES, "model.dtype")
+        if not isinstance(self.base, dict):
+            raise ValueError(f"model.base must be a mapping of config keyword arguments, got {self.base!r}")
+
+
+@dataclass
+class TempNetConfig:
+    rho: float = 8.0
+    """KL budget of the robust loss (dro, tempnet_dro)."""
+    tau: float = 1.0
+    """Fixed tau of `ce`, initial tau of `dro`."""
+    tau_min: float = 0.01
+    """Lower end of the predicted temperature."""
+    tau_max: float = 2.0
+    """Upper end of the predicted temperature."""
+    hidden_size: int = 256
+    """M, the width of TempNet's projection."""
+    dropout: float = 0.5
+    """Dropout inside TempNet's projection (0 in debug configs so runs compare exactly)."""
+
+    def __post_init__(self):
+        check_tau_range(self.tau_min, self.tau_max)
+        if not self.rho >= 0:
+            raise ValueError(f"tempnet.rho (the KL budget) must be >= 0, got {self.rho}")
+        if not self.tau > 0:
+            raise ValueError(f"tempnet.tau must be positive, got {self.tau}")
+        if self.hidden_size < 1:
+            raise ValueError(f"tempnet.hidden_size must be >= 1, got {self.hidden_size}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"tempnet.dropout must lie in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    format: str = "packed"
+    """packed: documents tokenised, joined with EOS and cut into blocks of seq_len (pretraining);
+    alpaca: instruction/input/output records, one padded example each, prompt masked out of the loss."""
+    dataset: Optional[str] = None
+    """Hugging Face dataset name, a `save_to_disk` directory, or a loadable dataset directory."""
+    dataset_config: Optional[str] = None
+    """Configuration name of `dataset`, if it has several."""
+    split: str = "train"
+    """Split of `dataset` to train on."""
+    files: list = field(default_factory=list)
+    """Local .txt / .json / .jsonl files, used when `dataset` is not set."""
+    text_field: str = "text"
+    """Column holding the document text (packed format, JSON / HF data)."""
+    prompt_template: str = "llama2_chat"
+    """How an alpaca record becomes a prompt: llama2_chat ([INST] ... [/INST]) or alpaca."""
+    seq_len: int = 2048
+    """Tokens per training example."""
+    cache_dir: Optional[str] = None
+    """Where token caches live (shared by runs and ranks); None: OUTPUT_DIR/token_cache."""
+    num_proc: int = 1
+    """Processes for tokenisation (datasets.map)."""
+    num_workers: int = 0
+    """DataLoader workers per rank."""
+
+    def __post_init__(self):
+        _choice(self.format, ("packed", "alpaca"), "data.format")
+        _choice(self.prompt_template, ("llama2_chat", "alpaca"), "data.prompt_template")
+        if self.seq_len < 2:
+            raise ValueError(f"data.seq_len must be >= 2, got {self.seq_len}")
+        if isinstance(self.files, str):
+            self.files = [self.files]
+        if self.num_proc < 1 or self.num_workers < 0:
+            raise ValueError(f"data.num_proc must be >= 1 and data.num_workers >= 0, got {self.num_proc}, "
+                             f"{self.num_workers}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-4
+    """Peak learning rate of the language model."""
+    min_lr: float = 6e-5
+    """Learning rate at the end of the cosine decay; every group decays by the ratio min_lr / lr."""
+    tempnet_lr: float = 2e-6
+    """Peak learning rate of TempNet (its own parameter group, no weight decay)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay of the language model's matrices (not biases, norms or TempNet)."""
+    betas: tuple = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 0
+    """Linear warmup steps before the cosine decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+
+    def __post_init__(self):
+        if not self.lr > 0 or not self.tempnet_lr > 0:
+            raise ValueError(f"optim.lr and optim.tempnet_lr must be positive, got {self.lr}, {self.tempnet_lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optim.min_lr must lie in [0, optim.lr={self.lr}], got {self.min_lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("optim.weight_decay, optim.warmup_steps and optim.grad_clip must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 50_000
+    """Optimizer steps of the whole run (the schedule spans them)."""
+    stop_after_steps: Optional[int] = None
+    """Stop after this step with a checkpoint written, as if the run crashed (tests resume from it)."""
+    micro_batch_size: int = 4
+    """Examples per rank per forward pass."""
+    global_batch_size: int = 16
+    """Examples per optimizer step over all ranks: micro_batch_size x world size x accumulation steps."""
+    precision: str = "fp32"
+    """fp32, fp16 (autocast + loss scaling) or bf16 (autocast)."""
+    seed: int = 1234
+    """Seed of the model initialisation, data order and dropout."""
+    log_every: int = 1
+    """Log every this many steps (rank 0: console, metrics.jsonl, TensorBoard)."""
+    save_every: int = 1000
+    """Write a checkpoint every this many steps (and at stop_after_steps / the end)."""
+    keep_last: int = 3
+    """Keep the newest K checkpoints (<= 0 keeps all)."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files to OUTPUT_DIR/tensorboard."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar on rank 0."""
+
+    def __post_init__(self):
+        _choice(self.precision, PRECISIONS, "train.precision")
+        if self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if self.stop_after_steps is not None and not 1 <= self.stop_after_steps <= self.max_steps:
+            raise ValueError(f"train.stop_after_steps must lie in [1, train.max_steps={self.max_steps}], "
+                             f"got {self.stop_after_steps}")
+        if self.micro_batch_size < 1 or self.global_batch_size % self.micro_batch_size:
+            raise ValueError(f"train.global_batch_size={self.global_batch_size} must be a positive multiple of "
+                             f"train.micro_batch_size={self.micro_batch_size}")
+        if self.log_every < 1 or self.save_every < 1:
+            raise ValueError("train.log_every and train.save_every must be >= 1")
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per rank per optimizer step, with a clear error if the batch does not divide."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ValueError(f"train.global_batch_size={self.global_batch_size} is not divisible by "
+                             f"micro_batch_size={self.micro_batch_size} x world size={world_size}")
+        return self.global_batch_size // per_step
+
+
+@dataclass
+class EngineConfig:
+    name: str = "ddp"
+    """ddp: one process or torchrun (DistributedDataParallel); deepspeed: ZeRO from `deepspeed_config`
+    (launch with `deepspeed` or `torchrun`); accelerate: `accelerate launch --config_file ...` (FSDP)."""
+    deepspeed_config: Optional[str] = None
+    """Path of the DeepSpeed JSON; batch sizes, clipping and precision set to "auto" are filled from this config."""
+    find_unused_parameters: bool = False
+    """DDP only: tolerate parameters without gradient."""
+
+    def __post_init__(self):
+        _choice(self.name, ENGINES, "engine.name")
+        if self.name == "deepspeed" and not self.deepspeed_config:
+            raise ValueError("engine.name=deepspeed needs engine.deepspeed_config=PATH (a DeepSpeed JSON file)")
+
+
+@dataclass
+class DebugConfig:
+    synthetic: bool = False
+    """Generate a tiny corpus, tokenizer and (finetune / frozen) base checkpoint under
+    OUTPUT_DIR/debug_assets and point data.files, model.tokenizer and model.path at them: no download."""
+    num_documents: int = 400
+    """Documents (or instruction records) of the synthetic corpus."""
+    vocab_size: int = 384
+    """Vocabulary of the synthetic tokenizer (model.base.vocab_size must be at least this)."""
+
+    def __post_init__(self):
+        if self.num_documents < 1 or self.vocab_size < 300:
+            raise ValueError(f"debug.num_documents must be >= 1 and debug.vocab_size >= 300 (byte fallback needs "
+                             f"~290 pieces), got {self.num_documents}, {self.vocab_size}")
+
+
+@dataclass
+class LMTrainConfig:
+    objective: str = "tempnet_dro"
+    """ce (tau fixed), dro (one learned tau, robust loss), tempnet_ce, tempnet_dro (the paper)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The language model."""
+    tempnet: TempNetConfig = field(default_factory=TempNetConfig)
+    """The temperature head and the robust loss."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Loop, batch sizes, precision, checkpoints, logging."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Distributed engine."""
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    """Generated stand-ins for CPU smoke runs."""
+
+    def __post_init__(self):
+        _choice(self.objective, tuple(OBJECTIVES), "objective")
+        if self.model.mode == "frozen" and not self.objective.startswith("tempnet") and self.objective != "dro":
+            raise ValueError(f"model.mode=frozen trains only the temperature, but objective={self.objective!r} "
+                             "has no trainable temperature; use tempnet_dro, tempnet_ce or dro")
+        if self.model.mode != "scratch" and not self.model.path and not self.debug.synthetic:
+            raise ValueError(f"model.mode={self.model.mode} needs model.path (a Hub name or a model directory)")
+
+    def check_runnable(self) -> None:
+        """Checks that the (valid but empty) defaults fail: called by the trainer before it starts."""
+        if self.model.mode == "scratch" and not self.model.base:
+            raise ValueError("model.mode=scratch needs model.base (keyword arguments of the model's config)")
+        if not self.data.dataset and not self.data.files and not self.debug.synthetic:
+            raise ValueError("no training data: set data.dataset, data.files, or debug.synthetic=true")

@@ -1,0 +1,67 @@
+"""Tokenizer and model of the LLM trainer, built through the Hugging Face integration.
+
+scratch   a random GPT-2 / LLaMA from `model.arch` + `model.base` with the objective's head;
+finetune  `model.path` loaded with its head (or a fresh one), everything trained;
+frozen    `model.path` loaded, `freeze_base()`: only the head (TempNet) is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+__all__ = ["load_tokenizer", "build_model", "head_settings"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_tokenizer(cfg):
+    """The tokenizer of `model.tokenizer` (default `model.path`)."""
+    from transformers import AutoTokenizer
+
+    name = cfg.model.tokenizer or cfg.model.path
+    if not name:
+        raise ValueError("model.mode=scratch needs model.tokenizer (a Hub name or a tokenizer directory)")
+    return AutoTokenizer.from_pretrained(name)
+
+
+def head_settings(cfg) -> dict:
+    """The TempNetConfig fields of the integration (objective, rho, tau, tau range, width, dropout)."""
+    return {"objective": cfg.objective, **dataclasses.asdict(cfg.tempnet)}
+
+
+def _check_vocab(model, tokenizer) -> None:
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary size is "
+                         f"{model.config.vocab_size}: set model.base.vocab_size >= {len(tokenizer)} or use the "
+                         "model's own tokenizer")
+
+
+def build_model(cfg, tokenizer):
+    """The TempNet causal LM for cfg.model.mode, on the CPU, in training mode.
+
+    Trainable weights must be float32 unless DeepSpeed keeps float32 master copies (engine=deepspeed).
+    """
+    from tempnet.integrations.hf import tempnet_model_from_config, tempnet_model_from_pretrained
+    from transformers import GPT2Config, LlamaConfig
+
+    m = cfg.model
+    if m.mode == "scratch":
+        special = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                   if getattr(tokenizer, k) is not None}
+        base_cls = GPT2Config if m.arch == "gpt2" else LlamaConfig
+        model = tempnet_model_from_config(base_cls(**{**special, **m.base}), **head_settings(cfg))
+    else:
+        model = tempnet_model_from_pretrained(m.path, fresh_tempnet=m.fresh_tempnet,
+                                              dtype=_DTYPES[m.dtype] if m.dtype else None, **head_settings(cfg))
+    _check_vocab(model, tokenizer)
+    if m.mode == "frozen":
+        model.freeze_base()
+    elif m.dtype not in (None, "float32") and cfg.engine.name != "deepspeed":
+        raise ValueError(f"model.dtype={m.dtype} with model.mode={m.mode}: the {cfg.engine.name} engine would train "
+                         "half-precision weights without float32 master copies; load float32 and use "
+                         "train.precision for mixed precision (or engine.name=deepspeed)")
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.train()
