@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -26,12 +26,15 @@ from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective
 from tempnet.modules import check_tau_range
 
 __all__ = [
-    "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "build_head", "head_shapes", "fit_state_dict",
-    "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file", "load_tempnet_file",
+    "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes", "fit_state_dict", "resolve_settings",
+    "check_head_shapes",
+    "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file", "load_tempnet_file", "TempNetFile",
 ]
 
 #: Where the head's parameters live inside a causal LM's state dict.
 PREFIX = "tempnet."
+#: from_pretrained kwargs that say where a checkpoint's files are (local dir or hub repo).
+DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
 
 @dataclass
@@ -113,6 +116,35 @@ def fit_state_dict(state: Mapping[str, torch.Tensor], head: nn.Module) -> dict[s
     return out
 
 
+def resolve_settings(stored: dict | None, found: dict[str, tuple], overrides: dict[str, Any]) -> TempNetConfig:
+    """Stored settings, or (no "tempnet" in config.json) ones inferred from the weights, then overrides."""
+    if stored:
+        base = TempNetConfig.from_dict(stored)
+    elif "proj.0.weight" in found:  # a TempNet without settings: the authors' released layout
+        base = RELEASED_TEMPNET.replace(hidden_size=found["proj.0.weight"][0])
+    elif "logit" in found:
+        base = TempNetConfig(objective="dro")
+    else:
+        base = TempNetConfig()
+    return base.replace(**overrides) if overrides else base
+
+
+def check_head_shapes(path, found: dict[str, tuple], expected: dict[str, tuple], settings: TempNetConfig, vocab: int):
+    """Raise a ValueError naming the problem when the checkpoint's head does not fit `settings`."""
+    hint = "pass fresh_tempnet=True to start a new TempNet"
+    if expected and not found:
+        raise ValueError(f"checkpoint {path} holds no {PREFIX}* weights for objective {settings.objective!r} "
+                         f"(a plain base model?); {hint}")
+    if "proj.0.weight" in found and found["proj.0.weight"][1] != vocab:
+        raise ValueError(f"the TempNet in {path} was built for vocabulary size {found['proj.0.weight'][1]} but the "
+                         f"model's vocabulary size is {vocab}; {hint}")
+    for key in sorted(set(expected) | set(found)):
+        have, want = found.get(key), expected.get(key)
+        if have != want and not (have == (1,) and want == ()):
+            raise ValueError(f"{PREFIX}{key} in {path} has shape {have} but objective {settings.objective!r} with "
+                             f"hidden_size={settings.hidden_size} expects {want}; fix the settings or {hint}")
+
+
 # ---- reading checkpoints without loading the model -------------------------------------------------
 
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -183,8 +215,17 @@ def save_tempnet_file(head: nn.Module, cfg: TempNetConfig, vocab_size: int, file
     save_file(state, str(file), metadata=meta)
 
 
-def load_tempnet_file(file: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, TempNetConfig]:
-    """Read a file written by `save_tempnet_file`: (head in eval mode, float32, on `device`; its settings)."""
+class TempNetFile(NamedTuple):
+    """What `load_tempnet_file` returns."""
+
+    head: nn.Module
+    config: TempNetConfig
+    vocab_size: int
+
+
+def load_tempnet_file(file: str | os.PathLike, device: str | torch.device = "cpu") -> TempNetFile:
+    """Read a file written by `save_tempnet_file`: the head (eval mode, float32, on `device`), its
+    settings and the vocabulary size it was built for."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as f:
@@ -192,7 +233,7 @@ def load_tempnet_file(file: str | os.PathLike, device: str | torch.device = "cpu
         state = {k: f.get_tensor(k) for k in f.keys()}
     if "tempnet_config" not in meta or "vocab_size" not in meta:
         raise ValueError(f"{file} is not a TempNet export: its metadata lacks 'tempnet_config' and 'vocab_size'")
-    cfg = TempNetConfig.from_dict(json.loads(meta["tempnet_config"]))
-    head = build_head(cfg, int(meta["vocab_size"]))
+    cfg, vocab = TempNetConfig.from_dict(json.loads(meta["tempnet_config"])), int(meta["vocab_size"])
+    head = build_head(cfg, vocab)
     head.load_state_dict(fit_state_dict(state, head))
-    return head.to(device).eval(), cfg
+    return TempNetFile(head.to(device).eval(), cfg, vocab)

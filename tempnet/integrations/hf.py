@@ -23,8 +23,8 @@ from transformers import initialization as hf_init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
-from tempnet.integrations.head import (PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head, checkpoint_shapes,
-                                       head_shapes, read_checkpoint_tensors)
+from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head, check_head_shapes,
+                                       checkpoint_shapes, head_shapes, read_checkpoint_tensors, resolve_settings)
 from tempnet.losses.lm import objective_terms
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
 
 @dataclass
@@ -175,7 +174,7 @@ class TempNetCausalLMMixin:
         layout (no settings in config.json, `scaler` of shape [1]) loads with `RELEASED_TEMPNET`.
         """
         path = pretrained_model_name_or_path
-        download = {k: kwargs[k] for k in _DOWNLOAD_KEYS if k in kwargs}
+        download = {k: kwargs[k] for k in DOWNLOAD_KEYS if k in kwargs}
         config = kwargs.get("config")
         if not isinstance(config, PreTrainedConfig):
             config_dict, _ = PreTrainedConfig.get_config_dict(config or path, **download)
@@ -183,10 +182,10 @@ class TempNetCausalLMMixin:
         else:
             stored, vocab = getattr(config, "tempnet", None), config.vocab_size
         found = {k[len(PREFIX):]: v for k, v in checkpoint_shapes(path, **download).items()}
-        settings = _resolve_settings(stored, found, tempnet_overrides or {})
+        settings = resolve_settings(stored, found, tempnet_overrides or {})
         expected = head_shapes(settings, vocab)
         if not fresh_tempnet:
-            _check_head(path, found, expected, settings, vocab)
+            check_head_shapes(path, found, expected, settings, vocab)
         if isinstance(config, PreTrainedConfig):
             config.tempnet = settings.to_dict()
         else:
@@ -201,6 +200,7 @@ class TempNetCausalLMMixin:
             _check_base_loaded(path, info)
         else:
             model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
+        model.tempnet.float()  # also the tensors transformers re-created (mismatched ones) in the load dtype
         if fresh_tempnet:
             model.reset_tempnet()
         elif mismatched:  # the released layout: copy the [1]-shaped scalars by hand
@@ -234,35 +234,6 @@ def _check_base_loaded(path, info: dict) -> None:
     unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(PREFIX))
     if missing or unexpected:
         logger.warning("loading %s: missing keys %s, unexpected keys %s", path, missing, unexpected)
-
-
-def _resolve_settings(stored: dict | None, found: dict[str, tuple], overrides: dict[str, Any]) -> TempNetConfig:
-    """Stored settings, or (no "tempnet" in config.json) ones inferred from the weights, then overrides."""
-    if stored:
-        base = TempNetConfig.from_dict(stored)
-    elif "proj.0.weight" in found:  # a TempNet without settings: the authors' released layout
-        base = RELEASED_TEMPNET.replace(hidden_size=found["proj.0.weight"][0])
-    elif "logit" in found:
-        base = TempNetConfig(objective="dro")
-    else:
-        base = TempNetConfig()
-    return base.replace(**overrides) if overrides else base
-
-
-def _check_head(path, found: dict[str, tuple], expected: dict[str, tuple], settings: TempNetConfig, vocab: int):
-    """Raise a ValueError naming the problem when the checkpoint's head does not fit `settings`."""
-    hint = "pass fresh_tempnet=True to start a new TempNet"
-    if expected and not found:
-        raise ValueError(f"checkpoint {path} holds no {PREFIX}* weights for objective {settings.objective!r} "
-                         f"(a plain base model?); {hint}")
-    if "proj.0.weight" in found and found["proj.0.weight"][1] != vocab:
-        raise ValueError(f"the TempNet in {path} was built for vocabulary size {found['proj.0.weight'][1]} but the "
-                         f"model's vocabulary size is {vocab}; {hint}")
-    for key in sorted(set(expected) | set(found)):
-        have, want = found.get(key), expected.get(key)
-        if have != want and not (have == (1,) and want == ()):
-            raise ValueError(f"{PREFIX}{key} in {path} has shape {have} but objective {settings.objective!r} with "
-                             f"hidden_size={settings.hidden_size} expects {want}; fix the settings or {hint}")
 
 
 # ---- the concrete classes ------------------------------------------------------------------------------
@@ -350,7 +321,7 @@ def tempnet_model_from_pretrained(path, fresh_tempnet: bool = False, dtype: torc
     the rest go to `from_pretrained` (device_map, revision, ...).
     """
     settings, hf_kwargs = _split_settings(kwargs)
-    download = {k: hf_kwargs[k] for k in _DOWNLOAD_KEYS if k in hf_kwargs}
+    download = {k: hf_kwargs[k] for k in DOWNLOAD_KEYS if k in hf_kwargs}
     config_dict, _ = PreTrainedConfig.get_config_dict(path, **download)
     if "model_type" not in config_dict:
         raise ValueError(f"config.json of {path} has no model_type")

@@ -36,3 +36,40 @@ def tiny_llama():
         model.tempnet.proj[0].weight.mul_(20.0)
         model.tempnet.last.weight.normal_(0.0, 20.0)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A LLaMA tokenizer (sentencepiece BPE, byte fallback, VOCAB pieces) trained here, saved HF-style."""
+    import random
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    root = tmp_path_factory.mktemp("tokenizer")
+    rng = random.Random(0)
+    words = "the a cat dog sat on mat water desert how do you get in find shade sun sand camel drink well".split()
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)))
+    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"),
+                                   vocab_size=VOCAB, model_type="bpe", byte_fallback=True, pad_id=0, bos_id=1,
+                                   eos_id=2, unk_id=3, character_coverage=1.0, minloglevel=2)
+    tokenizer = LlamaTokenizer.from_pretrained(root, add_bos_token=True)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+    tokenizer.save_pretrained(root / "hf")
+    return root / "hf"
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture
+def tiny_llama_dir(tiny_llama, tokenizer, tmp_path):
+    """tiny_llama saved with the tokenizer, as a user's checkpoint directory."""
+    path = tmp_path / "tiny-llama-tempnet"
+    tiny_llama.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
