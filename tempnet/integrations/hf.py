@@ -193,8 +193,9 @@ class TempNetCausalLMMixin:
         # head tensors whose stored shape differs: the released [1]-shaped scaler, or any head when fresh
         mismatched = {k for k, shape in found.items() if expected.get(k) not in (None, shape)}
         want_info = kwargs.pop("output_loading_info", False)
-        if mismatched:
-            kwargs["ignore_mismatched_sizes"] = True  # only for the head: other mismatches are raised below
+        if mismatched or fresh_tempnet:  # the head's missing or mismatched keys are expected: no load report
+            # ignoring size mismatches is for the head's; the base's are raised by _check_base_loaded
+            kwargs["ignore_mismatched_sizes"] = kwargs.get("ignore_mismatched_sizes", False) or bool(mismatched)
             with _quiet_loading_report():
                 model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
             _check_base_loaded(path, info)

@@ -183,3 +183,12 @@ def test_base_model_methods_still_work(tiny_llama):
     model(input_ids=x, labels=x).loss.backward()
     model.resize_token_embeddings(VOCAB + 8)
     assert model.get_output_embeddings().weight.shape[0] == VOCAB + 8
+
+
+def test_public_names_resolve():
+    import tempnet
+    from tempnet.integrations import hf
+
+    for name in tempnet._HF_NAMES:
+        assert getattr(tempnet, name) is getattr(hf, name)
+    assert tempnet.LLaMA_TempNet is LlamaTempNetForCausalLM

@@ -1,0 +1,96 @@
+"""The `tempnet` command end to end on tiny checkpoints made here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from tempnet.cli import main
+from tempnet.integrations.hf import tempnet_model_from_pretrained
+
+from conftest import llama_config
+
+PROMPT = "how do you get water in the desert"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(capsys, *argv) -> list[dict]:
+    assert main([*argv, "--json", "--max-new-tokens", "6"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def plain_dir(tiny_llama, tokenizer, tmp_path):
+    """The same LLaMA without TempNet, as a plain HF checkpoint."""
+    path = tmp_path / "plain"
+    base = LlamaForCausalLM(llama_config())
+    base.load_state_dict({k: v for k, v in tiny_llama.state_dict().items() if not k.startswith("tempnet.")})
+    base.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_generate_with_the_models_tempnet_prints_tau_and_plots(tiny_llama_dir, tokenizer, tmp_path, capsys):
+    plot = tmp_path / "plots" / "tau.png"
+    [result] = _run(capsys, "generate", str(tiny_llama_dir), "--prompt", PROMPT, "--plot", str(plot))
+    assert result["method"] == "TempNet" and len(result["tau"]) == len(result["tokens"]) > 0
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+
+    model = tempnet_model_from_pretrained(tiny_llama_dir)
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    sequences = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert result["token_ids"] == sequences[0, ids.shape[1]:].tolist()[:len(result["token_ids"])]
+    expected_tau = model.sequence_tau(sequences, prompt_length=ids.shape[1])[0, :len(result["tau"])]
+    assert torch.allclose(torch.tensor(result["tau"]), expected_tau, atol=1e-5)
+
+
+def test_export_attach_and_processor_paths_agree(tiny_llama_dir, plain_dir, tmp_path, capsys):
+    exported = tmp_path / "tempnet.safetensors"
+    assert main(["export", str(tiny_llama_dir), str(exported)]) == 0
+    assert main(["attach", str(plain_dir), str(exported), str(tmp_path / "attached")]) == 0
+    capsys.readouterr()
+    [own] = _run(capsys, "generate", str(tiny_llama_dir), "--prompt", PROMPT)
+    [attached] = _run(capsys, "generate", str(tmp_path / "attached"), "--prompt", PROMPT)
+    [as_processor] = _run(capsys, "generate", str(plain_dir), "--prompt", PROMPT, "--tempnet", str(exported))
+    assert as_processor["method"] == "TempNet file"
+    for other in (attached, as_processor):
+        assert other["token_ids"] == own["token_ids"] and other["response"] == own["response"]
+        assert torch.allclose(torch.tensor(other["tau"]), torch.tensor(own["tau"]), atol=1e-5)
+
+
+def test_generate_with_the_baselines(tiny_llama_dir, plain_dir, tmp_path, capsys):
+    [fixed] = _run(capsys, "generate", str(plain_dir), "--prompt", PROMPT, "--tau", "0.5", "--do-sample")
+    assert fixed["tau"] == [0.5] * len(fixed["tokens"])
+    [dyn] = _run(capsys, "generate", str(tiny_llama_dir), "--prompt", PROMPT, "--dynatemp", "0.2", "1.5",
+                 "--do-sample", "--plot", str(tmp_path / "dyn.png"))
+    assert all(0.2 <= t <= 1.5 for t in dyn["tau"]) and (tmp_path / "dyn.png").read_bytes()[:8] == PNG_MAGIC
+    [edt] = _run(capsys, "generate", str(plain_dir), "--prompt", PROMPT, "--edt", "1.0", "0.8", "1.0")
+    assert all(0 < t <= 1.0 for t in edt["tau"])
+    [none] = _run(capsys, "generate", str(tiny_llama_dir), "--prompt", PROMPT, "--no-tempnet", "--do-sample")
+    [plain] = _run(capsys, "generate", str(plain_dir), "--prompt", PROMPT, "--do-sample")
+    assert none["method"] == plain["method"] == "tau = 1" and none["tau"] == [1.0] * len(none["tokens"])
+    assert none["token_ids"] == plain["token_ids"]  # --no-tempnet samples from the untempered model
+
+
+def test_prompt_file_and_text_output(tiny_llama_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT}\n\nthe cat sat\n")
+    assert main(["generate", str(tiny_llama_dir), "--prompt-file", str(prompts), "--max-new-tokens", "3",
+                 "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "=== prompt 2 (TempNet) ===" in out and out.count("--- tau per generated token ---") == 2
+    assert (tmp_path / "p.png").is_file() and (tmp_path / "p-2.png").is_file()
+
+
+def test_console_script_runs(tiny_llama_dir, tmp_path):
+    """The installed entry point (python -m for the same code when the script is not on PATH)."""
+    cmd = [sys.executable, "-m", "tempnet.cli", "generate", str(tiny_llama_dir), "--prompt", PROMPT,
+           "--max-new-tokens", "3", "--plot", str(tmp_path / "t.png")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "tau per generated token" in done.stdout and (tmp_path / "t.png").read_bytes()[:8] == PNG_MAGIC
