@@ -39,10 +39,27 @@ def _trainable_state(model: nn.Module, frozen: bool) -> dict:
     return {k: v for k, v in model.state_dict().items() if k in trainable}
 
 
+def _promote_scalar_parameters(model: nn.Module) -> None:
+    """Give 0-dim parameters the shape [1], in place (before the optimizer is built).
+
+    DeepSpeed's initial broadcast (`p.data.view(torch.uint8)`) and FSDP2 reject 0-dim parameters;
+    TempNet's `scaler` and GlobalTemperature's `logit` are 0-dim. Their math broadcasts the same
+    with [1], and [1] is the released checkpoints' layout, which the HF integration loads.
+    """
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.dim() == 0:
+                setattr(module, name, nn.Parameter(p.detach().reshape(1).clone(), requires_grad=p.requires_grad))
+
+
 class DDPEngine:
     """One process, or torchrun with DistributedDataParallel."""
 
     name = "ddp"
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        """Changes the engine needs before the optimizer sees the parameters (none here)."""
+        return model
 
     def __init__(self, cfg, accum: int):
         _, _, local_rank = init_from_env()
@@ -150,6 +167,7 @@ class DeepSpeedEngine:
         from deepspeed.accelerator import get_accelerator
 
         world, _, _ = init_from_env(require_group=True)  # gloo on CPU; DeepSpeed reuses the group
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asserts it is set, also in one plain process
         self.config = fill_deepspeed_config(cfg.engine.deepspeed_config, cfg, accum, world)
         self.stage = int(self.config.get("zero_optimization", {}).get("stage", 0))
         self.frozen = cfg.model.mode == "frozen"
@@ -162,15 +180,15 @@ class DeepSpeedEngine:
             self.config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
             self._hf_zero3 = HfDeepSpeedConfig(self.config)
 
+    def adapt(self, model: nn.Module) -> nn.Module:
+        # No set_z3_leaf_modules for TempNet: a leaf's gradients are reduced after the backward of its
+        # inputs, and TempNet's input (detached logits) has none, so backward would fail.
+        _promote_scalar_parameters(model)
+        return model
+
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         import deepspeed
 
-        if self.stage == 3:
-            # TempNet reads its Linear weights directly (float32 math), so ZeRO-3 must gather all of them
-            # when TempNet's forward starts, not per submodule call.
-            from deepspeed.utils import set_z3_leaf_modules
-
-            set_z3_leaf_modules(model, [type(model.tempnet)])
         self.unwrapped, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.model, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=self.config)
@@ -226,6 +244,13 @@ class AccelerateEngine:
                           "enables FSDP only on GPU-like backends (accelerate/state.py), so this CPU run is plain data "
                           "parallel", stacklevel=2)
         self.device, self.clip = self.acc.device, cfg.optim.grad_clip
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type == DistributedType.FSDP:
+            _promote_scalar_parameters(model)  # fully_shard rejects 0-dim parameters
+        return model
 
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)

@@ -253,12 +253,12 @@ class LMTrainConfig:
         if self.model.mode == "frozen" and not self.objective.startswith("tempnet") and self.objective != "dro":
             raise ValueError(f"model.mode=frozen trains only the temperature, but objective={self.objective!r} "
                              "has no trainable temperature; use tempnet_dro, tempnet_ce or dro")
-        if self.model.mode != "scratch" and not self.model.path and not self.debug.synthetic:
-            raise ValueError(f"model.mode={self.model.mode} needs model.path (a Hub name or a model directory)")
 
     def check_runnable(self) -> None:
         """Checks that the (valid but empty) defaults fail: called by the trainer before it starts."""
         if self.model.mode == "scratch" and not self.model.base:
             raise ValueError("model.mode=scratch needs model.base (keyword arguments of the model's config)")
+        if self.model.mode != "scratch" and not self.model.path and not self.debug.synthetic:
+            raise ValueError(f"model.mode={self.model.mode} needs model.path (a Hub name or a model directory)")
         if not self.data.dataset and not self.data.files and not self.debug.synthetic:
             raise ValueError("no training data: set data.dataset, data.files, or debug.synthetic=true")
