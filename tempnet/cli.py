@@ -116,8 +116,9 @@ def _generate_one(model, tokenizer, processor, method: str, prompt: str, args) -
     from transformers import LogitsProcessorList
 
     encoded = tokenizer(prompt, return_tensors="pt").to(args.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, num_beams=args.num_beams,
-                   pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+                   pad_token_id=pad)
     if args.do_sample:
         options.update({k: v for k, v in dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature).items()
                         if v is not None})

@@ -13,9 +13,9 @@ import os
 
 import torch
 
-from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, build_head, check_head_shapes, checkpoint_shapes, fit_state_dict,
-                                       head_shapes, load_tempnet_file, read_checkpoint_tensors, resolve_settings,
-                                       save_tempnet_file)
+from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, build_head, check_head_shapes, checkpoint_shapes,
+                                       fit_state_dict, head_shapes, load_tempnet_file, read_checkpoint_tensors,
+                                       resolve_settings, save_tempnet_file)
 from tempnet.integrations.hf import TempNetCausalLMMixin, tempnet_model_from_pretrained
 
 __all__ = ["export_tempnet", "attach_tempnet", "load_tempnet_file"]

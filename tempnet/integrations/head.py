@@ -26,9 +26,9 @@ from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective
 from tempnet.modules import check_tau_range
 
 __all__ = [
-    "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes", "fit_state_dict", "resolve_settings",
-    "check_head_shapes",
-    "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file", "load_tempnet_file", "TempNetFile",
+    "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes", "fit_state_dict",
+    "resolve_settings", "check_head_shapes", "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file",
+    "load_tempnet_file", "TempNetFile",
 ]
 
 #: Where the head's parameters live inside a causal LM's state dict.

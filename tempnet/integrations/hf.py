@@ -23,8 +23,9 @@ from transformers import initialization as hf_init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
-from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head, check_head_shapes,
-                                       checkpoint_shapes, head_shapes, read_checkpoint_tensors, resolve_settings)
+from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head,
+                                       check_head_shapes, checkpoint_shapes, head_shapes, read_checkpoint_tensors,
+                                       resolve_settings)
 from tempnet.losses.lm import objective_terms
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -143,6 +143,8 @@ class TempNetCausalLMMixin:
             prompt_length = prompt_attention_mask.shape[1]
         if prompt_attention_mask is None:
             prompt_attention_mask = torch.ones(batch, prompt_length, dtype=torch.long, device=sequences.device)
+        if prompt_attention_mask.shape[0] != batch:  # num_return_sequences > 1: rows grouped by prompt
+            prompt_attention_mask = prompt_attention_mask.repeat_interleave(batch // prompt_attention_mask.shape[0], 0)
         new = torch.ones(batch, total - prompt_length, dtype=prompt_attention_mask.dtype, device=sequences.device)
         mask = torch.cat([prompt_attention_mask.to(sequences.device), new], dim=1)  # [B, T]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)

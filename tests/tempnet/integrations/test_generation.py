@@ -100,6 +100,11 @@ def test_beam_search_and_top_k_run_with_and_without_cache(tiny_llama, use_cache)
     beams = model.generate(prompt, max_new_tokens=STEPS, num_beams=3, do_sample=False, use_cache=use_cache)
     reference = model.generate(prompt, max_new_tokens=STEPS, num_beams=3, do_sample=False, use_cache=not use_cache)
     assert torch.equal(beams, reference) and beams.shape == (2, 4 + STEPS)
+    mask = torch.ones_like(prompt)
+    two = model.generate(prompt, attention_mask=mask, max_new_tokens=STEPS, num_beams=3, num_return_sequences=2,
+                         use_cache=use_cache, return_tau=True)
+    assert two["tau"].shape == (4, STEPS) and torch.equal(two.sequences[::2], beams)
+    assert torch.allclose(two["tau"], model.sequence_tau(two.sequences, mask.repeat_interleave(2, 0)))
     torch.manual_seed(0)
     sampled = model.generate(prompt, max_new_tokens=STEPS, do_sample=True, top_k=5, use_cache=use_cache)
     assert sampled.shape == (2, 4 + STEPS)
@@ -170,3 +175,28 @@ def test_baseline_processors_in_generate(tiny_llama):
                             logits_processor=LogitsProcessorList([processor]))
         assert out.shape == (2, 4 + STEPS) and len(processor.history) == STEPS
         assert all(((t > 0) & torch.isfinite(t)).all() for t in processor.history)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_other_architectures_generate_with_tempnet(arch):
+    from transformers import GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from conftest import gpt2_config
+    from tempnet.integrations.hf import tempnet_model_from_config
+
+    config = gpt2_config() if arch == "gpt2" else GPTNeoXConfig(
+        vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        bos_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    model = _no_eos(tempnet_model_from_config(config, hidden_size=16).eval())
+    base = (GPT2LMHeadModel if arch == "gpt2" else GPTNeoXForCausalLM)(config).eval()
+    base.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("tempnet.")})
+    prompt = torch.randint(2, 300, (2, 4))
+    out = model.generate(prompt, max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    ids = prompt
+    for score in out.scores:  # each step: the base model's logits (no cache) over TempNet's tau
+        with torch.no_grad():
+            z = base(input_ids=ids).logits[:, -1]
+        assert torch.allclose(score, z / model.tempnet(z), rtol=1e-4, atol=1e-4)
+        ids = torch.cat([ids, score.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out.sequences, ids)

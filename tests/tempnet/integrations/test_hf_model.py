@@ -160,7 +160,8 @@ def test_checkpoint_with_another_vocabulary_is_a_clear_error(tiny_llama, tmp_pat
 
 def test_checkpoint_with_another_tempnet_width_is_a_clear_error(tiny_llama, tmp_path):
     tiny_llama.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"tempnet\.\S+ in .* has shape .* but objective 'tempnet_dro' with hidden_size=8 expects"):
+    expected = r"tempnet\.\S+ in .* has shape .* but objective 'tempnet_dro' with hidden_size=8 expects"
+    with pytest.raises(ValueError, match=expected):
         tempnet_model_from_pretrained(tmp_path, hidden_size=8)
     model = tempnet_model_from_pretrained(tmp_path, hidden_size=8, fresh_tempnet=True)
     assert model.tempnet.proj[0].weight.shape == (8, VOCAB)
