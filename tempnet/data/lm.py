@@ -71,9 +71,6 @@ def _load_records(data, cache_root: Path):
             ds = datasets.load_from_disk(str(path))
             return ds[data.split] if isinstance(ds, datasets.DatasetDict) else ds
         return datasets.load_dataset(data.dataset, data.dataset_config, split=data.split)
-    missing = [f for f in data.files if not Path(f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"data.files: no such file(s) {missing}")
     kinds = {"text" if str(f).endswith(".txt") else "json" if str(f).endswith((".json", ".jsonl")) else None
              for f in data.files}
     if None in kinds or len(kinds) != 1:
@@ -168,6 +165,11 @@ def build_token_cache(data, tokenizer, cache_root: str | Path) -> Path:
     Call on rank 0 first; the other ranks then find the finished directory and only read it.
     Returns the cache directory.
     """
+    missing = [f for f in data.files if not Path(f).is_file()] if not data.dataset else []
+    if missing:
+        raise FileNotFoundError(f"data.files: no such file(s) {missing}")
+    if not data.dataset and not data.files:
+        raise ValueError("no training data: set data.dataset or data.files")
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
     meta = {"source": _source_fingerprint(data), "tokenizer": _tokenizer_fingerprint(tokenizer),
