@@ -92,10 +92,11 @@ def _seconds(model, prompt: torch.Tensor, args, **generate_kwargs) -> float:
 
 
 def tokens_per_second(runs: dict, prompt: torch.Tensor, args) -> dict[str, float]:
-    """Median tokens/s of each run; the runs take turns, so a change in machine load hits them alike."""
-    times = {name: [] for name in runs}
+    """Median tokens/s of each run; the runs take turns, so changes in machine load hit them alike."""
+    times, names = {name: [] for name in runs}, list(runs)
     for i in range(args.warmup + args.repeats):
-        for name, (model, kwargs) in runs.items():
+        for name in names[i % len(names):] + names[:i % len(names)]:  # rotate the order: no run always goes first
+            model, kwargs = runs[name]
             seconds = _seconds(model, prompt, args, **kwargs)
             if i >= args.warmup:
                 times[name].append(seconds)
