@@ -42,8 +42,8 @@ def _trainable_state(model: nn.Module, frozen: bool) -> dict:
 def _promote_scalar_parameters(model: nn.Module) -> None:
     """Give 0-dim parameters the shape [1], in place (before the optimizer is built).
 
-    DeepSpeed's initial broadcast (`p.data.view(torch.uint8)`) and FSDP2 reject 0-dim parameters;
-    TempNet's `scaler` and GlobalTemperature's `logit` are 0-dim. Their math broadcasts the same
+    DeepSpeed's initial broadcast (`p.data.view(torch.uint8)`) fails on 0-dim parameters; TempNet's
+    `scaler` and GlobalTemperature's `logit` are 0-dim. Their math broadcasts the same
     with [1], and [1] is the released checkpoints' layout, which the HF integration loads.
     """
     for module in model.modules():
@@ -246,11 +246,7 @@ class AccelerateEngine:
         self.device, self.clip = self.acc.device, cfg.optim.grad_clip
 
     def adapt(self, model: nn.Module) -> nn.Module:
-        from accelerate.utils import DistributedType
-
-        if self.acc.distributed_type == DistributedType.FSDP:
-            _promote_scalar_parameters(model)  # fully_shard rejects 0-dim parameters
-        return model
+        return model  # FSDP2 (torch 2.14) shards TempNet's 0-dim parameters as they are
 
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)

@@ -92,6 +92,20 @@ def test_objective_names_select_the_ablation_rows(tmp_path):
     assert taus["tempnet_dro"]["loss"] != taus["tempnet_dro"]["ce"]  # the robust loss
 
 
+def test_mixed_precision_paths_run(reference, tmp_path):
+    """fp16 (autocast + GradScaler) and bf16 (autocast) through the real main(argv), 2 steps in-process;
+    on CPU only finiteness and closeness to float32 are checked (bf16 is slow here)."""
+    main = load_train_module("GPT_2").main
+    fp32 = metrics(reference)[0]["loss"]
+    for precision in ("fp16", "bf16"):
+        out = tmp_path / precision
+        main(["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir", str(out),
+              f"train.precision={precision}", "train.max_steps=2"])
+        rows = metrics(out)
+        assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in rows)
+        assert abs(rows[0]["loss"] - fp32) < 1e-2 * fp32, (precision, rows[0]["loss"], fp32)
+
+
 def test_torchrun_two_processes_match_one(reference, tmp_path):
     run(["torchrun", "--nproc_per_node", "2", "--master_port", free_port(),
          *train_cmd("GPT_2", tmp_path, f"train.max_steps={STEPS}")])
