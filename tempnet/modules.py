@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TempNet", "PrototypeTempNet", "GlobalTemperature", "FixedTemperature", "check_tau_range"]
+__all__ = ["TempNet", "PrototypeTempNet", "GlobalTemperature", "FixedTemperature", "Float32Linear", "check_tau_range"]
 
 
 def check_tau_range(tau_min: float, tau_max: float) -> None:
@@ -34,10 +34,13 @@ def _squash(r: torch.Tensor, tau_min: float, tau_max: float) -> torch.Tensor:
     return (tau_max - tau_min) * torch.sigmoid(r) + tau_min
 
 
-def _linear32(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """`layer(x)` in float32 even when the layer's parameters are half precision."""
-    bias = None if layer.bias is None else layer.bias.float()
-    return F.linear(x, layer.weight.float(), bias)
+class Float32Linear(nn.Linear):
+    """nn.Linear that computes in float32 whatever its parameters' dtype (fp16 released weights,
+    a bf16 DeepSpeed engine). Called as a module, so ZeRO-3 gathers its weights on entry."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.weight.float(), bias)
 
 
 class TempNet(nn.Module):
@@ -67,10 +70,13 @@ class TempNet(nn.Module):
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
         self.tau_min, self.tau_max = float(tau_min), float(tau_max)
         self.proj = nn.Sequential(
-            nn.Linear(vocab_size, hidden_size), nn.Sigmoid(), nn.Dropout(dropout), nn.Linear(hidden_size, hidden_size)
+            Float32Linear(vocab_size, hidden_size), nn.Sigmoid(), nn.Dropout(dropout),
+            Float32Linear(hidden_size, hidden_size),
         )
-        self.scaler = nn.Parameter(torch.zeros(()))  # log of the pooling temperature, init log 1
-        self.last = nn.Linear(hidden_size, 1)
+        # log of the pooling temperature, init log 1; shape [1] as in the released checkpoints (and
+        # DeepSpeed / FSDP reject 0-dim parameters)
+        self.scaler = nn.Parameter(torch.zeros(1))
+        self.last = Float32Linear(hidden_size, 1)
         self.reset_output_layer()
 
     def reset_output_layer(self) -> None:
@@ -90,10 +96,9 @@ class TempNet(nn.Module):
         with torch.autocast(logits.device.type, enabled=False):
             z = logits.float()
             x = F.normalize(z - z.amax(dim=-1, keepdim=True), dim=-1)  # [..., V]
-            h = torch.sigmoid(_linear32(x, self.proj[0]))
-            h = _linear32(self.proj[2](h), self.proj[3])  # [..., M]
+            h = self.proj(x)  # [..., M]
             w = torch.softmax(h / self.scaler.float().exp(), dim=-1)
-            r = _linear32((w - 1.0 / self.hidden_size) * h, self.last)  # [..., 1]
+            r = self.last((w - 1.0 / self.hidden_size) * h)  # [..., 1]
             return _squash(r, self.tau_min, self.tau_max)
 
     def extra_repr(self) -> str:
@@ -121,11 +126,11 @@ class PrototypeTempNet(nn.Module):
         check_tau_range(tau_min, tau_max)
         self.feature_dim, self.num_prototypes = feature_dim, num_prototypes
         self.tau_min, self.tau_max = float(tau_min), float(tau_max)
-        self.proj = nn.Linear(feature_dim, feature_dim)
+        self.proj = Float32Linear(feature_dim, feature_dim)
         self.dropout = nn.Dropout(dropout)
         self.prototypes = nn.Parameter(torch.randn(num_prototypes, feature_dim) / math.sqrt(feature_dim))
-        self.scaler = nn.Parameter(torch.tensor(math.log(0.01)))
-        self.linear_1 = nn.Linear(num_prototypes, 1)
+        self.scaler = nn.Parameter(torch.full((1,), math.log(0.01)))
+        self.linear_1 = Float32Linear(num_prototypes, 1)
         with torch.no_grad():
             self.linear_1.weight.fill_(1.0)
             self.linear_1.bias.zero_()
@@ -146,10 +151,10 @@ class PrototypeTempNet(nn.Module):
             raise ValueError(f"PrototypeTempNet expects features [B, {self.feature_dim}], got {tuple(features.shape)}")
         _check_finite(features, "features given to PrototypeTempNet")
         with torch.autocast(features.device.type, enabled=False):
-            x = self.dropout(torch.sigmoid(_linear32(features.float(), self.proj)))  # [B, d]
+            x = self.dropout(torch.sigmoid(self.proj(features)))  # [B, d]
             p = x @ F.normalize(self.prototypes.float(), dim=-1).t()  # [B, M]
             w = torch.softmax(p / self.scaler.float().exp(), dim=-1)
-            r = _linear32((w - 1.0 / self.num_prototypes) * torch.sigmoid(p), self.linear_1)  # [B, 1]
+            r = self.linear_1((w - 1.0 / self.num_prototypes) * torch.sigmoid(p))  # [B, 1]
             return _squash(r, self.tau_min, self.tau_max).squeeze(-1)
 
 
@@ -167,7 +172,7 @@ class GlobalTemperature(nn.Module):
             raise ValueError(f"tau_init={tau_init} must lie strictly inside ({tau_min}, {tau_max})")
         self.tau_min, self.tau_max = float(tau_min), float(tau_max)
         frac = (tau_init - tau_min) / (tau_max - tau_min)
-        self.logit = nn.Parameter(torch.tensor(math.log(frac / (1.0 - frac))))
+        self.logit = nn.Parameter(torch.full((1,), math.log(frac / (1.0 - frac))))  # [1]: ZeRO / FSDP-safe
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         tau = _squash(self.logit.float(), self.tau_min, self.tau_max)

@@ -14,7 +14,7 @@ import os
 import torch
 
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, build_head, check_head_shapes, checkpoint_shapes,
-                                       fit_state_dict, head_shapes, load_tempnet_file, read_checkpoint_tensors,
+                                       head_shapes, load_tempnet_file, read_checkpoint_tensors,
                                        resolve_settings, save_tempnet_file)
 from tempnet.integrations.hf import TempNetCausalLMMixin, tempnet_model_from_pretrained
 
@@ -39,7 +39,7 @@ def export_tempnet(source: TempNetCausalLMMixin | str | os.PathLike, file: str |
     check_head_shapes(source, found, head_shapes(settings, vocab), settings, vocab)
     head = build_head(settings, vocab)
     state = {k[len(PREFIX):]: v for k, v in read_checkpoint_tensors(source).items()}
-    head.load_state_dict(fit_state_dict(state, head))
+    head.load_state_dict(state)
     save_tempnet_file(head, settings, vocab, file, dtype)
 
 
@@ -59,5 +59,5 @@ def attach_tempnet(base: str | os.PathLike, file: str | os.PathLike, **from_pret
                          f"size {base_vocab}")
     model = tempnet_model_from_pretrained(base, fresh_tempnet=True, **settings.to_dict(), **from_pretrained_kwargs)
     state = {k: v.to(model.tempnet.get_parameter(k).device) for k, v in head.state_dict().items()}
-    model.tempnet.load_state_dict(fit_state_dict(state, model.tempnet))
+    model.tempnet.load_state_dict(state)
     return model.eval()

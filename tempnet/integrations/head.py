@@ -6,8 +6,8 @@ built by the core (`tempnet.losses.lm.build_objective`), never here.
 
 The authors' released checkpoints (LLM-Opt/TempNet-LLaMA2-Chat-*) are plain LLaMA checkpoints whose
 state dict also holds fp16 `tempnet.*` weights, with no TempNet settings in config.json, a tau range
-of [0.01, 1.2] fixed in their code and `tempnet.scaler` stored with shape [1]. `RELEASED_TEMPNET`
-and `fit_state_dict` cover that layout. Export files (`save_tempnet_file`) hold one head alone.
+of [0.01, 1.2] fixed in their code (the parameter names and shapes are the core TempNet's).
+`RELEASED_TEMPNET` covers that layout. Export files (`save_tempnet_file`) hold one head alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective
 from tempnet.modules import check_tau_range
 
 __all__ = [
-    "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes", "fit_state_dict",
+    "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes",
     "resolve_settings", "check_head_shapes", "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file",
     "load_tempnet_file", "TempNetFile",
 ]
@@ -105,17 +105,6 @@ def head_shapes(cfg: TempNetConfig, vocab_size: int) -> dict[str, tuple[int, ...
     return {k: tuple(v.shape) for k, v in head.state_dict().items()}
 
 
-def fit_state_dict(state: Mapping[str, torch.Tensor], head: nn.Module) -> dict[str, torch.Tensor]:
-    """Reshape released-layout tensors to the head's shapes ([1] -> [] for `scaler`); cast to its dtypes."""
-    own = head.state_dict()
-    out = {}
-    for key, value in state.items():
-        if key in own and value.numel() == own[key].numel() == 1:
-            value = value.reshape(own[key].shape)
-        out[key] = value.to(own[key].dtype) if key in own else value
-    return out
-
-
 def resolve_settings(stored: dict | None, found: dict[str, tuple], overrides: dict[str, Any]) -> TempNetConfig:
     """Stored settings, or (no "tempnet" in config.json) ones inferred from the weights, then overrides."""
     if stored:
@@ -140,7 +129,7 @@ def check_head_shapes(path, found: dict[str, tuple], expected: dict[str, tuple],
                          f"model's vocabulary size is {vocab}; {hint}")
     for key in sorted(set(expected) | set(found)):
         have, want = found.get(key), expected.get(key)
-        if have != want and not (have == (1,) and want == ()):
+        if have != want:
             raise ValueError(f"{PREFIX}{key} in {path} has shape {have} but objective {settings.objective!r} with "
                              f"hidden_size={settings.hidden_size} expects {want}; fix the settings or {hint}")
 
@@ -235,5 +224,5 @@ def load_tempnet_file(file: str | os.PathLike, device: str | torch.device = "cpu
         raise ValueError(f"{file} is not a TempNet export: its metadata lacks 'tempnet_config' and 'vocab_size'")
     cfg, vocab = TempNetConfig.from_dict(json.loads(meta["tempnet_config"])), int(meta["vocab_size"])
     head = build_head(cfg, vocab)
-    head.load_state_dict(fit_state_dict(state, head))
+    head.load_state_dict(state)
     return TempNetFile(head.to(device).eval(), cfg, vocab)

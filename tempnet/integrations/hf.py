@@ -24,7 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head,
-                                       check_head_shapes, checkpoint_shapes, head_shapes, read_checkpoint_tensors,
+                                       check_head_shapes, checkpoint_shapes, head_shapes,
                                        resolve_settings)
 from tempnet.losses.lm import objective_terms
 
@@ -173,7 +173,7 @@ class TempNetCausalLMMixin:
         A checkpoint without them (a plain base model), or with a head of another shape (another
         vocabulary, hidden size or objective), is an error unless `fresh_tempnet=True`, which starts a
         new head. `tempnet_overrides` updates the stored settings (e.g. {"rho": 8.5}). The released
-        layout (no settings in config.json, `scaler` of shape [1]) loads with `RELEASED_TEMPNET`.
+        layout (no TempNet settings in config.json) loads with `RELEASED_TEMPNET`.
         """
         path = pretrained_model_name_or_path
         download = {k: kwargs[k] for k in DOWNLOAD_KEYS if k in kwargs}
@@ -192,26 +192,17 @@ class TempNetCausalLMMixin:
             config.tempnet = settings.to_dict()
         else:
             kwargs["tempnet"] = settings.to_dict()
-        # head tensors whose stored shape differs: the released [1]-shaped scaler, or any head when fresh
-        mismatched = {k for k, shape in found.items() if expected.get(k) not in (None, shape)}
         want_info = kwargs.pop("output_loading_info", False)
-        if mismatched or fresh_tempnet:  # the head's missing or mismatched keys are expected: no load report
-            # ignoring size mismatches is for the head's; the base's are raised by _check_base_loaded
-            kwargs["ignore_mismatched_sizes"] = kwargs.get("ignore_mismatched_sizes", False) or bool(mismatched)
+        if fresh_tempnet:  # the stored head (if any) is replaced: its missing or mismatched keys are expected
+            mismatched = any(expected.get(k) not in (None, shape) for k, shape in found.items())
+            kwargs["ignore_mismatched_sizes"] = kwargs.get("ignore_mismatched_sizes", False) or mismatched
             with _quiet_loading_report():
                 model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
-            _check_base_loaded(path, info)
+            _check_base_loaded(path, info)  # size mismatches are ignored for the head only
+            model.reset_tempnet()
         else:
             model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
-        model.tempnet.float()  # also the tensors transformers re-created (mismatched ones) in the load dtype
-        if fresh_tempnet:
-            model.reset_tempnet()
-        elif mismatched:  # the released layout: copy the [1]-shaped scalars by hand
-            state = read_checkpoint_tensors(path, **download)
-            with torch.no_grad():
-                for key in mismatched:
-                    param = model.tempnet.get_parameter(key)
-                    param.copy_(state[PREFIX + key].reshape(param.shape).to(param))
+        model.tempnet.float()  # the head computes in float32; keep its weights there in half-precision models
         return (model, info) if want_info else model
 
 

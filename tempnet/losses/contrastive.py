@@ -15,7 +15,6 @@ exponentials never overflow at tau = 0.005.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

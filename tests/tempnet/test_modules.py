@@ -22,7 +22,7 @@ def tempnet_reference(net: TempNet, z: list[float]) -> float:
     w0, b0, w3, b3 = sd["proj.0.weight"], sd["proj.0.bias"], sd["proj.3.weight"], sd["proj.3.bias"]
     a = [_sigmoid(sum(w0[m][k] * x[k] for k in range(len(x))) + b0[m]) for m in range(len(b0))]
     h = [sum(w3[m][k] * a[k] for k in range(len(a))) + b3[m] for m in range(len(b3))]
-    scale = math.exp(sd["scaler"])
+    scale = math.exp(sd["scaler"][0])
     e = [math.exp(v / scale) for v in h]
     w = [v / sum(e) for v in e]
     M = len(h)
@@ -65,6 +65,7 @@ def test_tempnet_state_dict_names_and_init():
     assert set(net.state_dict()) == {"proj.0.weight", "proj.0.bias", "proj.3.weight", "proj.3.bias", "scaler",
                                      "last.weight", "last.bias"}
     assert net.state_dict()["proj.0.weight"].shape == (256, 10)
+    assert net.scaler.shape == (1,)  # the released checkpoints' shape (and ZeRO/FSDP reject 0-dim parameters)
     assert (net.last.weight == 1).all() and (net.last.bias == 0).all() and net.scaler.item() == 0.0
 
 
@@ -89,7 +90,7 @@ def prototype_reference(net: PrototypeTempNet, f: list[float]) -> float:
         n = math.sqrt(sum(v * v for v in row))
         protos.append([v / n for v in row])
     p = [sum(x[a] * q[a] for a in range(d)) for q in protos]
-    scale = math.exp(sd["scaler"])
+    scale = math.exp(sd["scaler"][0])
     e = [math.exp(v / scale) for v in p]
     w = [v / sum(e) for v in e]
     M = len(p)

@@ -130,7 +130,7 @@ def test_export_and_attach_reproduce_the_logits(released_dir, tmp_path):
     export_tempnet(released_dir, exported, dtype=torch.float16)  # from the checkpoint, without loading the LLM
     assert exported.stat().st_size < 300_000
     head, cfg, vocab = load_tempnet_file(exported)
-    assert vocab == VOCAB and cfg.tau_max == 1.2 and head.scaler.shape == ()
+    assert vocab == VOCAB and cfg.tau_max == 1.2 and head.scaler.shape == (1,)
 
     plain = tmp_path / "plain-llama"
     LlamaForCausalLM.from_pretrained(released_dir, dtype=torch.float32).save_pretrained(plain)
