@@ -163,11 +163,13 @@ class DeepSpeedEngine:
     name = "deepspeed"
 
     def __init__(self, cfg, accum: int):
-        import deepspeed  # noqa: F401  (fail early with a clear ImportError)
+        import deepspeed
         from deepspeed.accelerator import get_accelerator
 
-        world, _, _ = init_from_env(require_group=True)  # gloo on CPU; DeepSpeed reuses the group
+        world, _, _ = init_from_env(require_group=True)  # gloo on CPU
         os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asserts it is set, also in one plain process
+        # DeepSpeed's comm layer adopts that group now: zero.Init (ZeRO-3 from_pretrained) reads its world size.
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
         self.config = fill_deepspeed_config(cfg.engine.deepspeed_config, cfg, accum, world)
         self.stage = int(self.config.get("zero_optimization", {}).get("stage", 0))
         self.frozen = cfg.model.mode == "frozen"
