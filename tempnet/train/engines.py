@@ -39,27 +39,10 @@ def _trainable_state(model: nn.Module, frozen: bool) -> dict:
     return {k: v for k, v in model.state_dict().items() if k in trainable}
 
 
-def _promote_scalar_parameters(model: nn.Module) -> None:
-    """Give 0-dim parameters the shape [1], in place (before the optimizer is built).
-
-    DeepSpeed's initial broadcast (`p.data.view(torch.uint8)`) fails on 0-dim parameters; TempNet's
-    `scaler` and GlobalTemperature's `logit` are 0-dim. Their math broadcasts the same
-    with [1], and [1] is the released checkpoints' layout, which the HF integration loads.
-    """
-    for module in model.modules():
-        for name, p in list(module.named_parameters(recurse=False)):
-            if p.dim() == 0:
-                setattr(module, name, nn.Parameter(p.detach().reshape(1).clone(), requires_grad=p.requires_grad))
-
-
 class DDPEngine:
     """One process, or torchrun with DistributedDataParallel."""
 
     name = "ddp"
-
-    def adapt(self, model: nn.Module) -> nn.Module:
-        """Changes the engine needs before the optimizer sees the parameters (none here)."""
-        return model
 
     def __init__(self, cfg, accum: int):
         _, _, local_rank = init_from_env()
@@ -182,12 +165,6 @@ class DeepSpeedEngine:
             self.config.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
             self._hf_zero3 = HfDeepSpeedConfig(self.config)
 
-    def adapt(self, model: nn.Module) -> nn.Module:
-        # No set_z3_leaf_modules for TempNet: a leaf's gradients are reduced after the backward of its
-        # inputs, and TempNet's input (detached logits) has none, so backward would fail.
-        _promote_scalar_parameters(model)
-        return model
-
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         import deepspeed
 
@@ -246,9 +223,6 @@ class AccelerateEngine:
                           "enables FSDP only on GPU-like backends (accelerate/state.py), so this CPU run is plain data "
                           "parallel", stacklevel=2)
         self.device, self.clip = self.acc.device, cfg.optim.grad_clip
-
-    def adapt(self, model: nn.Module) -> nn.Module:
-        return model  # FSDP2 (torch 2.14) shards TempNet's 0-dim parameters as they are
 
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)

@@ -92,7 +92,7 @@ class _Run:
             cache = build_token_cache(cfg.data, self.tokenizer, cfg.data.cache_dir or output_dir / "token_cache")
         self.dataset = open_token_cache(cache, cfg.data)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and in every run
-        model = engine.adapt(build_model(cfg, self.tokenizer))
+        model = build_model(cfg, self.tokenizer)
         optimizer = build_optimizer(model, cfg.optim)
         engine.prepare(model, optimizer, build_scheduler(optimizer, cfg.optim, cfg.train.max_steps))
         torch.manual_seed(cfg.train.seed + 1 + self.rank)  # dropout streams differ between ranks

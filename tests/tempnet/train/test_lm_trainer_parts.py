@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from tempnet.config import load_config
-from tempnet.modules import GlobalTemperature, TempNet
-from tempnet.train.engines import _promote_scalar_parameters, fill_deepspeed_config
+from tempnet.modules import TempNet
+from tempnet.train.engines import fill_deepspeed_config
 from tempnet.train.lm_config import LMTrainConfig
 from tempnet.train.lm_optim import build_optimizer, build_scheduler, param_groups
 
@@ -105,17 +105,3 @@ def test_deepspeed_json_autos_are_filled_and_conflicts_refused(tmp_path):
         fill_deepspeed_config(path, cfg, accum=2, world_size=2)
     with pytest.raises(FileNotFoundError):
         fill_deepspeed_config(tmp_path / "missing.json", cfg, accum=2, world_size=2)
-
-
-def test_promoting_scalar_parameters_keeps_the_temperatures():
-    torch.manual_seed(0)
-    net, glob = TempNet(12, 8, 0.5, 5.0, 0.0), GlobalTemperature(1.3, 0.5, 5.0)
-    with torch.no_grad():
-        net.scaler.fill_(0.7)
-    z = torch.randn(3, 5, 12)
-    before = net(z), glob(z)
-    for m in (net, glob):
-        _promote_scalar_parameters(m)
-    assert net.scaler.shape == (1,) and glob.logit.shape == (1,)
-    after = net(z), glob(z)
-    assert all(torch.allclose(a, b) and a.shape == b.shape for a, b in zip(before, after))
