@@ -1,0 +1,271 @@
+"""The Bimodal-CL config tree. Defaults are the paper's CC3M setting (PAPER.md, Bimodal-CL row):
+ResNet-50 + DistilBERT, 256-d projections, 30 epochs, lr 8e-4, batch 128 per GPU, gamma 0.8,
+rho 7.0, TempNet tau in [0.005, 0.05], TempNet Adam lr 3e-5 decayed x0.9 per epoch.
+
+Load with `tempnet.config.load_config(BimodalConfig, yaml_path, ["loss=clip", "train.epochs=3"])`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tempnet.modules import check_tau_range
+
+__all__ = ["LOSS_NAMES", "ImageTowerConfig", "TextTowerConfig", "ModelConfig", "DataConfig", "LossConfig",
+           "TempNetConfig", "TrainConfig", "RetrievalSetConfig", "ZeroShotSetConfig", "EvalConfig", "BimodalConfig"]
+
+LOSS_NAMES = ("clip", "cyclip", "sogclr", "isogclr", "isogclr_tempnet")
+PRECISIONS = ("fp32", "amp_fp16", "amp_bf16")
+
+
+@dataclass
+class ImageTowerConfig:
+    source: str = "timm"
+    """"timm" (any timm model name) or "open_clip" (the .visual of an open_clip model)."""
+    name: str = "resnet50"
+    """Model name in that library."""
+    pretrained: Any = True
+    """timm: true loads the library's ImageNet weights (the paper starts from them); open_clip: a pretrained
+    tag such as "openai", or false."""
+    kwargs: dict = field(default_factory=dict)
+    """Extra keyword arguments for timm.create_model / open_clip.create_model."""
+
+    def __post_init__(self):
+        if self.source not in ("timm", "open_clip"):
+            raise ValueError(f"model.image.source must be 'timm' or 'open_clip', got {self.source!r}")
+
+
+@dataclass
+class TextTowerConfig:
+    source: str = "hf"
+    """"hf" (a transformers encoder) or "open_clip" (the text half of an open_clip model)."""
+    name: str = "distilbert-base-uncased"
+    """hf: a model name or local path, or with pretrained=false a model type such as "distilbert"; open_clip: a model name."""
+    pretrained: Any = True
+    """hf: load weights (true) or build from the config (false); open_clip: a pretrained tag or false."""
+    config_overrides: dict = field(default_factory=dict)
+    """hf: config fields (e.g. a tiny width for tests); open_clip: create_model keyword arguments."""
+    tokenizer: str = ""
+    """"" = the tower's own tokenizer; "open_clip" = open_clip's BPE (ships its vocabulary: works offline);
+    else a transformers tokenizer name or path."""
+    max_length: int = 30
+    """Tokens per caption (padding / truncation), as the authors' code."""
+
+    def __post_init__(self):
+        if self.source not in ("hf", "open_clip"):
+            raise ValueError(f"model.text.source must be 'hf' or 'open_clip', got {self.source!r}")
+        if self.max_length < 2:
+            raise ValueError(f"model.text.max_length must be >= 2, got {self.max_length}")
+
+
+@dataclass
+class ModelConfig:
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    """The image tower."""
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    """The text tower."""
+    embed_dim: int = 256
+    """Size of the shared embedding space (the linear projections' output)."""
+    image_size: int = 256
+    """Training and retrieval image resolution (square)."""
+
+    def __post_init__(self):
+        if self.embed_dim < 1 or self.image_size < 8:
+            raise ValueError(f"need model.embed_dim >= 1 and model.image_size >= 8, got {self.embed_dim}, "
+                             f"{self.image_size}")
+
+
+@dataclass
+class DataConfig:
+    train_json: str = ""
+    """Training pairs, ALBEF JSON [{"image": path, "caption": str}] (CC3M)."""
+    image_root: str = ""
+    """Folder that the "image" paths of train_json are relative to."""
+    synthetic: bool = False
+    """Generate the synthetic shapes set (tempnet.data.synthetic_image_text) into OUTPUT_DIR/synthetic_data and
+    use it for training, for a retrieval set "synthetic" and a zero-shot set "synthetic" (replacing the paths)."""
+    synthetic_pairs: int = 320
+    """Training pairs of the synthetic set."""
+    augment: bool = True
+    """Random resized crop (scale 0.5-1), flip and RandAugment; false = resize only."""
+    randaugment_ops: int = 2
+    """RandAugment: operations per image (0 turns RandAugment off)."""
+    randaugment_magnitude: int = 7
+    """RandAugment: magnitude on ALBEF's 0-10 scale (the authors: 7)."""
+    max_words: int = 30
+    """Captions are cut to this many words before tokenising."""
+    num_workers: int = 8
+    """Data loader worker processes (0 = load in the training process)."""
+
+    def __post_init__(self):
+        if self.num_workers < 0 or self.max_words < 1 or self.synthetic_pairs < 2:
+            raise ValueError("need data.num_workers >= 0, data.max_words >= 1 and data.synthetic_pairs >= 2")
+
+
+@dataclass
+class LossConfig:
+    tau: float = 0.01
+    """Fixed temperature of clip, cyclip and sogclr (the paper's CLIP baseline: 0.01)."""
+    gamma: float = 0.8
+    """Moving-average rate of the per-sample estimates (sogclr, isogclr, isogclr_tempnet)."""
+    rho: float = 7.0
+    """KL budget of the DRO objective (isogclr, isogclr_tempnet); the paper uses 7.0 with TempNet."""
+    lambda_inmodal: float = 0.25
+    """CyCLIP in-modal consistency weight."""
+    lambda_crossmodal: float = 0.25
+    """CyCLIP cross-modal consistency weight."""
+    isogclr_tau_init: float = 0.01
+    """iSogCLR: initial per-sample temperature."""
+    isogclr_tau_min: float = 0.005
+    """iSogCLR: lower end of the per-sample temperatures."""
+    isogclr_tau_max: float = 0.05
+    """iSogCLR: upper end of the per-sample temperatures."""
+    isogclr_eta: float = 0.03
+    """iSogCLR: step size of the per-sample temperature updates."""
+    isogclr_beta: float = 0.5
+    """iSogCLR: momentum of the per-sample temperature updates."""
+
+    def __post_init__(self):
+        if not self.tau > 0 or not 0 < self.gamma <= 1 or not self.rho >= 0:
+            raise ValueError(f"need loss_args.tau > 0, 0 < gamma <= 1, rho >= 0; got {self.tau}, {self.gamma}, "
+                             f"{self.rho}")
+        check_tau_range(self.isogclr_tau_min, self.isogclr_tau_max)
+        if not self.isogclr_tau_min <= self.isogclr_tau_init <= self.isogclr_tau_max:
+            raise ValueError(f"loss_args.isogclr_tau_init={self.isogclr_tau_init} must lie in "
+                             f"[{self.isogclr_tau_min}, {self.isogclr_tau_max}]")
+
+
+@dataclass
+class TempNetConfig:
+    num_prototypes: int = 256
+    """M, prototypes per TempNet; initialised from the first global batch, which must hold at least M pairs."""
+    tau_min: float = 0.005
+    """Lower end of the predicted temperature."""
+    tau_max: float = 0.05
+    """Upper end of the predicted temperature."""
+    dropout: float = 0.5
+    """Dropout inside the TempNets."""
+    lr: float = 3e-5
+    """Adam learning rate of the TempNets (their own optimizer)."""
+    lr_decay: float = 0.9
+    """The TempNet learning rate is multiplied by this after every epoch."""
+
+    def __post_init__(self):
+        check_tau_range(self.tau_min, self.tau_max)
+        if self.num_prototypes < 1 or not self.lr > 0 or not 0 < self.lr_decay <= 1 or not 0 <= self.dropout < 1:
+            raise ValueError("need tempnet.num_prototypes >= 1, lr > 0, 0 < lr_decay <= 1, 0 <= dropout < 1")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    """Training epochs; the cosine schedule spans all of them."""
+    batch_size: int = 128
+    """Pairs per GPU (process); the loss sees the global batch of world_size x batch_size."""
+    lr: float = 8e-4
+    """Peak AdamW learning rate of the model."""
+    min_lr_ratio: float = 0.0125
+    """The cosine schedule decays to lr x this (8e-4 -> 1e-5 as the authors' min_lr)."""
+    warmup_steps: int = 1000
+    """Linear warm-up steps before the cosine decay."""
+    weight_decay: float = 0.02
+    """AdamW weight decay of the model."""
+    betas: tuple = (0.9, 0.999)
+    """AdamW betas of the model."""
+    grad_clip: float = 0.0
+    """Clip the model's gradient norm to this (0 = no clipping; the TempNets are not clipped)."""
+    precision: str = "amp_fp16"
+    """"fp32", "amp_fp16" (autocast + GradScaler on CUDA) or "amp_bf16" (autocast, no scaler)."""
+    seed: int = 42
+    """Seeds the model init, the data order and the augmentation."""
+    log_every: int = 50
+    """Write metrics.jsonl every this many steps."""
+    save_every_steps: int = 0
+    """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
+    keep_last: int = 2
+    """Keep the newest this many checkpoints (0 = all)."""
+    stop_after_epochs: int = 0
+    """Stop after this epoch with its checkpoint written, as if the job died there (0 = run to the end)."""
+    stop_after_steps: int = 0
+    """Stop after this global step with a checkpoint written (mid-epoch crash; 0 = off)."""
+    find_unused_parameters: bool = False
+    """Passed to DDP; needed by text towers with unused parameters (e.g. BERT's pooler)."""
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.warmup_steps < 0:
+            raise ValueError("need train.epochs >= 1, batch_size >= 1, lr > 0, warmup_steps >= 0")
+        if not 0 <= self.min_lr_ratio <= 1 or self.grad_clip < 0 or self.log_every < 1:
+            raise ValueError("need 0 <= train.min_lr_ratio <= 1, grad_clip >= 0, log_every >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.stop_after_epochs < 0 or self.stop_after_steps < 0 or self.save_every_steps < 0:
+            raise ValueError("train.stop_after_epochs, stop_after_steps and save_every_steps must be >= 0")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class RetrievalSetConfig:
+    name: str = ""
+    """Key of this set in eval.json (e.g. "flickr30k")."""
+    json: str = ""
+    """Karpathy-split JSON [{"image": path, "caption": [str, ...]}]."""
+    image_root: str = ""
+    """Folder the image paths are relative to."""
+
+
+@dataclass
+class ZeroShotSetConfig:
+    name: str = ""
+    """Key of this set in eval.json (e.g. "imagenet")."""
+    kind: str = "folder"
+    """"cifar10", "cifar100" (torchvision folders), "imagenet" (val ImageFolder) or "folder"."""
+    root: str = ""
+    """The data folder."""
+    templates: list = field(default_factory=list)
+    """Prompt templates with one "{}" ([] = the kind's default ensemble)."""
+
+
+@dataclass
+class EvalConfig:
+    retrieval: list = field(default_factory=list)
+    """Retrieval sets ({name, json, image_root}); the first one's metrics also appear unprefixed in eval.json."""
+    zeroshot: list = field(default_factory=list)
+    """Zero-shot sets ({name, kind, root, templates}); the first one gives the unprefixed zeroshot_top1."""
+    every_epoch: bool = True
+    """Evaluate at the end of every epoch (else only after the last)."""
+    batch_size: int = 256
+    """Images or texts per forward pass."""
+    num_workers: int = 8
+    """Loader workers for evaluation images."""
+
+    def __post_init__(self):
+        self.retrieval = [s if isinstance(s, RetrievalSetConfig) else RetrievalSetConfig(**s) for s in self.retrieval]
+        self.zeroshot = [s if isinstance(s, ZeroShotSetConfig) else ZeroShotSetConfig(**s) for s in self.zeroshot]
+        names = [s.name for s in self.retrieval] + [s.name for s in self.zeroshot]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"every eval set needs a unique, non-empty name, got {names}")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError("need eval.batch_size >= 1 and eval.num_workers >= 0")
+
+
+@dataclass
+class BimodalConfig:
+    loss: str = "isogclr_tempnet"
+    """Which contrastive loss: clip | cyclip | sogclr | isogclr | isogclr_tempnet (TempNet + robust loss)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Towers and projections."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data and augmentation."""
+    loss_args: LossConfig = field(default_factory=LossConfig)
+    """Hyper-parameters of the losses."""
+    tempnet: TempNetConfig = field(default_factory=TempNetConfig)
+    """The two TempNets of isogclr_tempnet (ignored by the other losses)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, precision, logging, checkpoints."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation sets."""
+
+    def __post_init__(self):
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSS_NAMES}")

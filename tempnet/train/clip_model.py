@@ -1,0 +1,180 @@
+"""The bimodal (CLIP-style) model: an image tower, a text tower, linear projections, L2 normalisation.
+
+Towers come by name from the usual libraries, so the paper's ResNet-50 + DistilBERT and the debug
+config's tiny random towers run through the same code:
+    image: timm (`resnet50`, any timm name) or open_clip (the `.visual` of e.g. `RN50`);
+    text:  transformers (`distilbert-base-uncased`, any encoder, by name or path; or a model type such as
+           `distilbert` built from a config with `pretrained: false`) or open_clip (the text part of a model).
+The text tower is pooled at the first position (ALBEF / the authors' code), open_clip's at its EOT token.
+`TempNetPair` holds the two PrototypeTempNets of the robust loss; they read detached features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tempnet.modules import PrototypeTempNet
+
+__all__ = ["DualEncoder", "TempNetPair", "TextTokenizer", "build_image_tower", "build_text_tower", "build_tokenizer"]
+
+
+def build_image_tower(source: str, name: str, pretrained: bool | str = False,
+                      kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, int]:
+    """(module images [B, 3, H, W] -> features [B, D], D)."""
+    kwargs = dict(kwargs or {})
+    if source == "timm":
+        import timm
+
+        model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
+        return model, model.num_features
+    if source == "open_clip":
+        import open_clip
+
+        tag = pretrained if isinstance(pretrained, str) and pretrained else None
+        visual = open_clip.create_model(name, pretrained=tag, **kwargs).visual
+        return visual, visual.output_dim
+    raise ValueError(f"unknown image tower source {source!r}; choose 'timm' or 'open_clip'")
+
+
+class _HFText(nn.Module):
+    """A transformers encoder pooled at the first token ([CLS])."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]  # [B, D]
+
+
+class _OpenClipText(nn.Module):
+    """The text half of an open_clip model (its image tower dropped, its logit scale frozen)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        model.visual = nn.Identity()
+        for name in ("logit_scale", "logit_bias"):
+            if isinstance(getattr(model, name, None), nn.Parameter):
+                getattr(model, name).requires_grad_(False)
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids)  # [B, D]
+
+
+def build_text_tower(source: str, name: str, pretrained: bool | str = True,
+                     config_overrides: dict[str, Any] | None = None) -> tuple[nn.Module, int]:
+    """(module (input_ids [B, L], attention_mask [B, L]) -> features [B, D], D)."""
+    overrides = dict(config_overrides or {})
+    if source == "hf":
+        from transformers import AutoConfig, AutoModel
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        if pretrained:
+            model = AutoModel.from_pretrained(name, **overrides)
+        else:
+            config = (AutoConfig.for_model(name, **overrides) if name in CONFIG_MAPPING
+                      else AutoConfig.from_pretrained(name, **overrides))
+            model = AutoModel.from_config(config)
+        return _HFText(model), model.config.hidden_size
+    if source == "open_clip":
+        import open_clip
+
+        tag = pretrained if isinstance(pretrained, str) and pretrained else None
+        model = open_clip.create_model(name, pretrained=tag, **overrides)
+        return _OpenClipText(model), model.text_projection.shape[-1]
+    raise ValueError(f"unknown text tower source {source!r}; choose 'hf' or 'open_clip'")
+
+
+class TextTokenizer:
+    """list[str] -> (input_ids [B, L], attention_mask [B, L]), padded to max_length.
+
+    kind "hf": a transformers tokenizer by name or path; kind "open_clip": open_clip's BPE tokenizer
+    (its vocabulary ships with the package, so it works offline; padding id 0).
+    """
+
+    def __init__(self, kind: str, name: str, max_length: int):
+        self.kind, self.max_length = kind, max_length
+        if kind == "hf":
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(name)
+        elif kind == "open_clip":
+            from open_clip.tokenizer import SimpleTokenizer
+
+            self._tok = SimpleTokenizer(context_length=max_length)
+        else:
+            raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'hf' or 'open_clip'")
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "hf":
+            out = self._tok(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                            return_tensors="pt")
+            return out["input_ids"], out["attention_mask"]
+        ids = self._tok(list(texts))  # [B, L], 0 = padding
+        return ids, (ids != 0).long()
+
+
+def build_tokenizer(text_source: str, text_name: str, tokenizer: str, max_length: int) -> TextTokenizer:
+    """tokenizer "" = the text tower's own (transformers' for an hf tower, open_clip's otherwise);
+    "open_clip" = open_clip's BPE; anything else = a transformers tokenizer name or path."""
+    if tokenizer == "open_clip" or (tokenizer == "" and text_source == "open_clip"):
+        return TextTokenizer("open_clip", "", max_length)
+    return TextTokenizer("hf", tokenizer or text_name, max_length)
+
+
+class DualEncoder(nn.Module):
+    """Towers + linear projections to embed_dim + L2 normalisation (the paper: 256-d)."""
+
+    def __init__(self, image_tower: nn.Module, image_dim: int, text_tower: nn.Module, text_dim: int,
+                 embed_dim: int = 256):
+        super().__init__()
+        self.visual, self.text = image_tower, text_tower
+        self.vision_proj = nn.Linear(image_dim, embed_dim)
+        self.text_proj = nn.Linear(text_dim, embed_dim)
+        self.embed_dim = embed_dim
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] -> unit embeddings [B, E]."""
+        return F.normalize(self.vision_proj(self.visual(images)), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """token ids [B, L] -> unit embeddings [B, E]."""
+        return F.normalize(self.text_proj(self.text(input_ids, attention_mask)), dim=-1)
+
+    def forward(self, images, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_image(images), self.encode_text(input_ids, attention_mask)
+
+
+class TempNetPair(nn.Module):
+    """The image and text PrototypeTempNets: (image [B, E], text [B, E]) -> (tau_image [B], tau_text [B]).
+
+    Both read their inputs with the gradient stopped. `initialised` records whether the prototypes
+    were set from the first batch (image TempNet <- text embeddings and vice versa); it is a buffer,
+    so a resumed run does not re-initialise them.
+    """
+
+    def __init__(self, embed_dim: int, num_prototypes: int = 256, tau_min: float = 0.005, tau_max: float = 0.05,
+                 dropout: float = 0.5):
+        super().__init__()
+        self.image = PrototypeTempNet(embed_dim, num_prototypes, tau_min, tau_max, dropout)
+        self.text = PrototypeTempNet(embed_dim, num_prototypes, tau_min, tau_max, dropout)
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def init_prototypes(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+        """Prototypes from the first M rows of a (global) batch: image TempNet from texts, text TempNet from images."""
+        m = self.image.num_prototypes
+        if image_features.shape[0] < m:
+            raise ValueError(f"initialising {m} prototypes needs a global batch of at least {m} pairs, got "
+                             f"{image_features.shape[0]}; lower tempnet.num_prototypes or raise the batch size")
+        self.image.init_prototypes(text_features[:m].float())
+        self.text.init_prototypes(image_features[:m].float())
+        self.initialised.fill_(True)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image(image_features.detach()), self.text(text_features.detach())
