@@ -7,7 +7,8 @@ Two formats:
 
 The cache directory's name is a hash of the source, the format and the tokenizer's vocabulary, so
 runs and ranks share it safely; it is written to a temporary directory and renamed when complete.
-The trainer builds it on rank 0 first (`main_process_first`), then every rank memory-maps it.
+The trainer builds it on rank 0 first (`main_process_first`), then every rank memory-maps it; on
+several nodes `data.cache_dir` must be on a filesystem they share.
 """
 
 from __future__ import annotations
@@ -188,43 +189,64 @@ def _memmap(path: Path, meta: dict, name: str, dtype=None) -> np.memmap:
     return np.memmap(path / f"{name}.bin", dtype=dtype or meta["dtype"], mode="r", shape=tuple(meta["shapes"][name]))
 
 
-class PackedBlocks(Dataset):
+class _MappedCache(Dataset):
+    """Opens its memory maps lazily in each process, so DataLoader workers never pickle the arrays."""
+
+    names: tuple = ()
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        self._arrays: dict | None = None
+
+    def _array(self, name: str) -> np.memmap:
+        if self._arrays is None:
+            self._arrays = {n: _memmap(self.path, self.meta, n, np.int32 if n == "labels" else None) for n in self.names}
+        return self._arrays[name]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": None}
+
+
+class PackedBlocks(_MappedCache):
     """Fixed-length blocks of a packed token cache: item i = tokens[i*L:(i+1)*L] as input_ids and labels.
 
     The model shifts labels by one itself (Hugging Face convention). The last partial block is dropped.
     """
 
+    names = ("tokens",)
+
     def __init__(self, path: str | Path, seq_len: int):
-        path = Path(path)
-        meta = json.loads((path / "meta.json").read_text())
-        self.tokens, self.seq_len = _memmap(path, meta, "tokens"), seq_len
-        self.num_blocks = len(self.tokens) // seq_len
+        super().__init__(path)
+        self.seq_len = seq_len
+        self.num_blocks = self.meta["shapes"]["tokens"][0] // seq_len
 
     def __len__(self) -> int:
         return self.num_blocks
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(self.tokens[i * self.seq_len:(i + 1) * self.seq_len].astype(np.int64))  # [L]
+        block = self._array("tokens")[i * self.seq_len:(i + 1) * self.seq_len]
+        ids = torch.from_numpy(block.astype(np.int64))  # [L]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-class InstructionExamples(Dataset):
+class InstructionExamples(_MappedCache):
     """Padded instruction examples of an alpaca token cache: input_ids, attention_mask, labels [L] each."""
 
+    names = ("input_ids", "labels")
+
     def __init__(self, path: str | Path):
-        path = Path(path)
-        meta = json.loads((path / "meta.json").read_text())
-        self.input_ids = _memmap(path, meta, "input_ids")
-        self.labels = _memmap(path, meta, "labels", np.int32)
-        self.lengths = np.load(path / "lengths.npy")
+        super().__init__(path)
+        self.lengths = np.load(self.path / "lengths.npy")
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(self.input_ids[i].astype(np.int64))  # [L]
+        ids = torch.from_numpy(self._array("input_ids")[i].astype(np.int64))  # [L]
         mask = (torch.arange(len(ids)) < int(self.lengths[i])).long()
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(self.labels[i].astype(np.int64))}
+        labels = torch.from_numpy(self._array("labels")[i].astype(np.int64))
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def open_token_cache(path: str | Path, data) -> Dataset:
