@@ -104,12 +104,12 @@ def build_optimizers(cfg: BimodalConfig, model, tempnets, steps_per_epoch: int):
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]  # biases and norms
     t = cfg.train
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.lr, betas=t.betas)
+                            lr=t.lr, betas=t.betas, foreach=True)
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, t.warmup_steps, t.epochs * steps_per_epoch,
                                                         min_lr_rate=t.min_lr_ratio)
     if tempnets is None:
         return opt, sched, None, None
-    opt_t = torch.optim.Adam(tempnets.parameters(), lr=cfg.tempnet.lr)
+    opt_t = torch.optim.Adam(tempnets.parameters(), lr=cfg.tempnet.lr, foreach=True)
     return opt, sched, opt_t, torch.optim.lr_scheduler.ExponentialLR(opt_t, gamma=cfg.tempnet.lr_decay)
 
 
@@ -253,7 +253,8 @@ def train_step(r: SimpleNamespace, batch) -> dict:
     return metrics
 
 
-def train(cfg: BimodalConfig, args, out: Path, device: torch.device) -> dict | None:
+def setup(cfg: BimodalConfig, device: torch.device) -> SimpleNamespace:
+    """Everything a run needs (data, model, TempNets, loss, optimizers, DDP wrappers), freshly initialised."""
     world, rank = tdist.world_size_and_rank()
     t = cfg.train
     if not cfg.data.train_json:
@@ -262,6 +263,7 @@ def train(cfg: BimodalConfig, args, out: Path, device: torch.device) -> dict | N
                                 randaugment_magnitude=cfg.data.randaugment_magnitude)
     dataset = ImageTextPairs(cfg.data.train_json, cfg.data.image_root, transform, cfg.data.max_words, seed=t.seed)
     sampler = GlobalBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed)
+    # an own generator: creating the loader's iterator must not draw from the global RNG (exact resume)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(t.seed))
     model, tokenizer = build_model(cfg.model, device)
@@ -271,51 +273,58 @@ def train(cfg: BimodalConfig, args, out: Path, device: torch.device) -> dict | N
     criterion = CONTRASTIVE_LOSSES[cfg.loss](**LOSS_KWARGS[cfg.loss](cfg.loss_args, len(dataset))).to(device)
     opt, sched, opt_t, sched_t = build_optimizers(cfg, model, tempnets, len(sampler))
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "amp_fp16" and device.type == "cuda")
-    optim = {"optimizer": opt, "scheduler": sched, "tempnet_optimizer": opt_t, "tempnet_scheduler": sched_t,
-             "scaler": scaler}
+    return SimpleNamespace(
+        cfg=cfg, device=device, world=world, rank=rank, autocast=_autocast(cfg, device), dataset=dataset,
+        sampler=sampler, loader=loader, model=model, tokenizer=tokenizer, tempnets=tempnets, criterion=criterion,
+        opt=opt, sched=sched, opt_t=opt_t, sched_t=sched_t, scaler=scaler,
+        optim={"optimizer": opt, "scheduler": sched, "tempnet_optimizer": opt_t, "tempnet_scheduler": sched_t,
+               "scaler": scaler},
+        ddp_model=DDP(model, find_unused_parameters=t.find_unused_parameters) if world > 1 else model,
+        ddp_tempnets=DDP(tempnets) if world > 1 and tempnets is not None else tempnets)
+
+
+def train(cfg: BimodalConfig, args, out: Path, device: torch.device) -> dict | None:
+    """The training loop: epochs of train_step, evaluation and a checkpoint at each epoch end."""
+    r, t = setup(cfg, device), cfg.train
     pos = {"epoch": 0, "step": 0, "step_in_epoch": 0}
     if args.resume:
         path = ckpt.latest_checkpoint(out)
-        pos = load_checkpoint(path, model, tempnets, criterion, optim)
+        pos = load_checkpoint(path, r.model, r.tempnets, r.criterion, r.optim)
         print(f"resumed from {path} at epoch {pos['epoch']}, step {pos['step']}", flush=True)
     logger = MetricsLogger(out, resume_step=pos["step"] if args.resume else None)
-    if rank == 0:
+    if r.rank == 0:
         save_config(cfg, out / "config.yaml")
-    evals = EvalSets(cfg) if rank == 0 else None
-    r = SimpleNamespace(cfg=cfg, device=device, world=world, tokenizer=tokenizer, autocast=_autocast(cfg, device),
-                        model=model, tempnets=tempnets, criterion=criterion, opt=opt, sched=sched, opt_t=opt_t,
-                        scaler=scaler, ddp_model=DDP(model, find_unused_parameters=t.find_unused_parameters)
-                        if world > 1 else model,
-                        ddp_tempnets=DDP(tempnets) if world > 1 and tempnets is not None else tempnets)
+    evals = EvalSets(cfg) if r.rank == 0 else None
+    save = lambda: save_checkpoint(out, cfg, r.model, r.tempnets, r.criterion, r.optim, pos)  # noqa: E731
     record = None
     for epoch in range(pos["epoch"], t.epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, pos["step_in_epoch"])
+        r.dataset.set_epoch(epoch)
+        r.sampler.set_epoch(epoch, pos["step_in_epoch"])
         tic, first = time.time(), pos["step_in_epoch"]
-        for batch in loader:
+        for batch in r.loader:
             metrics = train_step(r, batch)
             pos["step"] += 1
             pos["step_in_epoch"] += 1
             if pos["step"] % t.log_every == 0 or pos["step"] == 1:
                 metrics.update(epoch=epoch, sec_per_step=(time.time() - tic) / (pos["step_in_epoch"] - first))
                 rec = logger.log(pos["step"], metrics)
-                if rank == 0:
+                if r.rank == 0:
                     print(" ".join(f"{k}={v:.4g}" for k, v in rec.items()), flush=True)
             stop = t.stop_after_steps and pos["step"] >= t.stop_after_steps
             if stop or (t.save_every_steps and pos["step"] % t.save_every_steps == 0):
-                save_checkpoint(out, cfg, model, tempnets, criterion, optim, pos)
+                save()
             if stop:
                 logger.close()
                 return record
         pos["epoch"], pos["step_in_epoch"] = epoch + 1, 0
-        if sched_t is not None:
-            sched_t.step()
+        if r.sched_t is not None:
+            r.sched_t.step()
         if cfg.eval.every_epoch or pos["epoch"] == t.epochs:
-            if rank == 0:
-                record = {"epoch": pos["epoch"], "step": pos["step"], **evals.run(model, tokenizer, r.autocast)}
+            if r.rank == 0:
+                record = {"epoch": pos["epoch"], "step": pos["step"], **evals.run(r.model, r.tokenizer, r.autocast)}
                 write_eval(out, record)
             _barrier()
-        save_checkpoint(out, cfg, model, tempnets, criterion, optim, pos)
+        save()
         if t.stop_after_epochs and pos["epoch"] >= t.stop_after_epochs:
             break
     logger.close()

@@ -27,9 +27,8 @@ __all__ = ["pre_caption", "load_annotations", "load_image", "ImageTextPairs", "R
 
 def pre_caption(caption: str, max_words: int = 30) -> str:
     """Lower-case, drop punctuation, collapse whitespace, keep the first max_words words (as ALBEF)."""
-    caption = re.sub(r"([.!\"()*#:;~])", " ", caption.lower())
-    caption = re.sub(r"\s{2,}", " ", caption.replace("-", " ").replace("/", " ")).strip()
-    return " ".join(caption.split(" ")[:max_words])
+    caption = re.sub(r"([,.'!?\"()*#:;~])", "", caption.lower()).replace("-", " ").replace("/", " ")
+    return " ".join(caption.split()[:max_words])
 
 
 def load_annotations(path: str | Path) -> list[dict]:
@@ -106,7 +105,7 @@ class ImageTextPairs(Dataset):
         where = f"entry {index} of {self.ann_file}"
         image = load_image(self.image_root / self.images[index], where)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))  # CPU only: cheap
             image = self.transform(image)
         return image, self.captions[index], int(self.image_ids[index]), index
 

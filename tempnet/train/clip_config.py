@@ -167,8 +167,8 @@ class TrainConfig:
     """Peak AdamW learning rate of the model."""
     min_lr_ratio: float = 0.0125
     """The cosine schedule decays to lr x this (8e-4 -> 1e-5 as the authors' min_lr)."""
-    warmup_steps: int = 1000
-    """Linear warm-up steps before the cosine decay."""
+    warmup_steps: int = 2000
+    """Linear warm-up steps before the cosine decay (the authors warm up over the first 2000 iterations)."""
     weight_decay: float = 0.02
     """AdamW weight decay of the model."""
     betas: tuple = (0.9, 0.999)
