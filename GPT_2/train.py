@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tempnet.train.lm_config import DataConfig, LMTrainConfig, OptimConfig, TempNetConfig, TrainConfig
+from tempnet.train.lm_config import DataConfig, LMTrainConfig, OptimConfig, TempNetSettings, TrainConfig
 from tempnet.train.lm_trainer import main as train_main
 
 HERE = Path(__file__).resolve().parent
@@ -22,7 +22,7 @@ class GPT2TrainConfig(LMTrainConfig):
     """LMTrainConfig with the paper's GPT_2 defaults: tau in [0.5, 5.0], rho 8, AdamW lr 6e-4 -> 6e-5
     cosine, betas (0.9, 0.95), wd 0.1, clip 1.0, TempNet lr 2e-6, seq 2048, 50k steps, fp16."""
 
-    tempnet: TempNetConfig = field(default_factory=lambda: TempNetConfig(rho=8.0, tau_min=0.5, tau_max=5.0))
+    tempnet: TempNetSettings = field(default_factory=lambda: TempNetSettings(rho=8.0, tau_min=0.5, tau_max=5.0))
     """The temperature head and the robust loss."""
     data: DataConfig = field(default_factory=lambda: DataConfig(seq_len=2048))
     """Training data (OpenWebText2)."""

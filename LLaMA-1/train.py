@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tempnet.train.lm_config import LMTrainConfig, ModelConfig, OptimConfig, TempNetConfig, TrainConfig
+from tempnet.train.lm_config import LMTrainConfig, ModelConfig, OptimConfig, TempNetSettings, TrainConfig
 from tempnet.train.lm_trainer import main as train_main
 
 HERE = Path(__file__).resolve().parent
@@ -24,7 +24,7 @@ class LLaMA1TrainConfig(LMTrainConfig):
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(mode="finetune", arch="llama", fresh_tempnet=True))
     """The language model (a pretrained LLaMA)."""
-    tempnet: TempNetConfig = field(default_factory=lambda: TempNetConfig(tau_min=0.01, tau_max=2.0))
+    tempnet: TempNetSettings = field(default_factory=lambda: TempNetSettings(tau_min=0.01, tau_max=2.0))
     """The temperature head and the robust loss (PAPER.md gives no rho for LLaMA-1: 8.0 as for GPT-2)."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, min_lr=5e-5, tempnet_lr=2e-4))
     """Optimizer and schedule (TempNet's lr is not in PAPER.md: the model's lr)."""

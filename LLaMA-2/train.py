@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tempnet.train.lm_config import DataConfig, LMTrainConfig, ModelConfig, OptimConfig, TempNetConfig, TrainConfig
+from tempnet.train.lm_config import DataConfig, LMTrainConfig, ModelConfig, OptimConfig, TempNetSettings, TrainConfig
 from tempnet.train.lm_trainer import main as train_main
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +28,7 @@ class LLaMA2TrainConfig(LMTrainConfig):
     model: ModelConfig = field(default_factory=lambda: ModelConfig(mode="frozen", arch="llama", fresh_tempnet=True,
                                                                    dtype="bfloat16"))
     """The frozen language model (a pretrained LLaMA-2, loaded in bf16)."""
-    tempnet: TempNetConfig = field(default_factory=lambda: TempNetConfig(rho=8.5, tau_min=0.01, tau_max=2.0))
+    tempnet: TempNetSettings = field(default_factory=lambda: TempNetSettings(rho=8.5, tau_min=0.01, tau_max=2.0))
     """The temperature head and the robust loss."""
     data: DataConfig = field(default_factory=lambda: DataConfig(seq_len=512))
     """Training data."""

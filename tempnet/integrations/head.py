@@ -26,7 +26,7 @@ from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective
 from tempnet.modules import check_tau_range
 
 __all__ = [
-    "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes",
+    "TempNetSettings", "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes",
     "resolve_settings", "check_head_shapes", "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file",
     "load_tempnet_file", "TempNetFile",
 ]
@@ -38,11 +38,9 @@ DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "
 
 
 @dataclass
-class TempNetConfig:
-    """Settings of the temperature head (one of the core's four objectives)."""
+class TempNetSettings:
+    """The temperature head's numbers (also the `tempnet:` section of the LLM training configs)."""
 
-    objective: str = "tempnet_dro"
-    """"tempnet_dro" (paper), "tempnet_ce", "dro" (one learned global tau) or "ce" (fixed tau)."""
     rho: float = 8.0
     """KL budget of the robust loss (used by "dro" and "tempnet_dro")."""
     tau: float = 1.0
@@ -57,8 +55,6 @@ class TempNetConfig:
     """Dropout inside TempNet's projection."""
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {sorted(OBJECTIVES)}")
         check_tau_range(self.tau_min, self.tau_max)
         if not self.rho >= 0:
             raise ValueError(f"rho (the KL budget) must be >= 0, got {self.rho}")
@@ -66,6 +62,19 @@ class TempNetConfig:
             raise ValueError(f"tau must be positive, got {self.tau}")
         if self.hidden_size < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"need hidden_size >= 1 and 0 <= dropout < 1, got {self.hidden_size}, {self.dropout}")
+
+
+@dataclass
+class TempNetConfig(TempNetSettings):
+    """Settings of the temperature head stored in a checkpoint: the numbers plus the objective."""
+
+    objective: str = "tempnet_dro"
+    """"tempnet_dro" (paper), "tempnet_ce", "dro" (one learned global tau) or "ce" (fixed tau)."""
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {sorted(OBJECTIVES)}")
+        super().__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

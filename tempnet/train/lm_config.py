@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tempnet.integrations.head import TempNetSettings
 from tempnet.losses.lm import OBJECTIVES
-from tempnet.modules import check_tau_range
 
-__all__ = ["LMTrainConfig", "ModelConfig", "TempNetConfig", "DataConfig", "OptimConfig", "TrainConfig",
+__all__ = ["LMTrainConfig", "ModelConfig", "TempNetSettings", "DataConfig", "OptimConfig", "TrainConfig",
            "EngineConfig", "DebugConfig", "MODES", "ARCHS", "ENGINES", "PRECISIONS"]
 
 MODES = ("scratch", "finetune", "frozen")
@@ -53,33 +53,6 @@ class ModelConfig:
         _choice(self.dtype, DTYPES, "model.dtype")
         if not isinstance(self.base, dict):
             raise ValueError(f"model.base must be a mapping of config keyword arguments, got {self.base!r}")
-
-
-@dataclass
-class TempNetConfig:
-    rho: float = 8.0
-    """KL budget of the robust loss (dro, tempnet_dro)."""
-    tau: float = 1.0
-    """Fixed tau of `ce`, initial tau of `dro`."""
-    tau_min: float = 0.01
-    """Lower end of the predicted temperature."""
-    tau_max: float = 2.0
-    """Upper end of the predicted temperature."""
-    hidden_size: int = 256
-    """M, the width of TempNet's projection."""
-    dropout: float = 0.5
-    """Dropout inside TempNet's projection (0 in debug configs so runs compare exactly)."""
-
-    def __post_init__(self):
-        check_tau_range(self.tau_min, self.tau_max)
-        if not self.rho >= 0:
-            raise ValueError(f"tempnet.rho (the KL budget) must be >= 0, got {self.rho}")
-        if not self.tau > 0:
-            raise ValueError(f"tempnet.tau must be positive, got {self.tau}")
-        if self.hidden_size < 1:
-            raise ValueError(f"tempnet.hidden_size must be >= 1, got {self.hidden_size}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"tempnet.dropout must lie in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -235,7 +208,7 @@ class LMTrainConfig:
     """ce (tau fixed), dro (one learned tau, robust loss), tempnet_ce, tempnet_dro (the paper)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The language model."""
-    tempnet: TempNetConfig = field(default_factory=TempNetConfig)
+    tempnet: TempNetSettings = field(default_factory=TempNetSettings)
     """The temperature head and the robust loss."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""

@@ -40,7 +40,7 @@ def test_from_config_builds_the_objectives_head(make_config, objective):
     model = tempnet_model_from_config(base, objective=objective, rho=7.0, tau=0.7, tau_min=0.05, tau_max=1.5,
                                       hidden_size=16)
     assert isinstance(model.tempnet, HEADS[objective])
-    assert model.tempnet_config == TempNetConfig(objective, 7.0, 0.7, 0.05, 1.5, 16, 0.5)
+    assert model.tempnet_config == TempNetConfig(objective=objective, rho=7.0, tau=0.7, tau_min=0.05, tau_max=1.5, hidden_size=16, dropout=0.5)
     assert model.config.vocab_size == base.vocab_size and model.config.model_type.endswith("_tempnet")
     if objective.startswith("tempnet"):  # the core's init survives HF's weight initialisation
         assert torch.equal(model.tempnet.last.weight, torch.ones_like(model.tempnet.last.weight))
