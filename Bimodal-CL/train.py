@@ -22,7 +22,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
@@ -67,11 +66,6 @@ def parse_args(argv):
     return args
 
 
-def _barrier() -> None:
-    if tdist.world_size_and_rank()[0] > 1:
-        dist.barrier()
-
-
 def _autocast(cfg: BimodalConfig, device: torch.device):
     dtype = {"amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}.get(cfg.train.precision)
     return lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -82,7 +76,7 @@ def use_synthetic_data(cfg: BimodalConfig, out: Path) -> None:
     root = out / "synthetic_data"
     if tdist.is_main_process():
         make_synthetic_image_text(root, num_train=cfg.data.synthetic_pairs)
-    _barrier()
+    tdist.barrier()
     cfg.data.train_json, cfg.data.image_root = str(root / "train.json"), str(root)
     cfg.eval.retrieval = [RetrievalSetConfig("synthetic", str(root / "retrieval.json"), str(root))]
     cfg.eval.zeroshot = [ZeroShotSetConfig("synthetic", "folder", str(root / "zeroshot"))]
@@ -178,9 +172,9 @@ def save_checkpoint(out: Path, cfg: BimodalConfig, model, tempnets, criterion, o
         if tempnets is not None:
             state["tempnets"] = tempnets.state_dict()
         torch.save(state, path / "trainer_state.pt")
-    _barrier()
+    tdist.barrier()
     torch.save(ckpt.rng_state(), path / f"rng_rank{rank}.pt")
-    _barrier()
+    tdist.barrier()
     if rank == 0:
         ckpt.mark_complete(path)
         ckpt.prune_checkpoints(out, cfg.train.keep_last)
@@ -323,7 +317,7 @@ def train(cfg: BimodalConfig, args, out: Path, device: torch.device) -> dict | N
             if r.rank == 0:
                 record = {"epoch": pos["epoch"], "step": pos["step"], **evals.run(r.model, r.tokenizer, r.autocast)}
                 write_eval(out, record)
-            _barrier()
+            tdist.barrier()
         save()
         if t.stop_after_epochs and pos["epoch"] >= t.stop_after_epochs:
             break
@@ -341,7 +335,7 @@ def main(argv=None) -> dict | None:
         out = Path(args.output_dir)
         if tdist.is_main_process():
             out.mkdir(parents=True, exist_ok=True)
-        _barrier()
+        tdist.barrier()
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         if cfg.data.synthetic:
             use_synthetic_data(cfg, out)
