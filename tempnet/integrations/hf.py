@@ -121,8 +121,12 @@ class TempNetCausalLMMixin:
             labels = labels.to(logits.device)
             terms = objective_terms(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1),
                                     tau[:, :-1].reshape(-1, 1), self.tempnet_robust, self.tempnet_rho)
+        # With labels the loss already holds the graph: the returned logits / tau are then a plain tensor, so
+        # training keeps no second float32 copy of the logits alive until backward.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and terms is None):
+            scaled = logits.float() / tau  # [B, L, V]
         fields = {k: v for k, v in out.items() if k in TempNetCausalLMOutput.__dataclass_fields__}  # cache, ...
-        fields.update(loss=None if terms is None else terms["loss"], logits=logits.float() / tau)
+        fields.update(loss=None if terms is None else terms["loss"], logits=scaled)
         result = TempNetCausalLMOutput(**fields, tau=tau, loss_terms=terms)
         return result if return_dict is not False else result.to_tuple()
 
