@@ -78,13 +78,22 @@ def dro_lm_loss(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor | 
         a scalar, or [N] (zero at ignored positions) with reduction="none"; float32 (float64 for
         float64 inputs).
     """
-    if not rho >= 0:
-        raise ValueError(f"rho (the KL budget) must be >= 0, got {rho}")
+    _check_rho(rho)
     z, labels, tau = _prepare(logits, labels, tau, reduction)
     valid = labels != ignore_index
     ce = F.cross_entropy(z / tau[:, None], labels, ignore_index=ignore_index, reduction="none")  # [N]
-    per_position = tau * (ce + (rho - math.log(z.shape[-1]))) * valid
-    return _reduce(per_position, valid, reduction)
+    return _reduce(_robust_from_ce(ce, tau, rho, z.shape[-1], valid), valid, reduction)
+
+
+def _check_rho(rho: float) -> None:
+    if not rho >= 0:
+        raise ValueError(f"rho (the KL budget) must be >= 0, got {rho}")
+
+
+def _robust_from_ce(ce: torch.Tensor, tau: torch.Tensor, rho: float, vocab_size: int,
+                    valid: torch.Tensor) -> torch.Tensor:
+    """Per position tau * CE(z / tau, y) + tau * (rho - log V), zero where the label is ignored. [N]"""
+    return tau * (ce + (rho - math.log(vocab_size))) * valid
 
 
 class LMObjective(nn.Module):
@@ -99,8 +108,8 @@ class LMObjective(nn.Module):
 
     def __init__(self, temperature: nn.Module, robust: bool, rho: float = 0.0, ignore_index: int = -100):
         super().__init__()
-        if robust and not rho >= 0:
-            raise ValueError(f"rho (the KL budget) must be >= 0, got {rho}")
+        if robust:
+            _check_rho(rho)
         self.temperature, self.robust, self.rho, self.ignore_index = temperature, robust, float(rho), ignore_index
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -110,10 +119,19 @@ class LMObjective(nn.Module):
 
 def objective_terms(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor, robust: bool, rho: float,
                     ignore_index: int = -100) -> dict[str, torch.Tensor]:
-    """The loss dict of `LMObjective` for a tau already predicted: shared with the HF wrapper."""
-    ce = tempered_ce_loss(logits, labels, tau, ignore_index)
-    loss = dro_lm_loss(logits, labels, tau, rho, ignore_index) if robust else ce
+    """The loss dict of `LMObjective` for a tau already predicted: shared with the HF wrapper.
+
+    One pass over the logits serves both the loss and the logged cross-entropy.
+    """
+    per_ce = tempered_ce_loss(logits, labels, tau, ignore_index, reduction="none")  # [N], 0 where ignored
     valid = labels != ignore_index
+    ce = _reduce(per_ce, valid, "mean")
+    if robust:
+        _check_rho(rho)
+        per_position = _robust_from_ce(per_ce, tau.reshape(-1).to(per_ce.dtype), rho, logits.shape[-1], valid)
+        loss = _reduce(per_position, valid, "mean")
+    else:
+        loss = ce
     t = tau.detach().reshape(-1)[valid] if valid.any() else tau.detach().reshape(-1)
     return {"loss": loss, "ce": ce.detach(), "tau_mean": t.mean(), "tau_min": t.min(), "tau_max": t.max()}
 
