@@ -20,6 +20,7 @@ import torch
 from transformers import LlamaConfig, LogitsProcessorList, PreTrainedModel
 
 from tempnet.integrations.decoding import TempNetLogitsProcessor
+from tempnet.integrations.head import DTYPES
 from tempnet.integrations.hf import (TempNetCausalLMMixin, tempnet_model_from_config,
                                      tempnet_model_from_pretrained)
 
@@ -28,7 +29,6 @@ PRESETS = {  # LLaMA shapes with LLaMA's 32000-token vocabulary, random weights
     "llama-small": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8),
     "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
 }
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from tempnet.integrations.head import DTYPES
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,19 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a checkpoint's TempNet alone to a safetensors file")
     exp.add_argument("checkpoint")
     exp.add_argument("out", type=Path)
-    exp.add_argument("--dtype", choices=sorted(_DTYPES), help="store the weights in this dtype (default: as is)")
+    exp.add_argument("--dtype", choices=sorted(DTYPES), help="store the weights in this dtype (default: as is)")
 
     att = sub.add_parser("attach", help="attach an exported TempNet to a base checkpoint and save the result")
     att.add_argument("base")
     att.add_argument("tempnet", type=Path)
     att.add_argument("out", type=Path)
-    att.add_argument("--dtype", choices=sorted(_DTYPES), help="load (and save) the base model in this dtype")
+    att.add_argument("--dtype", choices=sorted(DTYPES), help="load (and save) the base model in this dtype")
     return parser
 
 
 def _device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), help="default: float32 on CPU, the checkpoint's on GPU")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32 on CPU, the checkpoint's on GPU")
 
 
 # ---- generate ------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def _load(args):
     from tempnet.integrations.head import load_tempnet_file
     from tempnet.integrations.hf import tempnet_model_from_pretrained
 
-    dtype = _DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else "auto")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else "auto")
     own = _has_tempnet(args.model)
     baseline = args.no_tempnet or any(x is not None for x in (args.tempnet, args.tau, args.dynatemp, args.edt))
     if own:
@@ -200,7 +201,7 @@ def cmd_generate(args) -> int:
 def cmd_export(args) -> int:
     from tempnet.integrations.export import export_tempnet
 
-    export_tempnet(args.checkpoint, args.out, _DTYPES[args.dtype] if args.dtype else None)
+    export_tempnet(args.checkpoint, args.out, DTYPES[args.dtype] if args.dtype else None)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     return 0
 
@@ -210,7 +211,7 @@ def cmd_attach(args) -> int:
 
     from tempnet.integrations.export import attach_tempnet
 
-    kwargs = {"dtype": _DTYPES[args.dtype]} if args.dtype else {}
+    kwargs = {"dtype": DTYPES[args.dtype]} if args.dtype else {}
     model = attach_tempnet(args.base, args.tempnet, **kwargs)
     model.save_pretrained(args.out)
     try:

@@ -26,13 +26,16 @@ from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective
 from tempnet.modules import check_tau_range
 
 __all__ = [
-    "TempNetSettings", "TempNetConfig", "RELEASED_TEMPNET", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes",
+    "TempNetSettings", "TempNetConfig", "RELEASED_TEMPNET", "DTYPES", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes",
     "resolve_settings", "check_head_shapes", "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file",
     "load_tempnet_file", "TempNetFile",
 ]
 
 #: Where the head's parameters live inside a causal LM's state dict.
 PREFIX = "tempnet."
+#: Weight dtypes by the names configs and command lines use.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 #: from_pretrained kwargs that say where a checkpoint's files are (local dir or hub repo).
 DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 

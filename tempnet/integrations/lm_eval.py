@@ -12,11 +12,12 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from tempnet.integrations.head import DTYPES
 from tempnet.integrations.hf import tempnet_model_from_pretrained
 
 __all__ = ["TempNetLM"]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+_DTYPES = {**DTYPES, "auto": "auto"}
 
 
 @register_model("tempnet")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 
 __all__ = ["load_tokenizer", "build_model", "head_settings"]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def load_tokenizer(cfg):
@@ -43,6 +41,7 @@ def build_model(cfg, tokenizer):
 
     Trainable weights must be float32 unless DeepSpeed keeps float32 master copies (engine=deepspeed).
     """
+    from tempnet.integrations.head import DTYPES
     from tempnet.integrations.hf import tempnet_model_from_config, tempnet_model_from_pretrained
     from transformers import GPT2Config, LlamaConfig
 
@@ -54,7 +53,7 @@ def build_model(cfg, tokenizer):
         model = tempnet_model_from_config(base_cls(**{**special, **m.base}), **head_settings(cfg))
     else:
         model = tempnet_model_from_pretrained(m.path, fresh_tempnet=m.fresh_tempnet,
-                                              dtype=_DTYPES[m.dtype] if m.dtype else None, **head_settings(cfg))
+                                              dtype=DTYPES[m.dtype] if m.dtype else None, **head_settings(cfg))
     _check_vocab(model, tokenizer)
     if m.mode == "frozen":
         model.freeze_base()
