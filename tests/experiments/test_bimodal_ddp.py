@@ -59,10 +59,20 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _max_rel(a: torch.Tensor, b: torch.Tensor, floor: float) -> float:
-    """max |a - b| relative to max |b|, or to `floor` for gradients that are zero up to rounding
-    (e.g. an attention key bias, to which softmax is invariant)."""
-    return float((a - b).abs().max() / b.abs().max().clamp_min(floor))
+def _group_rel(a: dict, b: dict, prefix: str) -> tuple[float, str]:
+    """Largest |a - b| over a whole parameter group (model or TempNets), relative to the largest gradient
+    of that group; and the parameter where it sits.
+
+    Why this scale: 2 processes sum the same terms in another order, so each entry differs by float32
+    rounding of a sum, i.e. by a few ulps of the *terms* summed, not of the result. An entry whose terms
+    cancel (a TempNet's scaler, an attention key bias) can differ by 1e-4 of itself on one BLAS and 1e-5
+    on another; relative to the group's largest gradient the rounding is bounded by ~n * eps (n ~ 32
+    samples x a few layers, eps = 1.2e-7), i.e. ~1e-6, whatever the machine.
+    """
+    keys = [k for k in b if k.startswith(prefix)]
+    scale = max(float(b[k].abs().max()) for k in keys)
+    worst = max((float((a[k] - b[k]).abs().max()), k) for k in keys)
+    return worst[0] / scale, worst[1]
 
 
 @pytest.mark.slow
@@ -77,11 +87,11 @@ def test_two_processes_equal_one(tmp_path):
             for key in ("loss", "contrastive", "temperature", "tau_image", "tau_text", "grad_norm", "grad_norm_tempnet"):
                 assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-5, abs=1e-7), (rank, step, key)
             assert a["grads"].keys() == b["grads"].keys() and len(a["grads"]) > 20
-            floor = 1e-3 * max(float(g.abs().max()) for g in b["grads"].values())
-            worst = max((_max_rel(a["grads"][k], b["grads"][k], floor), k) for k in b["grads"])
+            for group in ("model.", "tempnets."):
+                rel, where = _group_rel(a["grads"], b["grads"], group)
+                seen["grad"] = max(seen["grad"], rel)
+                assert rel < 2e-5, f"rank {rank} step {step}: gradient {where} differs by {rel:.2e} of the group's max"
             seen["loss"] = max(seen["loss"], abs(a["metrics"]["loss"] - b["metrics"]["loss"]))
-            seen["grad"] = max(seen["grad"], worst[0])
-            assert worst[0] < 1e-4, f"rank {rank} step {step}: gradient {worst[1]} differs by {worst[0]:.2e}"
         for key, value in one_state.items():  # s, b, seen of images and texts, indexed by dataset id
             diff = float((two_state[key].float() - value.float()).abs().max())
             assert diff <= 1e-4 * float(value.float().abs().max()) + 1e-6, f"{key} differs by {diff:.2e}"
