@@ -15,7 +15,9 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
-__all__ = ["load_config", "config_to_dict", "save_config", "parse_overrides"]
+from tempnet.errors import ConfigError
+
+__all__ = ["load_config", "config_to_dict", "save_config", "parse_overrides", "config_diff"]
 
 T = TypeVar("T")
 
@@ -35,14 +37,14 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     tree: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key.sub=value")
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
         node = tree
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r} sets a field below a scalar")
+                raise ConfigError(f"override {item!r} sets a field below a scalar")
         node[leaf] = yaml.safe_load(raw) if raw != "" else ""
     return tree
 
@@ -61,51 +63,126 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _strip_optional(tp: Any) -> Any:
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    """(T, True) for Optional[T], else (tp, False)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
-            return args[0]
-    return tp
+            return args[0], True
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    name = getattr(tp, "__name__", str(tp))
+    return {"int": "an integer", "float": "a number", "bool": "a boolean (true/false)", "str": "a string",
+            "list": "a list", "tuple": "a list", "dict": "a mapping"}.get(name, f"a {name}")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """`value` as the declared type `tp` of field `where`, or a ConfigError naming field, type and value."""
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise ConfigError(f"config key {where} needs {_type_name(tp)}, got null")
+    origin = typing.get_origin(tp) or tp
+    bad = ConfigError(f"config key {where} needs {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {where} must be a mapping, got {value!r}")
+        return _build(tp, value, f"{where}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if origin in (list, tuple):
+        if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
+            if origin is list and isinstance(value, str):  # a single path where a list is expected
+                value = [value]
+            else:
+                raise bad
+        args = typing.get_args(tp)
+        item_tp = args[0] if args and (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else Any
+        items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    return value
 
 
 def _build(cls: type[T], data: dict, where: str) -> T:
     if not isinstance(data, dict):
-        raise ValueError(f"config section {where or '<root>'} must be a mapping, got {data!r}")
+        raise ConfigError(f"config section {where or '<root>'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; "
-                         f"valid keys here: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = _strip_optional(hints[name])
-        if _is_dataclass_type(tp) and isinstance(value, dict):
-            value = _build(tp, value, f"{where}{name}.")
-        elif tp is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"config key {where}{name} needs a number, got {value!r}") from None
-        elif tp is tuple or typing.get_origin(tp) is tuple:
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
+        raise ConfigError(f"unknown config key(s) {[f'{where}{k}' for k in unknown]}; "
+                          f"valid keys here: {sorted(fields)}")
+    kwargs = {name: _convert(value, hints[name], f"{where}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # a __post_init__ check: the value came from the user
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build `cls` from its defaults, then the YAML file at `path`, then `overrides` ("a.b=1")."""
+    """Build `cls` from its defaults, then the YAML file at `path`, then `overrides` ("a.b=1").
+
+    Every value is converted to its field's declared type (int, float, bool, str, list, tuple, dict,
+    Optional, nested sections); a value that does not fit raises a ConfigError naming the field, the
+    type and the value. Unknown keys list the valid ones.
+    """
     data = config_to_dict(cls())
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level")
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = _merge(data, loaded)
     data = _merge(data, parse_overrides(overrides))
     return _build(cls, data, "")
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of every field whose value differs between two `config_to_dict` trees."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{name}.")
+        elif (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b):
+            out.append(name)
+    return out

@@ -12,6 +12,7 @@ where KL(softmax(z / tau) || uniform) = rho. Both z and tau receive gradients.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from tempnet.modules import FixedTemperature, GlobalTemperature, TempNet
 
-__all__ = ["dro_lm_loss", "tempered_ce_loss", "LMObjective", "OBJECTIVES", "build_objective"]
+__all__ = ["dro_lm_loss", "tempered_ce_loss", "LMObjective", "OBJECTIVES", "build_objective", "check_rho_vocab"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -140,13 +141,31 @@ def _ce(vocab_size: int, *, tau: float = 1.0, **_) -> LMObjective:
     return LMObjective(FixedTemperature(tau), robust=False)
 
 
-def _dro(vocab_size: int, *, rho: float = 8.0, tau: float = 1.0, tau_min: float = 0.01, tau_max: float = 2.0, **_):
+def check_rho_vocab(rho: float, vocab_size: int, allow_large_rho: bool = False) -> None:
+    """The KL ball must bind: KL(p || uniform) <= log V, so rho >= log V makes the DRO constraint vacuous
+    (the robust loss becomes the max loss and tau runs to tau_min). An error, or a warning when the
+    caller explicitly allows it."""
+    _check_rho(rho)
+    log_v = math.log(vocab_size)
+    if rho >= log_v:
+        message = (f"rho={rho} >= log V = {log_v:.3f} (vocabulary size V={vocab_size}): KL(p || uniform) <= log V, "
+                   f"so the DRO constraint is vacuous; choose rho < {log_v:.3f}")
+        if not allow_large_rho:
+            raise ValueError(message + " (or set allow_large_rho to proceed anyway)")
+        warnings.warn(message, stacklevel=3)
+
+
+def _dro(vocab_size: int, *, rho: float = 8.0, tau: float = 1.0, tau_min: float = 0.01, tau_max: float = 2.0,
+         allow_large_rho: bool = False, **_):
+    check_rho_vocab(rho, vocab_size, allow_large_rho)
     return LMObjective(GlobalTemperature(tau, tau_min, tau_max), robust=True, rho=rho)
 
 
 def _tempnet(robust: bool) -> Callable[..., LMObjective]:
     def build(vocab_size: int, *, rho: float = 8.0, tau_min: float = 0.01, tau_max: float = 2.0,
-              hidden_size: int = 256, dropout: float = 0.5, **_) -> LMObjective:
+              hidden_size: int = 256, dropout: float = 0.5, allow_large_rho: bool = False, **_) -> LMObjective:
+        if robust:
+            check_rho_vocab(rho, vocab_size, allow_large_rho)
         net = TempNet(vocab_size, hidden_size, tau_min, tau_max, dropout)
         return LMObjective(net, robust=robust, rho=rho)
     return build
@@ -164,8 +183,8 @@ OBJECTIVES: dict[str, Callable[..., LMObjective]] = {
 def build_objective(name: str, vocab_size: int, **kwargs) -> LMObjective:
     """OBJECTIVES[name](vocab_size, **kwargs) with a clear error for an unknown name.
 
-    kwargs: tau (fixed / initial tau), rho, tau_min, tau_max, hidden_size, dropout; each objective
-    takes the ones it needs.
+    kwargs: tau (fixed / initial tau), rho, tau_min, tau_max, hidden_size, dropout, allow_large_rho; each
+    objective takes the ones it needs. The robust objectives refuse rho >= log V (see `check_rho_vocab`).
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")

@@ -1,29 +1,57 @@
-"""Checkpoint bookkeeping shared by the trainers: RNG states, step directories, keep-last-K.
+"""Run directories and checkpoints, the same for every trainer (LLM and CLIP).
 
-A checkpoint is a directory `output_dir/checkpoint-<step>/`; what goes inside is the trainer's
-business (model, TempNet, optimizers, schedulers, loss state, data position). This module owns
-the parts every trainer needs the same way.
+    OUTPUT_DIR/
+      config.yaml              the resolved config of the run
+      metrics.jsonl            one line per logged step (+ tensorboard/)
+      checkpoint-<step>/       the newest `train.keep_last`
+        model.safetensors      weights (DeepSpeed and accelerate keep their own files instead)
+        optimizer.pt           optimizers, schedulers, grad scaler, loss state (loads with weights_only=True)
+        rng_state_<rank>.pt    every RNG of that rank
+        trainer_state.json     step, data position, world size
+        config.yaml            the config that wrote it
+        COMPLETE               written last: a JSON manifest {file: size} of everything above
+
+A run never silently reuses a directory: without `--resume` a directory holding a run is refused
+(`--overwrite` removes it and says what it removed); `--resume` takes the newest checkpoint whose
+manifest matches the files on disk (skipping, with a warning, one a crash left partial or
+truncated) and refuses a config that changes what was trained.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
+from tempnet.config import config_diff
+from tempnet.errors import UserError
+
 __all__ = ["rng_state", "set_rng_state", "checkpoint_dir", "list_checkpoints", "latest_checkpoint", "mark_complete",
-           "prune_checkpoints"]
+           "prune_checkpoints", "prepare_output_dir", "check_resume", "save_weights", "load_weights", "save_state",
+           "load_state", "save_rng", "load_rng", "load_yaml", "write_trainer_state", "read_trainer_state", "RUN_FILES"]
 
 _PATTERN = re.compile(r"^checkpoint-(\d+)$")
+#: What a run writes at the top of its directory (besides checkpoint-<step>/): a directory holding any of
+#: them holds a run.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "final", "eval.json", "eval_log.jsonl")
 
 
+# ---- RNG ----------------------------------------------------------------------------------------------
 def rng_state() -> dict:
-    """Every RNG a training step may draw from: python, numpy, torch CPU and (if present) CUDA."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG a training step may draw from (python, numpy, torch CPU, CUDA), as lists and tensors
+    only, so `torch.load(..., weights_only=True)` reads it back."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -31,42 +59,214 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what `rng_state` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_rng(path: Path, rank: int) -> None:
+    torch.save(rng_state(), Path(path) / f"rng_state_{rank}.pt")
+
+
+def load_rng(path: Path, rank: int) -> None:
+    set_rng_state(load_state(Path(path) / f"rng_state_{rank}.pt"))
+
+
+# ---- files inside a checkpoint ---------------------------------------------------------------------------
+def save_weights(state_dict: dict, file: Path) -> None:
+    """Tensors as safetensors; each is copied, so tied weights (shared storage) save as two entries."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}, str(file))
+
+
+def load_weights(file: Path, device: torch.device | str = "cpu") -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"no weights file {file}")
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read weights file {file}: {exc}") from None
+
+
+def save_state(obj, file: Path) -> None:
+    torch.save(obj, file)
+
+
+def load_state(file: Path, map_location: torch.device | str = "cpu"):
+    """torch.load with weights_only=True; an unreadable file is a UserError naming it."""
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {file}")
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError) as exc:  # truncated zip, bad magic number
+        raise UserError(f"cannot read checkpoint file {file}: {str(exc).splitlines()[0]}") from None
+
+
+def load_yaml(file: Path) -> dict:
+    """A config.yaml written by a run (a UserError naming it if it is missing or unreadable)."""
+    import yaml
+
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"checkpoint file missing: {file}")
+    try:
+        data = yaml.safe_load(Path(file).read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"cannot read {file}: {exc}") from None
+    return data or {}
+
+
+def write_trainer_state(path: Path, state: dict) -> None:
+    (Path(path) / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
+
+
+def read_trainer_state(path: Path, world_size: int) -> dict:
+    """trainer_state.json of a checkpoint; resuming with another world size is an error (every rank's
+    data position and RNG stream belong to its rank)."""
+    state = json.loads((Path(path) / "trainer_state.json").read_text())
+    if state["world_size"] != world_size:
+        raise UserError(f"{path} was written by {state['world_size']} processes, this run has {world_size}: "
+                        "resume with the same number of processes")
+    return state
+
+
+# ---- checkpoint directories ------------------------------------------------------------------------------
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / f"checkpoint-{step}"
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoint directories (those holding a `COMPLETE` marker), oldest first."""
-    root = Path(output_dir)
-    if not root.is_dir():
+def _all_checkpoints(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _PATTERN.match(p.name)) and (p / "COMPLETE").exists()]
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _PATTERN.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path:
-    """The newest complete checkpoint in output_dir; a clear error if there is none."""
-    found = list_checkpoints(output_dir)
-    if not found:
-        raise FileNotFoundError(f"--resume: no complete checkpoint-<step> directory in {output_dir}")
-    return found[-1]
+def _manifest(path: Path) -> dict[str, int]:
+    return {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name != "COMPLETE"}
+
+
+def _problem(path: Path) -> str | None:
+    """Why a checkpoint directory cannot be resumed from, or None if its files match its manifest."""
+    marker = path / "COMPLETE"
+    if not marker.is_file():
+        return "no COMPLETE marker (interrupted while writing)"
+    try:
+        expected = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return "unreadable COMPLETE manifest"
+    if not isinstance(expected, dict):  # an old-style marker: no manifest to verify against
+        return None
+    found = _manifest(path)
+    for name, size in expected.items():
+        if name not in found:
+            return f"{path / name} is missing"
+        if found[name] != size:
+            return f"{path / name} is truncated or changed ({found[name]} bytes, manifest says {size})"
+    return None
 
 
 def mark_complete(path: str | Path) -> None:
-    """Written last, so a checkpoint interrupted mid-write is never picked for resuming."""
-    (Path(path) / "COMPLETE").write_text("ok\n")
+    """Written last, after every rank's files: a manifest of file sizes, so a checkpoint interrupted
+    mid-write, or truncated later, is never resumed from."""
+    path = Path(path)
+    (path / "COMPLETE").write_text(json.dumps(_manifest(path), indent=1) + "\n")
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Checkpoint directories whose files match their manifest, oldest first."""
+    return [p for p in _all_checkpoints(Path(output_dir)) if _problem(p) is None]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path:
+    """The newest usable checkpoint; newer broken ones are skipped with a warning naming the problem."""
+    for path in reversed(_all_checkpoints(Path(output_dir))):
+        problem = _problem(path)
+        if problem is None:
+            return path
+        warnings.warn(f"skipping {path}: {problem}", stacklevel=2)
+    raise UserError(f"--resume: no complete checkpoint-<step> directory in {output_dir}")
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints (keep_last <= 0 keeps all)."""
-    if keep_last <= 0:
+    """Delete all but the newest `keep_last` complete checkpoints (keep_last <= 0 keeps all), and any
+    broken checkpoint older than the newest complete one."""
+    complete = list_checkpoints(output_dir)
+    if not complete:
         return
-    for path in list_checkpoints(output_dir)[:-keep_last]:
+    doomed = complete[:-keep_last] if keep_last > 0 else []
+    newest = int(_PATTERN.match(complete[-1].name).group(1))
+    doomed += [p for p in _all_checkpoints(Path(output_dir))
+               if p not in complete and int(_PATTERN.match(p.name).group(1)) < newest]
+    for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- the run directory -----------------------------------------------------------------------------------
+def _run_contents(out: Path) -> list[Path]:
+    return [out / name for name in RUN_FILES if (out / name).exists()] + _all_checkpoints(out)
+
+
+def prepare_output_dir(output_dir: str | Path, resume: bool, overwrite: bool = False, create: bool = True) -> Path:
+    """Check (every rank) and create (`create`: rank 0) the run directory.
+
+    Without resume, a directory that already holds a run is refused unless `overwrite`, which removes
+    the run's files (listed on stderr) and keeps anything else (e.g. a shared token cache).
+    """
+    out = Path(output_dir)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: choose one")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} exists and is not a directory")
+    held = _run_contents(out)
+    if resume and not list_checkpoints(out):
+        broken = [p.name for p in _all_checkpoints(out)]
+        raise UserError(f"--resume: no complete checkpoint-<step> directory in {out}"
+                        + (f" (broken: {broken})" if broken else ""))
+    if not resume and held and not overwrite:
+        names = ", ".join(p.name for p in held)
+        raise UserError(f"--output-dir {out} already holds a run ({names}): pass --resume to continue it, "
+                        "--overwrite to replace it, or choose another directory")
+    if not create:
+        return out
+    if not resume and held:
+        import sys
+
+        print(f"--overwrite: removing {', '.join(str(p) for p in held)}", file=sys.stderr, flush=True)
+        for p in held:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--output-dir {out} is not writable: {exc.strerror or exc}") from None
+    return out
+
+
+def check_resume(stored: dict, new: dict, safe: Iterable[str], where: Path) -> None:
+    """Refuse to resume when the config changes anything but the `safe` fields (dotted names or prefixes).
+
+    Raises a UserError listing every refused field with its stored and new value.
+    """
+    safe = tuple(safe)
+
+    def value(tree: dict, name: str):
+        for part in name.split("."):
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        return tree
+
+    refused = [f for f in config_diff(stored, new) if not any(f == s or f.startswith(s + ".") for s in safe)]
+    if refused:
+        changes = "; ".join(f"{f}: {value(stored, f)!r} -> {value(new, f)!r}" for f in refused)
+        raise UserError(f"--resume: the config differs from the one {where} was trained with in {refused} "
+                        f"({changes}). Only these may change on resume: {list(safe)}")

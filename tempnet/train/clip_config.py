@@ -1,8 +1,9 @@
-"""The Bimodal-CL config tree. Defaults are the paper's CC3M setting (PAPER.md, Bimodal-CL row):
-ResNet-50 + DistilBERT, 256-d projections, 30 epochs, lr 8e-4, batch 128 per GPU, gamma 0.8,
-rho 7.0, TempNet tau in [0.005, 0.05], TempNet Adam lr 3e-5 decayed x0.9 per epoch.
+"""The Bimodal-CL config tree: one dataclass per section, a docstring under each field, checks in
+`__post_init__`. The paper's settings live in Bimodal-CL/configs/*.yaml, not here.
 
 Load with `tempnet.config.load_config(BimodalConfig, yaml_path, ["loss=clip", "train.epochs=3"])`.
+The section and field names are the LLM trainer's where the concept is the same (`optim.lr`,
+`optim.min_lr`, `train.precision`, `train.save_every`, `data.synthetic`, `tempnet.lr`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tempnet.modules import check_tau_range
+from tempnet.train.precision import PRECISIONS
 
 __all__ = ["LOSS_NAMES", "ImageTowerConfig", "TextTowerConfig", "ModelConfig", "DataConfig", "LossConfig",
-           "TempNetConfig", "TrainConfig", "RetrievalSetConfig", "ZeroShotSetConfig", "EvalConfig", "BimodalConfig"]
+           "ClipTempNetConfig", "OptimConfig", "TrainConfig", "RetrievalSetConfig", "ZeroShotSetConfig", "EvalConfig",
+           "BimodalConfig", "RESUME_SAFE"]
 
 LOSS_NAMES = ("clip", "cyclip", "sogclr", "isogclr", "isogclr_tempnet")
-PRECISIONS = ("fp32", "amp_fp16", "amp_bf16")
 
 
 @dataclass
@@ -137,7 +139,7 @@ class LossConfig:
 
 
 @dataclass
-class TempNetConfig:
+class ClipTempNetConfig:
     num_prototypes: int = 256
     """M, prototypes per TempNet; initialised from the first global batch, which must hold at least M pairs."""
     tau_min: float = 0.005
@@ -158,30 +160,41 @@ class TempNetConfig:
 
 
 @dataclass
+class OptimConfig:
+    lr: float = 8e-4
+    """Peak AdamW learning rate of the model."""
+    min_lr: float = 1e-5
+    """The cosine schedule ends at this learning rate."""
+    warmup_steps: int = 2000
+    """Linear warm-up steps before the cosine decay."""
+    weight_decay: float = 0.02
+    """AdamW weight decay of the model's matrices (biases and norms: 0)."""
+    betas: tuple[float, ...] = (0.9, 0.999)
+    """AdamW betas of the model."""
+    grad_clip: float = 0.0
+    """Clip the model's gradient norm to this (0 = no clipping; the TempNets are not clipped)."""
+
+    def __post_init__(self):
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr or self.warmup_steps < 0:
+            raise ValueError(f"need optim.lr > 0, 0 <= optim.min_lr <= optim.lr and optim.warmup_steps >= 0, got "
+                             f"{self.lr}, {self.min_lr}, {self.warmup_steps}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or len(self.betas) != 2:
+            raise ValueError("need optim.grad_clip >= 0, optim.weight_decay >= 0 and two optim.betas")
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     """Training epochs; the cosine schedule spans all of them."""
     batch_size: int = 128
     """Pairs per GPU (process); the loss sees the global batch of world_size x batch_size."""
-    lr: float = 8e-4
-    """Peak AdamW learning rate of the model."""
-    min_lr_ratio: float = 0.0125
-    """The cosine schedule decays to lr x this (8e-4 -> 1e-5 as the authors' min_lr)."""
-    warmup_steps: int = 2000
-    """Linear warm-up steps before the cosine decay (the authors warm up over the first 2000 iterations)."""
-    weight_decay: float = 0.02
-    """AdamW weight decay of the model."""
-    betas: tuple = (0.9, 0.999)
-    """AdamW betas of the model."""
-    grad_clip: float = 0.0
-    """Clip the model's gradient norm to this (0 = no clipping; the TempNets are not clipped)."""
-    precision: str = "amp_fp16"
-    """"fp32", "amp_fp16" (autocast + GradScaler on CUDA) or "amp_bf16" (autocast, no scaler)."""
+    precision: str = "fp16"
+    """fp32, fp16 (autocast + GradScaler) or bf16 (autocast)."""
     seed: int = 42
     """Seeds the model init, the data order and the augmentation."""
     log_every: int = 50
     """Write metrics.jsonl every this many steps."""
-    save_every_steps: int = 0
+    save_every: int = 0
     """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
     keep_last: int = 2
     """Keep the newest this many checkpoints (0 = all)."""
@@ -191,17 +204,24 @@ class TrainConfig:
     """Stop after this global step with a checkpoint written (mid-epoch crash; 0 = off)."""
     find_unused_parameters: bool = False
     """Passed to DDP; needed by text towers with unused parameters (e.g. BERT's pooler)."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files to OUTPUT_DIR/tensorboard."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar on rank 0."""
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.warmup_steps < 0:
-            raise ValueError("need train.epochs >= 1, batch_size >= 1, lr > 0, warmup_steps >= 0")
-        if not 0 <= self.min_lr_ratio <= 1 or self.grad_clip < 0 or self.log_every < 1:
-            raise ValueError("need 0 <= train.min_lr_ratio <= 1, grad_clip >= 0, log_every >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
+            raise ValueError("need train.epochs >= 1, train.batch_size >= 1 and train.log_every >= 1")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.stop_after_epochs < 0 or self.stop_after_steps < 0 or self.save_every_steps < 0:
-            raise ValueError("train.stop_after_epochs, stop_after_steps and save_every_steps must be >= 0")
-        self.betas = tuple(self.betas)
+            raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.stop_after_epochs < 0 or self.stop_after_steps < 0 or self.save_every < 0:
+            raise ValueError("train.stop_after_epochs, stop_after_steps and save_every must be >= 0")
+
+
+#: Fields that may change when a run is resumed (everything else is what was trained).
+RESUME_SAFE = ("train.epochs", "train.stop_after_epochs", "train.stop_after_steps", "train.log_every",
+               "train.save_every", "train.keep_last", "train.tensorboard", "train.progress_bar", "data.num_workers",
+               "eval")
 
 
 @dataclass
@@ -259,10 +279,12 @@ class BimodalConfig:
     """Training data and augmentation."""
     loss_args: LossConfig = field(default_factory=LossConfig)
     """Hyper-parameters of the losses."""
-    tempnet: TempNetConfig = field(default_factory=TempNetConfig)
-    """The two TempNets of isogclr_tempnet (ignored by the other losses)."""
+    tempnet: ClipTempNetConfig = field(default_factory=ClipTempNetConfig)
+    """The two TempNets of isogclr_tempnet (ignored by the other losses) and their optimizer."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """The model's optimizer and schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimisation, precision, logging, checkpoints."""
+    """Loop, batch size, precision, logging, checkpoints."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation sets."""
 

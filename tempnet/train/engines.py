@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from tempnet.distributed import init_from_env, is_main_process, world_size_and_rank
+from tempnet.errors import UserError
+from tempnet.train.checkpoint import load_state, load_weights, save_state, save_weights
+from tempnet.train.precision import autocast, grad_scaler
 
 __all__ = ["build_engine", "DDPEngine", "DeepSpeedEngine", "AccelerateEngine", "fill_deepspeed_config"]
-
-_AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def _trainable_state(model: nn.Module, frozen: bool) -> dict:
     """The whole state dict, or in frozen mode only the trainable parameters (the base is reloaded from its path)."""
@@ -48,8 +48,8 @@ class DDPEngine:
         _, _, local_rank = init_from_env()
         self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         self.accum, self.clip, self.frozen = accum, cfg.optim.grad_clip, cfg.model.mode == "frozen"
-        self.dtype, self.find_unused = _AUTOCAST[cfg.train.precision], cfg.engine.find_unused_parameters
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.precision, self.find_unused = cfg.train.precision, cfg.engine.find_unused_parameters
+        self.scaler = grad_scaler(self.device, self.precision)
 
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         self.unwrapped, self.optimizer, self.scheduler = model.to(self.device), optimizer, scheduler
@@ -65,7 +65,7 @@ class DDPEngine:
         return self.model.no_sync()
 
     def forward(self, batch: dict):
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        with autocast(self.device, self.precision):
             return self.model(**batch)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -84,18 +84,18 @@ class DDPEngine:
 
     def save(self, path: Path) -> None:
         if is_main_process():
-            torch.save(_trainable_state(self.unwrapped, self.frozen), path / "model.pt")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            save_weights(_trainable_state(self.unwrapped, self.frozen), path / "model.safetensors")
+            save_state({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "scaler": self.scaler.state_dict()}, path / "optimizer.pt")
 
     def load(self, path: Path) -> None:
-        state = torch.load(path / "model.pt", map_location=self.device, weights_only=True)
-        missing, unexpected = self.unwrapped.load_state_dict(state, strict=not self.frozen)
+        state = load_weights(path / "model.safetensors", self.device)
+        missing, unexpected = self.unwrapped.load_state_dict(state, strict=False)
         trainable = {n for n, p in self.unwrapped.named_parameters() if p.requires_grad}
-        if unexpected or trainable & set(missing):
-            raise RuntimeError(f"checkpoint {path} does not match the model: missing {sorted(trainable & set(missing))}, "
-                               f"unexpected {unexpected}")
-        other = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
+        missing = sorted(set(missing) & (trainable if self.frozen else set(self.unwrapped.state_dict())))
+        if unexpected or missing:
+            raise UserError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
+        other = load_state(path / "optimizer.pt", self.device)
         self.optimizer.load_state_dict(other["optimizer"])
         self.scheduler.load_state_dict(other["scheduler"])
         self.scaler.load_state_dict(other["scaler"])

@@ -6,19 +6,21 @@ Every field has a docstring; `__post_init__` rejects impossible values with a me
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tempnet.errors import ConfigError
 from tempnet.integrations.head import TempNetSettings
 from tempnet.losses.lm import OBJECTIVES
+from tempnet.train.precision import PRECISIONS
 
-__all__ = ["LMTrainConfig", "ModelConfig", "TempNetSettings", "DataConfig", "OptimConfig", "TrainConfig",
-           "EngineConfig", "DebugConfig", "MODES", "ARCHS", "ENGINES", "PRECISIONS"]
+__all__ = ["LMTrainConfig", "ModelConfig", "TempNetTrainSettings", "DataConfig", "OptimConfig", "TrainConfig",
+           "EngineConfig", "MODES", "ARCHS", "ENGINES", "PRECISIONS", "RESUME_SAFE"]
 
 MODES = ("scratch", "finetune", "frozen")
 ARCHS = ("gpt2", "llama")
 ENGINES = ("ddp", "deepspeed", "accelerate")
-PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = (None, "float32", "float16", "bfloat16")
 
 
@@ -80,9 +82,19 @@ class DataConfig:
     """Processes for tokenisation (datasets.map)."""
     num_workers: int = 0
     """DataLoader workers per rank."""
+    synthetic: bool = False
+    """Generate a tiny corpus, tokenizer and (finetune / frozen) base checkpoint under
+    OUTPUT_DIR/debug_assets and point data.files, model.tokenizer and model.path at them: no download."""
+    synthetic_documents: int = 400
+    """Documents (or instruction records) of the synthetic corpus."""
+    synthetic_vocab_size: int = 384
+    """Vocabulary of the synthetic tokenizer (model.base.vocab_size must be at least this)."""
 
     def __post_init__(self):
         _choice(self.format, ("packed", "alpaca"), "data.format")
+        if self.synthetic_documents < 1 or self.synthetic_vocab_size < 300:
+            raise ValueError(f"data.synthetic_documents must be >= 1 and data.synthetic_vocab_size >= 300 (byte "
+                             f"fallback needs ~290 pieces), got {self.synthetic_documents}, {self.synthetic_vocab_size}")
         _choice(self.prompt_template, ("llama2_chat", "alpaca"), "data.prompt_template")
         if self.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.seq_len}")
@@ -98,9 +110,7 @@ class OptimConfig:
     lr: float = 6e-4
     """Peak learning rate of the language model."""
     min_lr: float = 6e-5
-    """Learning rate at the end of the cosine decay; every group decays by the ratio min_lr / lr."""
-    tempnet_lr: float = 2e-6
-    """Peak learning rate of TempNet (its own parameter group, no weight decay)."""
+    """Learning rate at the end of the cosine decay (the model's groups)."""
     weight_decay: float = 0.1
     """AdamW weight decay of the language model's matrices (not biases, norms or TempNet)."""
     betas: tuple = (0.9, 0.95)
@@ -108,13 +118,13 @@ class OptimConfig:
     eps: float = 1e-8
     """AdamW epsilon."""
     warmup_steps: int = 0
-    """Linear warmup steps before the cosine decay."""
+    """Linear warm-up steps before the cosine decay."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
 
     def __post_init__(self):
-        if not self.lr > 0 or not self.tempnet_lr > 0:
-            raise ValueError(f"optim.lr and optim.tempnet_lr must be positive, got {self.lr}, {self.tempnet_lr}")
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"optim.min_lr must lie in [0, optim.lr={self.lr}], got {self.min_lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -165,7 +175,7 @@ class TrainConfig:
         """Micro-batches per rank per optimizer step, with a clear error if the batch does not divide."""
         per_step = self.micro_batch_size * world_size
         if self.global_batch_size % per_step:
-            raise ValueError(f"train.global_batch_size={self.global_batch_size} is not divisible by "
+            raise ConfigError(f"train.global_batch_size={self.global_batch_size} is not divisible by "
                              f"micro_batch_size={self.micro_batch_size} x world size={world_size}")
         return self.global_batch_size // per_step
 
@@ -187,19 +197,36 @@ class EngineConfig:
 
 
 @dataclass
-class DebugConfig:
-    synthetic: bool = False
-    """Generate a tiny corpus, tokenizer and (finetune / frozen) base checkpoint under
-    OUTPUT_DIR/debug_assets and point data.files, model.tokenizer and model.path at them: no download."""
-    num_documents: int = 400
-    """Documents (or instruction records) of the synthetic corpus."""
-    vocab_size: int = 384
-    """Vocabulary of the synthetic tokenizer (model.base.vocab_size must be at least this)."""
+class TempNetTrainSettings(TempNetSettings):
+    """The head's settings (stored in checkpoints) plus how the trainer optimises it (not stored)."""
+
+    lr: float = 2e-6
+    """Learning rate of TempNet (its own parameter group)."""
+    lr_schedule: str = "constant"
+    """constant: TempNet's lr stays `lr` (the authors' code); cosine: it follows the model's warm-up and
+    cosine decay, scaled to peak at `lr`."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of TempNet's matrices."""
+    global_lr: float = 1e-2
+    """Learning rate of the single learned temperature of objective=dro (the "DRO only" ablation row):
+    its own group, constant, so tau can reach its DRO optimum within a run (at TempNet's 2e-6 it
+    would hardly move)."""
 
     def __post_init__(self):
-        if self.num_documents < 1 or self.vocab_size < 300:
-            raise ValueError(f"debug.num_documents must be >= 1 and debug.vocab_size >= 300 (byte fallback needs "
-                             f"~290 pieces), got {self.num_documents}, {self.vocab_size}")
+        super().__post_init__()
+        _choice(self.lr_schedule, ("constant", "cosine"), "tempnet.lr_schedule")
+        if not self.lr > 0 or not self.global_lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"need tempnet.lr > 0, tempnet.global_lr > 0 and tempnet.weight_decay >= 0, got "
+                             f"{self.lr}, {self.global_lr}, {self.weight_decay}")
+
+    def head(self) -> dict:
+        """Only the fields a checkpoint stores (TempNetSettings')."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TempNetSettings)}
+
+
+#: Fields that may change when a run is resumed (everything else is what was trained).
+RESUME_SAFE = ("train.max_steps", "train.stop_after_steps", "train.log_every", "train.save_every", "train.keep_last",
+               "train.tensorboard", "train.progress_bar", "data.num_workers", "data.num_proc", "data.cache_dir")
 
 
 @dataclass
@@ -208,8 +235,8 @@ class LMTrainConfig:
     """ce (tau fixed), dro (one learned tau, robust loss), tempnet_ce, tempnet_dro (the paper)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The language model."""
-    tempnet: TempNetSettings = field(default_factory=TempNetSettings)
-    """The temperature head and the robust loss."""
+    tempnet: TempNetTrainSettings = field(default_factory=TempNetTrainSettings)
+    """The temperature head, the robust loss, and TempNet's optimisation."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -218,8 +245,6 @@ class LMTrainConfig:
     """Loop, batch sizes, precision, checkpoints, logging."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Distributed engine."""
-    debug: DebugConfig = field(default_factory=DebugConfig)
-    """Generated stand-ins for CPU smoke runs."""
 
     def __post_init__(self):
         _choice(self.objective, tuple(OBJECTIVES), "objective")
@@ -230,8 +255,8 @@ class LMTrainConfig:
     def check_runnable(self) -> None:
         """Checks that the (valid but empty) defaults fail: called by the trainer before it starts."""
         if self.model.mode == "scratch" and not self.model.base:
-            raise ValueError("model.mode=scratch needs model.base (keyword arguments of the model's config)")
-        if self.model.mode != "scratch" and not self.model.path and not self.debug.synthetic:
-            raise ValueError(f"model.mode={self.model.mode} needs model.path (a Hub name or a model directory)")
-        if not self.data.dataset and not self.data.files and not self.debug.synthetic:
-            raise ValueError("no training data: set data.dataset, data.files, or debug.synthetic=true")
+            raise ConfigError("model.mode=scratch needs model.base (keyword arguments of the model's config)")
+        if self.model.mode != "scratch" and not self.model.path and not self.data.synthetic:
+            raise ConfigError(f"model.mode={self.model.mode} needs model.path (a Hub name or a model directory)")
+        if not self.data.dataset and not self.data.files and not self.data.synthetic:
+            raise ConfigError("no training data: set data.dataset, data.files, or data.synthetic=true")

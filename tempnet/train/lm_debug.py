@@ -112,7 +112,7 @@ def prepare_debug_assets(cfg, output_dir: str | Path) -> dict:
     (data.files, model.tokenizer, model.path) that point at them. Run on rank 0 first."""
     root = Path(output_dir) / "debug_assets"
     root.mkdir(parents=True, exist_ok=True)
-    seed, n = cfg.train.seed, cfg.debug.num_documents
+    seed, n = cfg.train.seed, cfg.data.synthetic_documents
     if cfg.data.format == "alpaca":
         data_file, records = root / "instructions.json", synthetic_instructions(n, seed)
         texts = [f"{r['instruction']} {r['input']} {r['output']}" for r in records]
@@ -126,7 +126,7 @@ def prepare_debug_assets(cfg, output_dir: str | Path) -> dict:
         tmp.rename(data_file)
     tokenizer_dir = root / f"tokenizer-{cfg.model.arch}"
     if not tokenizer_dir.exists():
-        _train_tokenizer(cfg.model.arch, texts + list(_NUMBERS + _NOUNS), cfg.debug.vocab_size, tokenizer_dir)
+        _train_tokenizer(cfg.model.arch, texts + list(_NUMBERS + _NOUNS), cfg.data.synthetic_vocab_size, tokenizer_dir)
     overrides = {"data": {"files": [str(data_file)]}, "model": {"tokenizer": str(tokenizer_dir)}}
     if cfg.model.mode != "scratch":
         base_dir = root / f"base-{cfg.model.arch}"

@@ -7,11 +7,9 @@ frozen    `model.path` loaded, `freeze_base()`: only the head (TempNet) is train
 
 from __future__ import annotations
 
-import dataclasses
-
+from tempnet.errors import ConfigError, check_model_path
 
 __all__ = ["load_tokenizer", "build_model", "head_settings"]
-
 
 
 def load_tokenizer(cfg):
@@ -20,18 +18,18 @@ def load_tokenizer(cfg):
 
     name = cfg.model.tokenizer or cfg.model.path
     if not name:
-        raise ValueError("model.mode=scratch needs model.tokenizer (a Hub name or a tokenizer directory)")
-    return AutoTokenizer.from_pretrained(name)
+        raise ConfigError("model.mode=scratch needs model.tokenizer (a Hub name or a tokenizer directory)")
+    return AutoTokenizer.from_pretrained(check_model_path(name, "model.tokenizer"))
 
 
 def head_settings(cfg) -> dict:
     """The TempNetConfig fields of the integration (objective, rho, tau, tau range, width, dropout)."""
-    return {"objective": cfg.objective, **dataclasses.asdict(cfg.tempnet)}
+    return {"objective": cfg.objective, **cfg.tempnet.head()}
 
 
 def _check_vocab(model, tokenizer) -> None:
     if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary size is "
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary size is "
                          f"{model.config.vocab_size}: set model.base.vocab_size >= {len(tokenizer)} or use the "
                          "model's own tokenizer")
 
@@ -52,7 +50,7 @@ def build_model(cfg, tokenizer):
         base_cls = GPT2Config if m.arch == "gpt2" else LlamaConfig
         model = tempnet_model_from_config(base_cls(**{**special, **m.base}), **head_settings(cfg))
     else:
-        model = tempnet_model_from_pretrained(m.path, fresh_tempnet=m.fresh_tempnet,
+        model = tempnet_model_from_pretrained(check_model_path(m.path, "model.path"), fresh_tempnet=m.fresh_tempnet,
                                               dtype=DTYPES[m.dtype] if m.dtype else None, **head_settings(cfg))
     _check_vocab(model, tokenizer)
     if m.mode == "frozen":

@@ -1,18 +1,17 @@
-"""The LLM trainer shared by GPT_2, LLaMA-1 and LLaMA-2: `main(argv, config_cls)` parses, `train` runs.
+"""The LLM trainer shared by GPT_2, LLaMA-1 and LLaMA-2: `main(argv)` parses, `train` runs.
 
-    python <folder>/train.py --config <folder>/configs/debug.yaml --output-dir DIR [key=value ...] [--resume]
+    python <folder>/train.py --config <folder>/configs/debug.yaml --output-dir DIR [key=value ...]
+                             [--resume | --overwrite]
 
 A run writes DIR/config.yaml (the resolved config), DIR/metrics.jsonl (+ DIR/tensorboard),
 DIR/checkpoint-<step>/ (the newest train.keep_last of them) and, once train.max_steps are done,
 DIR/final/ (save_pretrained: loadable by the Hugging Face integration and lm-eval). Every rank runs
 the same code; rank 0 alone writes logs and shared files. The engine (tempnet.train.engines) hides
-DDP / DeepSpeed / accelerate.
+DDP / DeepSpeed / accelerate; the run directory and checkpoint layout are tempnet.train.checkpoint's.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import time
 from pathlib import Path
@@ -22,47 +21,45 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from tempnet.config import load_config, save_config
+from tempnet.config import config_to_dict, save_config
 from tempnet.data.lm import IGNORE_INDEX, StepBatchSampler, build_token_cache, open_token_cache
 from tempnet.distributed import (all_reduce_max, all_reduce_mean, all_reduce_min, barrier, destroy, is_main_process,
                                  main_process_first, world_size_and_rank)
-from tempnet.train.checkpoint import (checkpoint_dir, latest_checkpoint, mark_complete, prune_checkpoints, rng_state,
-                                      set_rng_state)
+from tempnet.errors import run_cli
+from tempnet.train import checkpoint as ckpt
+from tempnet.train.cli import build_parser, parse
 from tempnet.train.engines import build_engine
-from tempnet.train.lm_config import LMTrainConfig
+from tempnet.train.lm_config import RESUME_SAFE, LMTrainConfig
 from tempnet.train.lm_debug import prepare_debug_assets
 from tempnet.train.lm_model import build_model, load_tokenizer
-from tempnet.train.lm_optim import build_optimizer, build_scheduler
+from tempnet.train.optim import build_lm_optimizer, build_lm_scheduler
 from tempnet.train.logging import MetricsLogger
 
-__all__ = ["main", "train", "parse_args"]
+__all__ = ["main", "train", "cli"]
 
 
-def parse_args(argv: Sequence[str] | None, config_cls=LMTrainConfig, default_config: str | Path | None = None,
-               description: str = "Train a causal LM with TempNet"):
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", type=Path, default=default_config, help="YAML config (overrides the defaults)")
-    parser.add_argument("--output-dir", type=Path, required=True, help="checkpoints, logs and final/ go here")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=10")
-    args = parser.parse_args(argv)
-    return args, load_config(config_cls, args.config, args.overrides)
+def main(argv: Sequence[str] | None = None, default_config: str | Path | None = None,
+         description: str = "Train a causal LM with TempNet", config_cls=LMTrainConfig) -> dict:
+    """Parse argv (the folders' train.py pass their default YAML) and train; returns the last metrics."""
+    args, cfg = parse(argv, config_cls, build_parser(description, default_config))
+    return train(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite)
 
 
-def main(argv: Sequence[str] | None = None, config_cls=LMTrainConfig, default_config: str | Path | None = None,
-         description: str = "Train a causal LM with TempNet") -> dict:
-    """Parse argv (the folders' train.py pass their own config class and default YAML) and train."""
-    args, cfg = parse_args(argv, config_cls, default_config, description)
-    return train(cfg, args.output_dir, resume=args.resume)
+def cli(default_config: str | Path | None = None, description: str = "Train a causal LM with TempNet") -> int:
+    """`main` from the command line: user errors print `error: ...` and exit with status 2."""
+    return run_cli(lambda argv: main(argv, default_config, description))
 
 
-def train(cfg: LMTrainConfig, output_dir: str | Path, resume: bool = False) -> dict:
+def train(cfg: LMTrainConfig, output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Run (or resume) one training run; returns the last logged metrics."""
     cfg.check_runnable()
+    out = ckpt.prepare_output_dir(output_dir, resume, overwrite, create=False)  # every rank checks
     engine = build_engine(cfg)
     try:
-        return _Run(cfg, Path(output_dir), engine).fit(resume)
+        if is_main_process():
+            ckpt.prepare_output_dir(out, resume, overwrite)
+        barrier()
+        return _Run(cfg, out, engine, resume).fit()
     finally:
         engine.close()
         destroy()
@@ -77,15 +74,19 @@ def _seed_everything(seed: int) -> None:
 class _Run:
     """One run's state: data, model, engine, logger; `fit` is the loop."""
 
-    def __init__(self, cfg: LMTrainConfig, output_dir: Path, engine):
-        self.cfg, self.out, self.engine = cfg, output_dir, engine
+    def __init__(self, cfg: LMTrainConfig, output_dir: Path, engine, resume: bool):
+        self.cfg, self.out, self.engine, self.resume = cfg, output_dir, engine, resume
         self.world, self.rank = world_size_and_rank()
         _seed_everything(cfg.train.seed)
         with main_process_first():
-            if cfg.debug.synthetic:
+            if cfg.data.synthetic:
                 for section, values in prepare_debug_assets(cfg, output_dir).items():
                     for key, value in values.items():
                         setattr(getattr(cfg, section), key, value)
+            self.checkpoint = ckpt.latest_checkpoint(output_dir) if resume else None
+            if self.checkpoint is not None:  # before anything is written: a refused resume changes nothing
+                stored = ckpt.load_yaml(self.checkpoint / "config.yaml")
+                ckpt.check_resume(stored, config_to_dict(cfg), RESUME_SAFE, self.checkpoint)
             if is_main_process():
                 save_config(cfg, output_dir / "config.yaml")
             self.tokenizer = load_tokenizer(cfg)
@@ -93,36 +94,34 @@ class _Run:
         self.dataset = open_token_cache(cache, cfg.data)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and in every run
         model = build_model(cfg, self.tokenizer)
-        optimizer = build_optimizer(model, cfg.optim)
-        engine.prepare(model, optimizer, build_scheduler(optimizer, cfg.optim, cfg.train.max_steps))
+        optimizer = build_lm_optimizer(model, cfg.optim, cfg.tempnet)
+        engine.prepare(model, optimizer, build_lm_scheduler(optimizer, cfg.optim, cfg.tempnet, cfg.train.max_steps))
         torch.manual_seed(cfg.train.seed + 1 + self.rank)  # dropout streams differ between ranks
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self, step: int) -> None:
-        path = checkpoint_dir(self.out, step)
+        path = ckpt.checkpoint_dir(self.out, step)
         if is_main_process():
             path.mkdir(parents=True, exist_ok=True)
+            (path / "COMPLETE").unlink(missing_ok=True)
         barrier()
         self.engine.save(path)
-        torch.save(rng_state(), path / f"rng_state_{self.rank}.pt")
+        ckpt.save_rng(path, self.rank)
         if is_main_process():
-            state = {"step": step, "world_size": self.world, "engine": self.engine.name,
-                     "samples_seen": step * self.cfg.train.global_batch_size}
-            (path / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            ckpt.write_trainer_state(path, {"step": step, "world_size": self.world, "engine": self.engine.name,
+                                            "samples_seen": step * self.cfg.train.global_batch_size})
             save_config(self.cfg, path / "config.yaml")
         barrier()
         if is_main_process():
-            mark_complete(path)
-            prune_checkpoints(self.out, self.cfg.train.keep_last)
+            ckpt.mark_complete(path)
+            ckpt.prune_checkpoints(self.out, self.cfg.train.keep_last)
+        barrier()
 
     def load(self) -> int:
-        path = latest_checkpoint(self.out)
-        state = json.loads((path / "trainer_state.json").read_text())
-        if state["world_size"] != self.world:
-            raise ValueError(f"{path} was written by {state['world_size']} processes, this run has {self.world}: "
-                             "resume with the same world size")
+        path = self.checkpoint
+        state = ckpt.read_trainer_state(path, self.world)
         self.engine.load(path)
-        set_rng_state(torch.load(path / f"rng_state_{self.rank}.pt", weights_only=False))
+        ckpt.load_rng(path, self.rank)
         return int(state["step"])
 
     # ---- metrics ---------------------------------------------------------------------------------
@@ -134,18 +133,18 @@ class _Run:
             out["tau_min"] = all_reduce_min(stacked["tau_min"].min())
             out["tau_max"] = all_reduce_max(stacked["tau_max"].max())
         total_tokens = float(all_reduce_mean(tokens.float())) * self.world
-        for group in self.engine.optimizer.param_groups:
-            out["lr_tempnet" if group.get("name") == "tempnet" else "lr"] = group["lr"]
+        for group in self.engine.optimizer.param_groups:  # one lr per kind of group (see tempnet.train.optim)
+            name = group.get("name", "")
+            key = "lr_tempnet" if name.startswith("tempnet_") else "lr_global_tau" if name == "global_tau" else "lr"
+            out.setdefault(key, group["lr"])
         if grad_norm is not None:
             out["grad_norm"] = grad_norm
         out["tokens_per_s"] = total_tokens / max(seconds, 1e-9)
         return out
 
     # ---- the loop --------------------------------------------------------------------------------
-    def fit(self, resume: bool) -> dict:
-        from tqdm.auto import tqdm
-
-        cfg, engine = self.cfg, self.engine
+    def fit(self) -> dict:
+        cfg, engine, resume = self.cfg, self.engine, self.resume
         start = self.load() if resume else 0
         last = cfg.train.stop_after_steps or cfg.train.max_steps
         sampler = StepBatchSampler(len(self.dataset), cfg.train.micro_batch_size, engine.accum, self.world, self.rank,
@@ -153,9 +152,9 @@ class _Run:
         # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
         batches = iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                   pin_memory=engine.device.type == "cuda", generator=torch.Generator()))
-        logger = MetricsLogger(self.out, tensorboard=cfg.train.tensorboard, resume_step=start if resume else None)
-        bar = tqdm(total=cfg.train.max_steps, initial=start, disable=not (is_main_process() and cfg.train.progress_bar),
-                   desc=f"{cfg.objective} [{engine.name} x{self.world}]", dynamic_ncols=True)
+        logger = MetricsLogger(self.out, tensorboard=cfg.train.tensorboard, resume_step=start if resume else None,
+                               total_steps=cfg.train.max_steps, progress_bar=cfg.train.progress_bar,
+                               description=f"{cfg.objective} [{engine.name} x{self.world}]")
         metrics: dict = {}
         for step in range(start + 1, last + 1):
             t0, terms, tokens = time.perf_counter(), [], torch.zeros((), device=engine.device)
@@ -169,11 +168,9 @@ class _Run:
             grad_norm = engine.step()
             if step % cfg.train.log_every == 0 or step == last:
                 metrics = logger.log(step, self._metrics(terms, tokens, grad_norm, time.perf_counter() - t0))
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tau=f"{metrics.get('tau_mean', float('nan')):.3f}")
-            bar.update(1)
+            logger.advance()
             if step % cfg.train.save_every == 0 or step == last:
                 self.save(step)
-        bar.close()
         logger.close()
         if last == cfg.train.max_steps:
             final = self.out / "final"

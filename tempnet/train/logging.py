@@ -1,4 +1,4 @@
-"""Metrics logging shared by the trainers: console line, JSONL file and TensorBoard, rank 0 only."""
+"""Metrics logging shared by the trainers: a progress bar, a JSONL file and TensorBoard, rank 0 only."""
 
 from __future__ import annotations
 
@@ -29,10 +29,15 @@ class MetricsLogger:
     file reads as one uninterrupted run.
     """
 
-    def __init__(self, output_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, output_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None,
+                 total_steps: int | None = None, progress_bar: bool = True, description: str = ""):
+        from tqdm.auto import tqdm
+
         self.enabled = is_main_process()
         self.path = Path(output_dir) / "metrics.jsonl"
         self._tb = None
+        self.bar = tqdm(total=total_steps, initial=resume_step or 0, desc=description, dynamic_ncols=True,
+                        disable=not (self.enabled and progress_bar))
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +59,8 @@ class MetricsLogger:
     def log(self, step: int, metrics: Mapping[str, float | torch.Tensor]) -> dict:
         """Record `metrics` at `step`; returns the plain-float record (also on non-main ranks)."""
         record = {"step": int(step), **{k: _to_float(v) for k, v in metrics.items()}}
+        shown = {k: f"{record[k]:.4g}" for k in ("loss", "tau_mean", "tau_image") if k in record}
+        self.bar.set_postfix(shown, refresh=False)
         if not self.enabled:
             return record
         with self.path.open("a") as f:
@@ -64,6 +71,11 @@ class MetricsLogger:
                     self._tb.add_scalar(key, value, step)
         return record
 
+    def advance(self, steps: int = 1) -> None:
+        """Move the progress bar (every step, logged or not)."""
+        self.bar.update(steps)
+
     def close(self) -> None:
+        self.bar.close()
         if self._tb is not None:
             self._tb.close()

@@ -1,0 +1,350 @@
+"""The Bimodal-CL trainer: CLIP with TempNet and its baselines, and zero-shot evaluation.
+
+    python Bimodal-CL/train.py --config Bimodal-CL/configs/debug.yaml --output-dir DIR [key=value ...]
+    torchrun --nproc_per_node 8 Bimodal-CL/train.py --config Bimodal-CL/configs/cc3m.yaml --output-dir DIR loss=clip
+    python Bimodal-CL/train.py --config ... --output-dir DIR --resume                  # continue DIR's newest checkpoint
+    python Bimodal-CL/train.py --config ... --output-dir DIR --evaluate --checkpoint DIR/checkpoint-N
+
+`loss=clip|cyclip|sogclr|isogclr|isogclr_tempnet` picks the loss. Writes DIR/config.yaml, DIR/metrics.jsonl,
+DIR/eval.json (latest evaluation; history in DIR/eval_log.jsonl) and DIR/checkpoint-<step>/ in the layout
+of tempnet.train.checkpoint (model.safetensors, tempnets.safetensors, optimizer.pt with the per-sample loss
+state, rng_state_<rank>.pt, trainer_state.json). Every rank computes the same global-batch loss (the
+losses gather features), so the loss is multiplied by the world size before DDP averages the gradients.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from tempnet import distributed as tdist
+from tempnet.config import config_to_dict, save_config
+from tempnet.data.image_text import ImageTextPairs, RetrievalSet
+from tempnet.data.image_transforms import center_crop_transform, eval_transform, train_transform
+from tempnet.data.sampler import GlobalBatchSampler
+from tempnet.data.synthetic_image_text import make_synthetic_image_text
+from tempnet.data.zeroshot_sets import build_zeroshot_set
+from tempnet.errors import ConfigError, run_cli
+from tempnet.losses import CONTRASTIVE_LOSSES
+from tempnet.train import checkpoint as ckpt
+from tempnet.train.cli import build_parser, parse
+from tempnet.train.clip_config import (RESUME_SAFE, BimodalConfig, ImageTowerConfig, ModelConfig, RetrievalSetConfig,
+                                       TextTowerConfig, ZeroShotSetConfig)
+from tempnet.train.clip_eval import evaluate_retrieval, evaluate_zeroshot
+from tempnet.train.clip_model import DualEncoder, TempNetPair, build_image_tower, build_text_tower, build_tokenizer
+from tempnet.train.logging import MetricsLogger
+from tempnet.train.optim import decay_groups, warmup_cosine
+from tempnet.train.precision import autocast, grad_scaler
+
+__all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", "LOSS_KWARGS"]
+
+# constructor arguments of each loss, from the config (num_samples = size of the per-sample state)
+LOSS_KWARGS = {
+    "clip": lambda a, n: dict(tau=a.tau),
+    "cyclip": lambda a, n: dict(tau=a.tau, lambda_inmodal=a.lambda_inmodal, lambda_crossmodal=a.lambda_crossmodal),
+    "sogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, tau=a.tau),
+    "isogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho, tau_init=a.isogclr_tau_init,
+                                 tau_min=a.isogclr_tau_min, tau_max=a.isogclr_tau_max, eta=a.isogclr_eta,
+                                 beta=a.isogclr_beta),
+    "isogclr_tempnet": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho),
+}
+
+
+def _parser(description: str):
+    parser = build_parser(description)
+    parser.add_argument("--evaluate", action="store_true", help="only evaluate the model of --checkpoint")
+    parser.add_argument("--checkpoint", type=Path, help="a checkpoint-<step> directory for --evaluate")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, description: str = "CLIP training with TempNet") -> dict | None:
+    """Train (or with --evaluate only evaluate); returns the last evaluation record."""
+    parser = _parser(description)
+    args, cfg = parse(argv, BimodalConfig, parser)
+    if args.evaluate and not args.checkpoint:
+        parser.error("--evaluate needs --checkpoint PATH")
+    _, _, local_rank = tdist.init_from_env()
+    try:
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if args.evaluate:
+            return evaluate(cfg, args.checkpoint, args.output_dir, device)
+        return train(cfg, args.output_dir, device, resume=args.resume, overwrite=args.overwrite)
+    finally:
+        tdist.destroy()
+
+
+def cli(description: str = "CLIP training with TempNet") -> int:
+    """`main` from the command line: user errors print `error: ...` and exit with status 2."""
+    return run_cli(lambda argv: main(argv, description))
+
+
+def use_synthetic_data(cfg: BimodalConfig, out: Path) -> None:
+    """Generate the synthetic set (rank 0, others wait) and point training and evaluation at it."""
+    root = Path(out) / "synthetic_data"
+    if tdist.is_main_process():
+        make_synthetic_image_text(root, num_train=cfg.data.synthetic_pairs)
+    tdist.barrier()
+    cfg.data.train_json, cfg.data.image_root = str(root / "train.json"), str(root)
+    cfg.eval.retrieval = [RetrievalSetConfig("synthetic", str(root / "retrieval.json"), str(root))]
+    cfg.eval.zeroshot = [ZeroShotSetConfig("synthetic", "folder", str(root / "zeroshot"))]
+
+
+def build_model(mcfg: ModelConfig, device: torch.device):
+    image, image_dim = build_image_tower(mcfg.image.source, mcfg.image.name, mcfg.image.pretrained, mcfg.image.kwargs)
+    text, text_dim = build_text_tower(mcfg.text.source, mcfg.text.name, mcfg.text.pretrained,
+                                      mcfg.text.config_overrides)
+    tokenizer = build_tokenizer(mcfg.text.source, mcfg.text.name, mcfg.text.tokenizer, mcfg.text.max_length)
+    return DualEncoder(image, image_dim, text, text_dim, mcfg.embed_dim).to(device), tokenizer
+
+
+class EvalSets:
+    """The configured evaluation sets, loaded once; `run` returns one flat dict of metrics."""
+
+    def __init__(self, cfg: BimodalConfig, device: torch.device):
+        size, e = cfg.model.image_size, cfg.eval
+        self.cfg, self.device = cfg, device
+        self.retrieval = [(s.name, RetrievalSet(s.json, s.image_root, cfg.data.max_words)) for s in e.retrieval]
+        self.zeroshot = [(z.name, *build_zeroshot_set(z.kind, z.root, center_crop_transform(size), z.templates))
+                         for z in e.zeroshot]
+        self.retrieval_transform = eval_transform(size)
+
+    def run(self, model, tokenizer) -> dict[str, float]:
+        e, out = self.cfg.eval, {}
+        amp = lambda: autocast(self.device, self.cfg.train.precision)  # noqa: E731
+        for i, (name, split) in enumerate(self.retrieval):
+            m = evaluate_retrieval(model, tokenizer, split, self.retrieval_transform, e.batch_size, e.num_workers, amp)
+            out.update({**(m if i == 0 else {}), **{f"{name}/{k}": v for k, v in m.items()}})
+        for i, (name, dataset, names, templates) in enumerate(self.zeroshot):
+            m = evaluate_zeroshot(model, tokenizer, dataset, names, templates, e.batch_size, e.num_workers, amp)
+            out.update({**(m if i == 0 else {}), **{f"{name}/{k}": v for k, v in m.items()}})
+        return out
+
+
+def write_eval(out: Path, record: dict) -> None:
+    import json
+
+    (out / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    with (out / "eval_log.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print("eval " + " ".join(f"{k}={v:.2f}" for k, v in record.items() if "/" not in k and isinstance(v, float)),
+          flush=True)
+
+
+def evaluate(cfg: BimodalConfig, checkpoint: Path, out: Path, device: torch.device) -> dict:
+    """--evaluate: the model section comes from the checkpoint's config (what was trained), weights from it."""
+    path = Path(checkpoint)
+    if path.name == "model.safetensors":
+        path = path.parent
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"--checkpoint: no model weights at {path / 'model.safetensors'}")
+    info = {}
+    if (path / "config.yaml").is_file():
+        m = ckpt.load_yaml(path / "config.yaml")["model"]
+        cfg.model = ModelConfig(image=ImageTowerConfig(**m["image"]), text=TextTowerConfig(**m["text"]),
+                                embed_dim=m["embed_dim"], image_size=m["image_size"])
+    if (path / "trainer_state.json").is_file():
+        import json
+
+        info = json.loads((path / "trainer_state.json").read_text())
+    if cfg.data.synthetic:
+        use_synthetic_data(cfg, out)
+    mcfg = replace(cfg.model, image=replace(cfg.model.image, pretrained=False),
+                   text=replace(cfg.model.text, pretrained=False))  # the weights come from the checkpoint
+    model, tokenizer = build_model(mcfg, device)
+    model.load_state_dict(ckpt.load_weights(path / "model.safetensors", device))
+    record = {"epoch": info.get("epoch"), "step": info.get("step"), "checkpoint": str(path),
+              **EvalSets(cfg, device).run(model, tokenizer)}
+    if tdist.is_main_process():
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_eval(Path(out), record)
+    return record
+
+
+class ClipRun:
+    """Everything a run needs (data, model, TempNets, loss, optimizers, DDP wrappers); `step` is one
+    optimisation step, `save` / `load` the checkpoint, `fit` the loop."""
+
+    def __init__(self, cfg: BimodalConfig, out: Path, device: torch.device):
+        self.cfg, self.out, self.device = cfg, Path(out), device
+        self.world, self.rank = tdist.world_size_and_rank()
+        t = cfg.train
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        if cfg.data.synthetic:
+            use_synthetic_data(cfg, out)
+        if not cfg.data.train_json:
+            raise ConfigError("data.train_json is empty: give the training pairs (or data.synthetic=true)")
+        transform = train_transform(cfg.model.image_size, cfg.data.augment, randaugment_ops=cfg.data.randaugment_ops,
+                                    randaugment_magnitude=cfg.data.randaugment_magnitude)
+        self.dataset = ImageTextPairs(cfg.data.train_json, cfg.data.image_root, transform, cfg.data.max_words,
+                                      seed=t.seed)
+        self.sampler = GlobalBatchSampler(len(self.dataset), t.batch_size, self.world, self.rank, seed=t.seed)
+        # an own generator: creating the loader's iterator must not draw from the global RNG (exact resume)
+        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
+                                 pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(t.seed))
+        self.model, self.tokenizer = build_model(cfg.model, device)
+        tc = cfg.tempnet
+        self.tempnets = (TempNetPair(cfg.model.embed_dim, tc.num_prototypes, tc.tau_min, tc.tau_max, tc.dropout)
+                         .to(device) if cfg.loss == "isogclr_tempnet" else None)
+        self.criterion = CONTRASTIVE_LOSSES[cfg.loss](**LOSS_KWARGS[cfg.loss](cfg.loss_args, len(self.dataset)))
+        self.criterion.to(device)
+        self._build_optimizers(len(self.sampler))
+        self.scaler = grad_scaler(device, t.precision)
+        self.ddp_model = DDP(self.model, find_unused_parameters=t.find_unused_parameters) if self.world > 1 \
+            else self.model
+        self.ddp_tempnets = DDP(self.tempnets) if self.world > 1 and self.tempnets is not None else self.tempnets
+        self.pos = {"epoch": 0, "step": 0, "step_in_epoch": 0}
+
+    def _build_optimizers(self, steps_per_epoch: int) -> None:
+        """AdamW + warm-up/cosine for the model; Adam decayed x tempnet.lr_decay per epoch for the TempNets."""
+        o = self.cfg.optim
+        self.opt = torch.optim.AdamW(decay_groups(self.model.named_parameters(), o.lr, o.weight_decay), lr=o.lr,
+                                     betas=tuple(o.betas), foreach=True)
+        total = self.cfg.train.epochs * steps_per_epoch
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(o.warmup_steps, total, o.min_lr / o.lr))
+        self.opt_t = self.sched_t = None
+        if self.tempnets is not None:
+            self.opt_t = torch.optim.Adam(self.tempnets.parameters(), lr=self.cfg.tempnet.lr, foreach=True)
+            self.sched_t = torch.optim.lr_scheduler.ExponentialLR(self.opt_t, gamma=self.cfg.tempnet.lr_decay)
+
+    def _stateful(self) -> dict:
+        """What optimizer.pt holds (state_dict objects by name)."""
+        objs = {"optimizer": self.opt, "scheduler": self.sched, "tempnet_optimizer": self.opt_t,
+                "tempnet_scheduler": self.sched_t, "scaler": self.scaler, "criterion": self.criterion}
+        return {k: v for k, v in objs.items() if v is not None}
+
+    # ---- one step --------------------------------------------------------------------------------
+    def step(self, batch) -> dict:
+        """One optimisation step on a local batch; returns the step's metrics (global-batch values)."""
+        images, captions, image_ids, text_ids = batch
+        ids, mask = self.tokenizer(captions)
+        dev = self.device
+        images, ids, mask = images.to(dev, non_blocking=True), ids.to(dev), mask.to(dev)
+        image_ids, text_ids = image_ids.to(dev), text_ids.to(dev)
+        with autocast(dev, self.cfg.train.precision):
+            img, txt = self.ddp_model(images, ids, mask)  # [B, E] each, unit norm
+        taus = {}
+        if self.tempnets is not None:
+            if not bool(self.tempnets.initialised):  # the first batch of a fresh run, gathered over ranks
+                self.tempnets.init_prototypes(tdist.gather_with_grad(img.detach().float()),
+                                              tdist.gather_with_grad(txt.detach().float()))
+            taus = dict(zip(("tau_image", "tau_text"), self.ddp_tempnets(img, txt)))  # [B] each
+        out = self.criterion(img, txt, image_ids, text_ids, **taus)
+        loss = out["loss"]
+        opts = [o for o in (self.opt, self.opt_t) if o is not None]
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        self.scaler.scale(loss * self.world).backward()  # each rank holds the full global loss; DDP averages
+        for o in opts:
+            self.scaler.unscale_(o)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.cfg.optim.grad_clip
+        grad_norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
+                     else torch.nn.utils.get_total_norm([p.grad for p in params]))
+        metrics = {**{k: v.detach() if torch.is_tensor(v) else v for k, v in out.items()},
+                   "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm}
+        if self.opt_t is not None:
+            metrics["lr_tempnet"] = self.opt_t.param_groups[0]["lr"]
+            metrics["grad_norm_tempnet"] = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.tempnets.parameters() if p.grad is not None])
+        for o in opts:
+            self.scaler.step(o)
+        self.scaler.update()
+        self.sched.step()
+        return metrics
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save(self) -> Path:
+        path = ckpt.checkpoint_dir(self.out, self.pos["step"])
+        if self.rank == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "COMPLETE").unlink(missing_ok=True)
+            ckpt.save_weights(self.model.state_dict(), path / "model.safetensors")
+            if self.tempnets is not None:
+                ckpt.save_weights(self.tempnets.state_dict(), path / "tempnets.safetensors")
+            ckpt.save_state({k: v.state_dict() for k, v in self._stateful().items()}, path / "optimizer.pt")
+            ckpt.write_trainer_state(path, {**self.pos, "world_size": self.world})
+            save_config(self.cfg, path / "config.yaml")
+        tdist.barrier()
+        ckpt.save_rng(path, self.rank)
+        tdist.barrier()
+        if self.rank == 0:
+            ckpt.mark_complete(path)
+            ckpt.prune_checkpoints(self.out, self.cfg.train.keep_last)
+        tdist.barrier()
+        return path
+
+    def load(self, path: Path) -> None:
+        """Restore everything `save` wrote (the data position into self.pos)."""
+        state = ckpt.read_trainer_state(path, self.world)
+        self.model.load_state_dict(ckpt.load_weights(path / "model.safetensors", self.device))
+        if self.tempnets is not None:
+            self.tempnets.load_state_dict(ckpt.load_weights(path / "tempnets.safetensors", self.device))
+        stored = ckpt.load_state(path / "optimizer.pt", self.device)
+        for key, obj in self._stateful().items():
+            obj.load_state_dict(stored[key])
+        ckpt.load_rng(path, self.rank)
+        self.pos = {k: int(state[k]) for k in ("epoch", "step", "step_in_epoch")}
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def fit(self, resume: bool) -> dict | None:
+        """Epochs of `step`, evaluation and a checkpoint at each epoch end; returns the last evaluation."""
+        cfg, t, pos = self.cfg, self.cfg.train, self.pos
+        if resume:
+            path = ckpt.latest_checkpoint(self.out)
+            ckpt.check_resume(ckpt.load_yaml(path / "config.yaml"), config_to_dict(cfg), RESUME_SAFE, path)
+            self.load(path)
+            pos = self.pos
+        if self.rank == 0:
+            save_config(cfg, self.out / "config.yaml")
+        logger = MetricsLogger(self.out, tensorboard=t.tensorboard, resume_step=pos["step"] if resume else None,
+                               total_steps=t.epochs * len(self.sampler), progress_bar=t.progress_bar,
+                               description=f"{cfg.loss} [ddp x{self.world}]")
+        evals = EvalSets(cfg, self.device) if self.rank == 0 else None
+        record = None
+        for epoch in range(pos["epoch"], t.epochs):
+            self.dataset.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, pos["step_in_epoch"])
+            tic, first = time.time(), pos["step_in_epoch"]
+            for batch in self.loader:
+                metrics = self.step(batch)
+                pos["step"] += 1
+                pos["step_in_epoch"] += 1
+                if pos["step"] % t.log_every == 0 or pos["step"] == 1:
+                    metrics.update(epoch=epoch, sec_per_step=(time.time() - tic) / (pos["step_in_epoch"] - first))
+                    logger.log(pos["step"], metrics)
+                logger.advance()
+                stop = t.stop_after_steps and pos["step"] >= t.stop_after_steps
+                if stop or (t.save_every and pos["step"] % t.save_every == 0):
+                    self.save()
+                if stop:
+                    logger.close()
+                    return record
+            pos["epoch"], pos["step_in_epoch"] = epoch + 1, 0
+            if self.sched_t is not None:
+                self.sched_t.step()
+            if cfg.eval.every_epoch or pos["epoch"] == t.epochs:
+                if self.rank == 0:
+                    record = {"epoch": pos["epoch"], "step": pos["step"], **evals.run(self.model, self.tokenizer)}
+                    write_eval(self.out, record)
+                tdist.barrier()
+            self.save()
+            if t.stop_after_epochs and pos["epoch"] >= t.stop_after_epochs:
+                break
+        logger.close()
+        return record
+
+
+def train(cfg: BimodalConfig, output_dir: str | Path, device: torch.device, resume: bool = False,
+          overwrite: bool = False) -> dict | None:
+    """Run (or resume) one training run in `output_dir`; returns the last evaluation record."""
+    out = ckpt.prepare_output_dir(output_dir, resume, overwrite, create=False)  # every rank checks
+    if tdist.is_main_process():
+        ckpt.prepare_output_dir(out, resume, overwrite)
+    tdist.barrier()
+    return ClipRun(cfg, out, device).fit(resume)
