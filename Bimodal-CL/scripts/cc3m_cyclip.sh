@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Paper, CLIP table, Bimodal-CL row: CyCLIP (CLIP + cyclic consistency, fixed tau 0.01) on CC3M, ResNet-50 + DistilBERT, 256-d projections.
-# Expected after 30 epochs: not listed in PAPER.md (see the paper's table) (run eval_flickr30k.sh / eval_zeroshot.sh on the last checkpoint).
-# 8 GPUs x 128 pairs, fp16 AMP. From the repository root; OUT sets the output folder; extra key=value
-# arguments override the config (e.g. data.train_json=...); add --resume to continue a run.
+# Expected after 30 epochs: not listed in the paper (see the paper's table) (run eval_flickr30k.sh / eval_zeroshot.sh on the last checkpoint).
+# 8 GPUs x 128 pairs, fp16 AMP. From the repository root; add --resume to continue a run.
+# Environment: NPROC processes (default: the paper's GPU count), OUT the output directory, DATA the training
+# pairs (ALBEF JSON; images relative to IMAGE_ROOT, default its folder); further key=value arguments override the config.
 set -euo pipefail
 torchrun \
-  --nproc_per_node 8 \
+  --nproc_per_node "${NPROC:-8}" \
+  --master_port "${MASTER_PORT:-29500}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/cc3m.yaml \
   --output-dir "${OUT:-runs/cc3m_cyclip}" \
+  data.train_json="${DATA:-data/cc3m/cc3m_train.json}" \
+  data.image_root="${IMAGE_ROOT:-$(dirname "${DATA:-data/cc3m/cc3m_train.json}")}" \
   loss=cyclip \
   "$@"

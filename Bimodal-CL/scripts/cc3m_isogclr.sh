@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Paper, CLIP table, Bimodal-CL row: iSogCLR (one learned tau per dataset index) on CC3M, ResNet-50 + DistilBERT, 256-d projections.
 # Expected after 30 epochs: Flickr30K IR@1/TR@1 44.36/60.20, ImageNet top-1 40.72 (run eval_flickr30k.sh / eval_zeroshot.sh on the last checkpoint).
-# 8 GPUs x 128 pairs, fp16 AMP. From the repository root; OUT sets the output folder; extra key=value
-# arguments override the config (e.g. data.train_json=...); add --resume to continue a run.
-# rho 8.0: iSogCLR's own default in the authors' code (PAPER.md gives rho 7.0 for TempNet).
+# 8 GPUs x 128 pairs, fp16 AMP. From the repository root; add --resume to continue a run.
+# rho 8.0: iSogCLR's own default in the authors' code (the paper gives rho 7.0 for TempNet).
+# Environment: NPROC processes (default: the paper's GPU count), OUT the output directory, DATA the training
+# pairs (ALBEF JSON; images relative to IMAGE_ROOT, default its folder); further key=value arguments override the config.
 set -euo pipefail
 torchrun \
-  --nproc_per_node 8 \
+  --nproc_per_node "${NPROC:-8}" \
+  --master_port "${MASTER_PORT:-29500}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/cc3m.yaml \
   --output-dir "${OUT:-runs/cc3m_isogclr}" \
+  data.train_json="${DATA:-data/cc3m/cc3m_train.json}" \
+  data.image_root="${IMAGE_ROOT:-$(dirname "${DATA:-data/cc3m/cc3m_train.json}")}" \
   loss=isogclr \
   loss_args.rho=8.0 \
   "$@"

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Paper, CLIP table, Bimodal-CL row: TempNet (robust global contrastive loss, two PrototypeTempNets, rho 7.0) on CC3M, ResNet-50 + DistilBERT, 256-d projections.
 # Expected after 30 epochs: Flickr30K IR@1/TR@1 46.17/62.51, ImageNet top-1 42.28 (run eval_flickr30k.sh / eval_zeroshot.sh on the last checkpoint).
-# 8 GPUs x 128 pairs, fp16 AMP. From the repository root; OUT sets the output folder; extra key=value
-# arguments override the config (e.g. data.train_json=...); add --resume to continue a run.
+# 8 GPUs x 128 pairs, fp16 AMP. From the repository root; add --resume to continue a run.
+# Environment: NPROC processes (default: the paper's GPU count), OUT the output directory, DATA the training
+# pairs (ALBEF JSON; images relative to IMAGE_ROOT, default its folder); further key=value arguments override the config.
 set -euo pipefail
 torchrun \
-  --nproc_per_node 8 \
+  --nproc_per_node "${NPROC:-8}" \
+  --master_port "${MASTER_PORT:-29500}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/cc3m.yaml \
   --output-dir "${OUT:-runs/cc3m_isogclr_tempnet}" \
+  data.train_json="${DATA:-data/cc3m/cc3m_train.json}" \
+  data.image_root="${IMAGE_ROOT:-$(dirname "${DATA:-data/cc3m/cc3m_train.json}")}" \
   loss=isogclr_tempnet \
   "$@"

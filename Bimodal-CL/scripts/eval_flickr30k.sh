@@ -3,9 +3,12 @@
 # Expected: CLIP 40.98/50.90, iSogCLR 44.36/60.20, TempNet 46.17/62.51 (IR@1/TR@1).
 # CKPT=runs/cc3m_isogclr_tempnet/checkpoint-N (the model config is read from it); results in OUT/eval.json.
 # One GPU: evaluation runs on rank 0.
+# Environment: NPROC processes (default: the paper's GPU count), OUT the output directory, DATA the training
+# pairs (ALBEF JSON; images relative to IMAGE_ROOT, default its folder); further key=value arguments override the config.
 set -euo pipefail
 torchrun \
-  --nproc_per_node 1 \
+  --nproc_per_node "${NPROC:-1}" \
+  --master_port "${MASTER_PORT:-29500}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/eval_flickr30k.yaml \
   --output-dir "${OUT:-runs/eval_flickr30k}" \

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# PAPER.md, LLaMA-1 row: LLaMA 7B finetuned with TempNet on OpenWebText2.
-# 4 GPUs, accelerate FSDP (LLaMA-1/configs/accelerate_fsdp.yaml), bf16, lr 2e-4 -> 5e-5, 5k steps.
-# Run from the repository root. DATA: OpenWebText2 (save_to_disk directory or Hub name); OUT: run directory.
+# Paper (Qiu et al., ICML 2024), LLaMA-1 row: LLaMA 7B finetuned with TempNet on OpenWebText2.
+# 4 GPUs, accelerate FSDP (LLaMA-1/configs/accelerate_fsdp.yaml), fp16, lr 2e-4 -> 5e-5, 5k steps.
+# Run from the repository root.
+# Environment: NPROC processes (default: the paper's GPU count), OUT the run directory, DATA the data
+# (a Hub name, a save_to_disk directory or a local .txt/.json/.jsonl file); further key=value arguments
+# override the config (dotted keys reach into mappings, e.g. model.base.n_layer=2).
 set -euo pipefail
 accelerate launch \
   --config_file LLaMA-1/configs/accelerate_fsdp.yaml \
-  --num_processes 4 \
+  --num_processes "${NPROC:-4}" \
+  --main_process_port "${MASTER_PORT:-29500}" \
   LLaMA-1/train.py \
   --config LLaMA-1/configs/finetune_7b.yaml \
   --output-dir "${OUT:-runs/llama1_finetune_7b}" \
   objective=tempnet_dro \
-  data.dataset="${DATA:-data/openwebtext2}"
+  data.dataset="${DATA:-data/openwebtext2}" \
+  "$@"

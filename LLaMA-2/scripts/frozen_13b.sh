@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# PAPER.md, LLaMA-2 rows: TempNet on frozen LLaMA-2 13B.
+# Paper (Qiu et al., ICML 2024), LLaMA-2 rows: TempNet on frozen LLaMA-2 13B.
 # 4 GPUs (micro-batch 4, global batch 16), DDP, bf16, LLM frozen, 30k steps (LLaMA-2/configs/frozen_13b.yaml).
-# Run from the repository root. DATA: pretraining text (save_to_disk directory or Hub name); OUT: the run directory.
+# Run from the repository root.
 # Afterwards: LLaMA-2/scripts/export_tempnet.sh extracts the trained TempNet.
+# Environment: NPROC processes (default: the paper's GPU count), OUT the run directory, DATA the data
+# (a Hub name, a save_to_disk directory or a local .txt/.json/.jsonl file); further key=value arguments
+# override the config (dotted keys reach into mappings, e.g. model.base.n_layer=2).
 set -euo pipefail
 torchrun \
-  --nproc_per_node 4 \
+  --nproc_per_node "${NPROC:-4}" \
+  --master_port "${MASTER_PORT:-29500}" \
   LLaMA-2/train.py \
   --config LLaMA-2/configs/frozen_13b.yaml \
   --output-dir "${OUT:-runs/llama2_frozen_13b}" \
-  data.dataset="${DATA:-data/pretrain_text}"
+  data.dataset="${DATA:-data/pretrain_text}" \
+  "$@"

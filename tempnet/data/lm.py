@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from tempnet.errors import ConfigError, check_model_path
+
 __all__ = ["build_token_cache", "PackedBlocks", "InstructionExamples", "open_token_cache", "StepBatchSampler",
            "format_prompt", "IGNORE_INDEX"]
 
@@ -67,7 +69,7 @@ def _load_records(data, cache_root: Path):
     import datasets
 
     if data.dataset:
-        path = Path(data.dataset)
+        path = Path(check_model_path(data.dataset, "data.dataset"))
         if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
             ds = datasets.load_from_disk(str(path))
             return ds[data.split] if isinstance(ds, datasets.DatasetDict) else ds
@@ -75,7 +77,7 @@ def _load_records(data, cache_root: Path):
     kinds = {"text" if str(f).endswith(".txt") else "json" if str(f).endswith((".json", ".jsonl")) else None
              for f in data.files}
     if None in kinds or len(kinds) != 1:
-        raise ValueError(f"data.files must all be .txt or all .json/.jsonl files, got {data.files}")
+        raise ConfigError(f"data.files must all be .txt or all .json/.jsonl files, got {data.files}")
     return datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in data.files], split="train",
                                  cache_dir=str(cache_root / "hf_datasets"))
 

@@ -56,8 +56,6 @@ class TempNetSettings:
     """M, TempNet's projection width."""
     dropout: float = 0.5
     """Dropout inside TempNet's projection."""
-    allow_large_rho: bool = False
-    """Proceed (with a warning) when rho >= log V, where the KL constraint is vacuous; an error otherwise."""
 
     def __post_init__(self):
         check_tau_range(self.tau_min, self.tau_max)
@@ -99,8 +97,7 @@ class TempNetConfig(TempNetSettings):
     def build(self, vocab_size: int) -> LMObjective:
         """The core objective (temperature module + robust flag + rho) for a vocabulary of this size."""
         return build_objective(self.objective, vocab_size, rho=self.rho, tau=self.tau, tau_min=self.tau_min,
-                               tau_max=self.tau_max, hidden_size=self.hidden_size, dropout=self.dropout,
-                               allow_large_rho=self.allow_large_rho)
+                               tau_max=self.tau_max, hidden_size=self.hidden_size, dropout=self.dropout)
 
 
 #: Settings assumed for a checkpoint that holds TempNet weights but no "tempnet" entry in config.json:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tempnet import checks
+
 from tempnet.modules import FixedTemperature, GlobalTemperature, TempNet
 
 __all__ = ["dro_lm_loss", "tempered_ce_loss", "LMObjective", "OBJECTIVES", "build_objective", "check_rho_vocab"]
@@ -39,7 +41,7 @@ def _prepare(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor | flo
         tau = torch.full((n,), float(tau), device=logits.device)
     if tau.shape not in ((n,), (n, 1)):
         raise ValueError(f"tau must be [N] or [N, 1] with N={n}, got shape {tuple(tau.shape)}")
-    if torch.isnan(logits).any():
+    if checks.enabled() and torch.isnan(logits).any():  # a host sync: only while tempnet.checks is on
         raise ValueError("logits contain NaN")
     dtype = torch.promote_types(logits.dtype, torch.float32)  # half inputs are up-cast; float64 stays
     return logits.to(dtype), labels, tau.reshape(n).to(dtype)
@@ -151,21 +153,17 @@ def check_rho_vocab(rho: float, vocab_size: int, allow_large_rho: bool = False) 
         message = (f"rho={rho} >= log V = {log_v:.3f} (vocabulary size V={vocab_size}): KL(p || uniform) <= log V, "
                    f"so the DRO constraint is vacuous; choose rho < {log_v:.3f}")
         if not allow_large_rho:
-            raise ValueError(message + " (or set allow_large_rho to proceed anyway)")
+            raise ValueError(message + " (or set tempnet.allow_large_rho=true to proceed anyway)")
         warnings.warn(message, stacklevel=3)
 
 
-def _dro(vocab_size: int, *, rho: float = 8.0, tau: float = 1.0, tau_min: float = 0.01, tau_max: float = 2.0,
-         allow_large_rho: bool = False, **_):
-    check_rho_vocab(rho, vocab_size, allow_large_rho)
+def _dro(vocab_size: int, *, rho: float = 8.0, tau: float = 1.0, tau_min: float = 0.01, tau_max: float = 2.0, **_):
     return LMObjective(GlobalTemperature(tau, tau_min, tau_max), robust=True, rho=rho)
 
 
 def _tempnet(robust: bool) -> Callable[..., LMObjective]:
     def build(vocab_size: int, *, rho: float = 8.0, tau_min: float = 0.01, tau_max: float = 2.0,
-              hidden_size: int = 256, dropout: float = 0.5, allow_large_rho: bool = False, **_) -> LMObjective:
-        if robust:
-            check_rho_vocab(rho, vocab_size, allow_large_rho)
+              hidden_size: int = 256, dropout: float = 0.5, **_) -> LMObjective:
         net = TempNet(vocab_size, hidden_size, tau_min, tau_max, dropout)
         return LMObjective(net, robust=robust, rho=rho)
     return build
@@ -183,8 +181,8 @@ OBJECTIVES: dict[str, Callable[..., LMObjective]] = {
 def build_objective(name: str, vocab_size: int, **kwargs) -> LMObjective:
     """OBJECTIVES[name](vocab_size, **kwargs) with a clear error for an unknown name.
 
-    kwargs: tau (fixed / initial tau), rho, tau_min, tau_max, hidden_size, dropout, allow_large_rho; each
-    objective takes the ones it needs. The robust objectives refuse rho >= log V (see `check_rho_vocab`).
+    kwargs: tau (fixed / initial tau), rho, tau_min, tau_max, hidden_size, dropout; each objective takes
+    the ones it needs. Trainers also call `check_rho_vocab` (rho must stay below log V).
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")

@@ -63,7 +63,8 @@ class DataConfig:
     """packed: documents tokenised, joined with EOS and cut into blocks of seq_len (pretraining);
     alpaca: instruction/input/output records, one padded example each, prompt masked out of the loss."""
     dataset: Optional[str] = None
-    """Hugging Face dataset name, a `save_to_disk` directory, or a loadable dataset directory."""
+    """Hugging Face dataset name, a `save_to_disk` directory, a loadable dataset directory, or one local
+    .txt / .json / .jsonl file (then the same as data.files=[that file])."""
     dataset_config: Optional[str] = None
     """Configuration name of `dataset`, if it has several."""
     split: str = "train"
@@ -100,6 +101,8 @@ class DataConfig:
             raise ValueError(f"data.seq_len must be >= 2, got {self.seq_len}")
         if isinstance(self.files, str):
             self.files = [self.files]
+        if self.dataset and str(self.dataset).endswith((".txt", ".json", ".jsonl")):
+            self.files, self.dataset = [self.dataset], None
         if self.num_proc < 1 or self.num_workers < 0:
             raise ValueError(f"data.num_proc must be >= 1 and data.num_workers >= 0, got {self.num_proc}, "
                              f"{self.num_workers}")
@@ -207,6 +210,8 @@ class TempNetTrainSettings(TempNetSettings):
     cosine decay, scaled to peak at `lr`."""
     weight_decay: float = 0.0
     """AdamW weight decay of TempNet's matrices."""
+    allow_large_rho: bool = False
+    """Train anyway (with a warning) when rho >= log V, where the KL constraint is vacuous (an error otherwise)."""
     global_lr: float = 1e-2
     """Learning rate of the single learned temperature of objective=dro (the "DRO only" ablation row):
     its own group, constant, so tau can reach its DRO optimum within a run (at TempNet's 2e-6 it

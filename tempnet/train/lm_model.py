@@ -43,6 +43,8 @@ def build_model(cfg, tokenizer):
     from tempnet.integrations.hf import tempnet_model_from_config, tempnet_model_from_pretrained
     from transformers import GPT2Config, LlamaConfig
 
+    from tempnet.losses.lm import check_rho_vocab
+
     m = cfg.model
     if m.mode == "scratch":
         special = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -53,6 +55,11 @@ def build_model(cfg, tokenizer):
         model = tempnet_model_from_pretrained(check_model_path(m.path, "model.path"), fresh_tempnet=m.fresh_tempnet,
                                               dtype=DTYPES[m.dtype] if m.dtype else None, **head_settings(cfg))
     _check_vocab(model, tokenizer)
+    if model.tempnet_robust:
+        try:
+            check_rho_vocab(cfg.tempnet.rho, model.config.vocab_size, cfg.tempnet.allow_large_rho)
+        except ValueError as exc:
+            raise ConfigError(f"tempnet.{exc}") from None
     if m.mode == "frozen":
         model.freeze_base()
     elif m.dtype not in (None, "float32") and cfg.engine.name != "deepspeed":

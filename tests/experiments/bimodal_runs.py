@@ -58,11 +58,17 @@ def eval_log(out) -> list[dict]:
 
 
 def checkpoint(out, step: int) -> tuple[dict, dict]:
-    """(model state dict, trainer state) of OUT/checkpoint-<step>."""
+    """(model state dict, everything else) of OUT/checkpoint-<step>: optimizer.pt's entries (optimizers,
+    schedulers, scaler, criterion), trainer_state.json's (epoch, step, world_size) and the TempNets."""
+    from safetensors.torch import load_file
+
     path = Path(out) / f"checkpoint-{step}"
     assert (path / "COMPLETE").is_file(), f"{path} is missing or incomplete"
-    return (torch.load(path / "model.pt", weights_only=True),
-            torch.load(path / "trainer_state.pt", weights_only=False))
+    state = {**torch.load(path / "optimizer.pt", weights_only=True),
+             **json.loads((path / "trainer_state.json").read_text())}
+    if (path / "tempnets.safetensors").is_file():
+        state["tempnets"] = load_file(path / "tempnets.safetensors")
+    return load_file(path / "model.safetensors"), state
 
 
 def tensors(tree, prefix="") -> dict[str, torch.Tensor]:

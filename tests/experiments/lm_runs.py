@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-CONFIG_CLASSES = {"GPT_2": "GPT2TrainConfig", "LLaMA-1": "LLaMA1TrainConfig", "LLaMA-2": "LLaMA2TrainConfig"}
+FOLDERS = ("GPT_2", "LLaMA-1", "LLaMA-2")
 
 
 def free_port() -> int:

@@ -26,10 +26,10 @@ def test_config_loads(path):
 def test_cc3m_is_the_paper_setting():
     cfg = load_config(BimodalConfig, REPO / "Bimodal-CL" / "configs" / "cc3m.yaml")
     assert (cfg.model.image.name, cfg.model.text.name, cfg.model.embed_dim) == ("resnet50", "distilbert-base-uncased", 256)
-    assert (cfg.train.epochs, cfg.train.lr, cfg.train.batch_size) == (30, 8e-4, 128)
+    assert (cfg.train.epochs, cfg.optim.lr, cfg.train.batch_size) == (30, 8e-4, 128)
     assert (cfg.loss_args.gamma, cfg.loss_args.rho, cfg.loss_args.tau) == (0.8, 7.0, 0.01)
     assert (cfg.tempnet.tau_min, cfg.tempnet.tau_max, cfg.tempnet.lr, cfg.tempnet.lr_decay) == (0.005, 0.05, 3e-5, 0.9)
-    assert cfg.tempnet.num_prototypes == 256 and cfg.train.precision == "amp_fp16"
+    assert cfg.tempnet.num_prototypes == 256 and cfg.train.precision == "fp16"
     assert [s.name for s in cfg.eval.retrieval] == ["flickr30k", "mscoco"]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from bimodal_runs import DEBUG, checkpoint, metrics, run_main, run_torchrun, tensors, train_module
+from bimodal_runs import DEBUG, checkpoint, metrics, run_main, run_torchrun, tensors
 
 STEPS = 3
 NO_RANDOMNESS = ["loss=isogclr_tempnet", "data.augment=false", "tempnet.dropout=0.0",
@@ -21,16 +21,15 @@ def _steps(out, overrides):
     from tempnet.config import load_config
     from tempnet.train.clip_config import BimodalConfig
 
-    bt = train_module()
+    from tempnet.train.clip_trainer import ClipRun
+
     cfg = load_config(BimodalConfig, DEBUG, overrides)
-    torch.manual_seed(cfg.train.seed)
-    bt.use_synthetic_data(cfg, out)
-    r = bt.setup(cfg, torch.device("cpu"))
+    r = ClipRun(cfg, out, torch.device("cpu"))
     r.dataset.set_epoch(0)
     r.sampler.set_epoch(0)
     record = []
     for step, batch in zip(range(STEPS), r.loader):
-        m = bt.train_step(r, batch)
+        m = r.step(batch)
         grads = {f"model.{k}": p.grad.clone() for k, p in r.model.named_parameters() if p.grad is not None}
         grads.update({f"tempnets.{k}": p.grad.clone() for k, p in r.tempnets.named_parameters()})
         record.append({"metrics": {k: float(v) for k, v in m.items()}, "grads": grads})
@@ -114,7 +113,7 @@ def test_torchrun_command_line(tmp_path):
         for key in ("loss", "grad_norm", "grad_norm_tempnet", "tau_image"):
             assert a[key] == pytest.approx(b[key], rel=1e-3), (a["step"], key)
     (_, state2), (_, state1) = checkpoint(tmp_path / "two", 10), checkpoint(tmp_path / "one", 10)
-    assert state2["world_size"] == 2 and (tmp_path / "two" / "checkpoint-10" / "rng_rank1.pt").is_file()
+    assert state2["world_size"] == 2 and (tmp_path / "two" / "checkpoint-10" / "rng_state_1.pt").is_file()
     for key, value in tensors(state1["criterion"]).items():
         assert torch.allclose(tensors(state2["criterion"])[key].float(), value.float(), rtol=1e-3, atol=1e-4), key
     assert (tmp_path / "two" / "eval.json").is_file()

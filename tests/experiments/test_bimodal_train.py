@@ -70,13 +70,13 @@ def test_evaluate_only(runs, tmp_path):
     again = run_main(tmp_path / "eval", evaluate=out / "checkpoint-60")
     assert {k: v for k, v in again.items() if k != "checkpoint"} == record
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["txt_r1"] == record["txt_r1"]
-    by_file = run_main(tmp_path / "eval2", evaluate=out / "checkpoint-60" / "model.pt")
+    by_file = run_main(tmp_path / "eval2", evaluate=out / "checkpoint-60" / "model.safetensors")
     assert by_file["r_mean"] == record["r_mean"]
     with pytest.raises(FileNotFoundError, match="no model weights"):
         run_main(tmp_path / "eval3", evaluate=tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("precision", ["amp_bf16", "amp_fp16"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_steps(tmp_path, precision):
     """Autocast runs (on CPU the fp16 GradScaler is off; losses and TempNets still compute in float32)."""
     run_main(tmp_path, f"train.precision={precision}", "train.stop_after_steps=2")
@@ -86,7 +86,7 @@ def test_mixed_precision_steps(tmp_path, precision):
 
 @pytest.mark.gpu
 def test_cuda_fp16_with_grad_scaler(tmp_path):
-    run_main(tmp_path, "train.precision=amp_fp16", "train.stop_after_steps=3")
+    run_main(tmp_path, "train.precision=fp16", "train.stop_after_steps=3")
     _, state = checkpoint(tmp_path, 3)
     assert state["scaler"]["scale"] > 0 and all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path))
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lm_runs import CONFIG_CLASSES, REPO, load_train_module
+from lm_runs import FOLDERS, REPO
+from tempnet.train.lm_config import LMTrainConfig
 
-FOLDERS = tuple(CONFIG_CLASSES)
 YAMLS = [p for f in FOLDERS for p in sorted((REPO / f / "configs").glob("*.yaml")) if not p.name.startswith("accelerate")]
 JSONS = [p for f in FOLDERS for p in sorted((REPO / f / "configs").glob("*.json"))]
 SCRIPTS = [p for f in FOLDERS for p in sorted((REPO / f / "scripts").glob("*.sh"))]
@@ -22,10 +22,6 @@ REPO_PATH = re.compile(r"(?:GPT_2|LLaMA-1|LLaMA-2)/[\w./-]+")
 
 def _rel(p: Path) -> str:
     return str(p.relative_to(REPO))
-
-
-def _config_class(folder: str):
-    return getattr(load_train_module(folder), CONFIG_CLASSES[folder])
 
 
 def test_every_folder_ships_the_contract_files():
@@ -41,11 +37,14 @@ def test_yaml_config_loads_and_validates(path):
     from tempnet.train.engines import fill_deepspeed_config
 
     folder = path.parent.parent.name
-    cfg = load_config(_config_class(folder), path)
+    cfg = load_config(LMTrainConfig, path)
     cfg.check_runnable()
     if path.stem.startswith("debug"):
-        assert cfg.debug.synthetic and cfg.train.precision == "fp32" and cfg.tempnet.dropout == 0.0
+        assert cfg.data.synthetic and cfg.train.precision == "fp32" and cfg.tempnet.dropout == 0.0
         assert all(v == 0.0 for k, v in cfg.model.base.items() if "drop" in k)  # every dropout 0
+        import math
+
+        assert cfg.tempnet.rho < math.log(cfg.data.synthetic_vocab_size)  # the KL ball binds (rho < log V)
     if cfg.engine.deepspeed_config:
         assert (REPO / cfg.engine.deepspeed_config).is_file()
         filled = fill_deepspeed_config(REPO / cfg.engine.deepspeed_config, cfg, 1,
@@ -91,9 +90,10 @@ def _script_command(path: Path) -> tuple[str, list[str]]:
 def test_launch_script(path):
     subprocess.run(["bash", "-n", str(path)], check=True)
     text = path.read_text()
-    assert text.startswith("#!/usr/bin/env bash\n# PAPER.md"), "a header comment naming the paper row"
+    assert text.startswith("#!/usr/bin/env bash\n# Paper (Qiu et al., ICML 2024)"), "a header naming the paper row"
     body, args = _script_command(path)
     assert sum(body.startswith(l) or f" {l} " in f" {body} " for l in LAUNCHERS) == 1, "one launcher call"
+    assert text.rstrip().endswith('"$@"'), "extra key=value arguments are passed through"
     code_lines = [line for line in text.splitlines()[1:] if line.strip() and not line.startswith("#")][1:]
     assert all(len(re.findall(r"(?<!\S)--?\w", line)) <= 1 for line in code_lines), "one flag per line"
     for ref in REPO_PATH.findall(body):
@@ -104,7 +104,7 @@ def test_launch_script(path):
 
     config = args[args.index("--config") + 1]
     overrides = [a for a in args[args.index("--config") + 2:] if "=" in a and not a.startswith("-")]
-    cfg = load_config(_config_class(path.parent.parent.name), REPO / config, overrides)
+    cfg = load_config(LMTrainConfig, REPO / config, overrides)
     cfg.check_runnable()
     world = next(int(args[args.index(flag) + 1]) for flag in ("--nproc_per_node", "--num_gpus", "--num_processes")
                  if flag in args)
@@ -121,3 +121,36 @@ def test_readmes_name_every_script():
         for script in (REPO / folder / "scripts").glob("*.sh"):
             assert f"{folder}/scripts/{script.name}" in readme, f"{folder}/README.md misses {script.name}"
         assert f"python {folder}/train.py --config {folder}/configs/debug.yaml" in readme
+
+
+PAPER = {  # (config, field, value): the paper's settings, or the authors' code where the paper is silent
+    "GPT_2/configs/scratch.yaml": {"tempnet.rho": 8.0, "tempnet.tau_min": 0.5, "tempnet.tau_max": 5.0,
+                                   "tempnet.lr": 2e-6, "tempnet.lr_schedule": "constant", "tempnet.weight_decay": 0.1,
+                                   "tempnet.hidden_size": 256, "optim.lr": 6e-4, "optim.min_lr": 6e-5,
+                                   "optim.betas": (0.9, 0.95), "optim.weight_decay": 0.1, "optim.grad_clip": 1.0,
+                                   "optim.warmup_steps": 500, "train.max_steps": 50_000, "train.precision": "fp16",
+                                   "data.seq_len": 2048, "model.base.n_layer": 12, "model.base.n_embd": 768},
+    "LLaMA-1/configs/finetune_7b.yaml": {"tempnet.tau_min": 0.01, "tempnet.tau_max": 2.0, "tempnet.rho": 10.0,
+                                         "optim.lr": 2e-4, "optim.min_lr": 5e-5, "train.max_steps": 5000,
+                                         "train.global_batch_size": 16, "train.precision": "fp16",
+                                         "optim.warmup_steps": 50},
+    "LLaMA-2/configs/frozen_7b.yaml": {"model.mode": "frozen", "tempnet.rho": 8.5, "tempnet.tau_min": 0.01,
+                                       "tempnet.tau_max": 2.0, "tempnet.lr": 1e-4, "tempnet.weight_decay": 1e-2,
+                                       "data.seq_len": 512, "train.micro_batch_size": 4,
+                                       "train.global_batch_size": 16, "train.max_steps": 30_000,
+                                       "train.precision": "bf16", "optim.warmup_steps": 300},
+    "LLaMA-2/configs/chat_7b.yaml": {"model.mode": "frozen", "tempnet.rho": 8.5, "tempnet.tau_max": 1.2,
+                                     "data.format": "alpaca", "tempnet.lr": 1e-4, "train.max_steps": 30_000},
+}
+
+
+@pytest.mark.parametrize("path", sorted(PAPER), ids=str)
+def test_paper_settings_are_pinned(path):
+    from tempnet.config import config_to_dict, load_config
+
+    tree = config_to_dict(load_config(LMTrainConfig, REPO / path))
+    for name, expected in PAPER[path].items():
+        value = tree
+        for part in name.split("."):
+            value = value[part]
+        assert value == expected, f"{path}: {name} = {value!r}, the paper's setting is {expected!r}"

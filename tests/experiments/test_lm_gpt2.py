@@ -41,7 +41,7 @@ def test_debug_run_trains_and_writes_everything(reference):
     # keep-last-2 of the checkpoints at steps 2, 4, 6, 8; each complete with model, optimizer, RNG, config
     ckpts = sorted(p.name for p in reference.glob("checkpoint-*"))
     assert ckpts == ["checkpoint-6", "checkpoint-8"]
-    for name in ("COMPLETE", "model.pt", "optimizer.pt", "rng_state_0.pt", "trainer_state.json", "config.yaml"):
+    for name in ("COMPLETE", "model.safetensors", "optimizer.pt", "rng_state_0.pt", "trainer_state.json", "config.yaml"):
         assert (reference / "checkpoint-8" / name).exists(), name
     assert (reference / "config.yaml").exists() and any((reference / "tensorboard").iterdir())
 

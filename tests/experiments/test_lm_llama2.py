@@ -33,7 +33,9 @@ def test_frozen_run_trains_only_tempnet(reference):
     base = tempnet_model_from_pretrained(reference / "debug_assets" / "base-llama", fresh_tempnet=True).state_dict()
     assert all(torch.equal(v, final[k]) for k, v in base.items() if not k.startswith("tempnet."))
     # the checkpoint holds the trainable weights only: the frozen base is reloaded from model.path
-    saved = torch.load(reference / "checkpoint-8" / "model.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    saved = load_file(reference / "checkpoint-8" / "model.safetensors")
     assert saved and all(k.startswith("tempnet.") for k in saved)
 
 

@@ -8,10 +8,10 @@ import pytest
 from torch import nn
 
 from tempnet.config import load_config
-from tempnet.modules import TempNet
+from tempnet.modules import GlobalTemperature, TempNet
 from tempnet.train.engines import fill_deepspeed_config
 from tempnet.train.lm_config import LMTrainConfig
-from tempnet.train.lm_optim import build_optimizer, build_scheduler, param_groups
+from tempnet.train.optim import build_lm_optimizer, build_lm_scheduler, lm_param_groups
 
 
 @pytest.mark.parametrize("override, message", [
@@ -23,6 +23,10 @@ from tempnet.train.lm_optim import build_optimizer, build_scheduler, param_group
     ("train.global_batch_size=5", "multiple of"),
     ("train.stop_after_steps=0", "stop_after_steps"),
     ("optim.min_lr=1.0", "min_lr"),
+    ("tempnet.lr_schedule=linear", "tempnet.lr_schedule"),
+    ("train.max_steps=abc", "train.max_steps needs an integer, got 'abc'"),
+    ("data.synthetic=maybe", "data.synthetic needs a boolean"),
+    ("optim.betas=0.9", "optim.betas needs a list"),
     ("engine.name=deepspeed", "deepspeed_config"),
     ("data.format=chat", "data.format"),
 ])
@@ -46,43 +50,71 @@ def test_frozen_mode_needs_a_learnable_temperature_and_runs_need_a_model_and_dat
 
 
 class _Toy(nn.Module):
-    def __init__(self):
+    def __init__(self, head=None):
         super().__init__()
         self.wte = nn.Embedding(10, 4)
         self.ln = nn.LayerNorm(4)
         self.head = nn.Linear(4, 10)
-        self.tempnet = TempNet(10, 8, 0.5, 5.0, 0.0)
+        self.tempnet = head if head is not None else TempNet(10, 8, 0.5, 5.0, 0.0)
 
 
-def test_param_groups_give_tempnet_its_own_lr_and_no_weight_decay():
-    cfg = load_config(LMTrainConfig, None, ["optim.lr=1e-3", "optim.tempnet_lr=2e-6", "optim.weight_decay=0.1"])
+def _groups(model, cfg):
+    return {g["name"]: g for g in lm_param_groups(model, cfg.optim, cfg.tempnet)}
+
+
+def test_param_groups_give_tempnet_its_own_lr_and_weight_decay():
+    cfg = load_config(LMTrainConfig, None, ["optim.lr=1e-3", "tempnet.lr=2e-6", "optim.weight_decay=0.1",
+                                            "tempnet.weight_decay=0.05"])
     model = _Toy()
-    groups = {g["name"]: g for g in param_groups(model, cfg.optim)}
-    assert set(groups) == {"decay", "no_decay", "tempnet"}
-    assert groups["tempnet"]["lr"] == 2e-6 and groups["tempnet"]["weight_decay"] == 0.0
-    assert {id(p) for p in groups["tempnet"]["params"]} == {id(p) for p in model.tempnet.parameters()}
+    groups = _groups(model, cfg)
+    assert set(groups) == {"decay", "no_decay", "tempnet_decay", "tempnet_no_decay"}
+    assert groups["tempnet_decay"]["lr"] == 2e-6 and groups["tempnet_decay"]["weight_decay"] == 0.05
+    assert groups["tempnet_no_decay"]["weight_decay"] == 0.0
+    head = {id(p) for g in ("tempnet_decay", "tempnet_no_decay") for p in groups[g]["params"]}
+    assert head == {id(p) for p in model.tempnet.parameters()}
     assert groups["decay"]["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in groups["decay"]["params"])
     assert groups["no_decay"]["weight_decay"] == 0.0
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("tempnet."))  # frozen mode
-    assert [g["name"] for g in param_groups(model, cfg.optim)] == ["tempnet"]
-    assert build_optimizer(model, cfg.optim).defaults["betas"] == (0.9, 0.95)
+    assert set(_groups(model, cfg)) == {"tempnet_decay", "tempnet_no_decay"}
+    assert build_lm_optimizer(model, cfg.optim, cfg.tempnet).defaults["betas"] == (0.9, 0.95)
 
 
-def test_schedule_warms_up_then_decays_every_group_to_its_min_ratio():
-    cfg = load_config(LMTrainConfig, None, ["optim.lr=1e-3", "optim.min_lr=1e-4", "optim.tempnet_lr=1e-5",
-                                            "optim.warmup_steps=2"])
-    opt = build_optimizer(_Toy(), cfg.optim)
-    sched = build_scheduler(opt, cfg.optim, max_steps=10)
-    lrs = []
+def test_the_global_tau_of_objective_dro_has_its_own_constant_lr():
+    """The "DRO only" row: at TempNet's lr (2e-6) the one tau would hardly move in a run."""
+    cfg = load_config(LMTrainConfig, None, ["objective=dro", "tempnet.lr=2e-6", "tempnet.global_lr=0.05"])
+    model = _Toy(GlobalTemperature(1.0, 0.5, 5.0))
+    groups = _groups(model, cfg)
+    assert groups["global_tau"]["lr"] == 0.05 and groups["global_tau"]["params"] == [model.tempnet.logit]
+    assert not any(g.startswith("tempnet_") for g in groups)
+    opt = build_lm_optimizer(model, cfg.optim, cfg.tempnet)
+    sched = build_lm_scheduler(opt, cfg.optim, cfg.tempnet, max_steps=10)
     for _ in range(10):
-        lrs.append([g["lr"] for g in opt.param_groups])
         opt.step()
         sched.step()
-    lrs.append([g["lr"] for g in opt.param_groups])
-    assert lrs[0][0] == 0.0 and lrs[1][0] == pytest.approx(5e-4) and lrs[2][0] == pytest.approx(1e-3)
-    assert lrs[-1][0] == pytest.approx(1e-4) and lrs[-1][-1] == pytest.approx(1e-6)  # min_lr / lr of each peak
-    assert all(a[0] >= b[0] for a, b in zip(lrs[2:], lrs[3:]))
+    assert {g["name"]: g["lr"] for g in opt.param_groups}["global_tau"] == 0.05
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_schedule_warms_up_then_decays_the_model_and_tempnet_as_configured(schedule):
+    cfg = load_config(LMTrainConfig, None, ["optim.lr=1e-3", "optim.min_lr=1e-4", "tempnet.lr=1e-5",
+                                            "optim.warmup_steps=2", f"tempnet.lr_schedule={schedule}"])
+    opt = build_lm_optimizer(_Toy(), cfg.optim, cfg.tempnet)
+    sched = build_lm_scheduler(opt, cfg.optim, cfg.tempnet, max_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append({g["name"]: g["lr"] for g in opt.param_groups})
+        opt.step()
+        sched.step()
+    lrs.append({g["name"]: g["lr"] for g in opt.param_groups})
+    model = [step["decay"] for step in lrs]
+    assert model[0] == 0.0 and model[1] == pytest.approx(5e-4) and model[2] == pytest.approx(1e-3)
+    assert model[-1] == pytest.approx(1e-4) and all(a >= b for a, b in zip(model[2:], model[3:]))
+    tempnet = [step["tempnet_decay"] for step in lrs]
+    if schedule == "constant":  # the authors' GPT-2 code: TempNet's lr reset to its value every step
+        assert tempnet == [1e-5] * 11
+    else:  # the model's shape, scaled to TempNet's peak: min_lr / lr of it at the end
+        assert tempnet[0] == 0.0 and tempnet[2] == pytest.approx(1e-5) and tempnet[-1] == pytest.approx(1e-6)
 
 
 def test_deepspeed_json_autos_are_filled_and_conflicts_refused(tmp_path):
