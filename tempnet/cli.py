@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from tempnet.errors import UserError, check_model_path, run_cli
 from tempnet.integrations.head import DTYPES
 
 
@@ -141,7 +142,20 @@ def _generate_one(model, tokenizer, processor, method: str, prompt: str, args) -
     else:  # beams reorder rows between steps; no fixed temperature to report
         tau = [1.0] * len(ids) if method == "tau = 1" else None
     return {"prompt": prompt, "method": method, "response": tokenizer.decode(ids, skip_special_tokens=True),
-            "token_ids": ids, "tokens": tokenizer.convert_ids_to_tokens(ids), "tau": tau}
+            "token_ids": ids, "tokens": token_texts(tokenizer, ids), "pieces": tokenizer.convert_ids_to_tokens(ids),
+            "tau": tau}
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each generated token as the text it adds to the response (not a byte-level or sentencepiece symbol
+    such as 'Ġ.' or '▁the'): the decoded prefix up to it minus the decoded prefix before it, so multi-byte
+    characters split over tokens come out whole on the token that completes them."""
+    texts, previous = [], ""
+    for end in range(1, len(ids) + 1):
+        current = tokenizer.decode(ids[:end], skip_special_tokens=False)
+        texts.append(current[len(previous):] if current.startswith(previous) else tokenizer.decode(ids[end - 1:end]))
+        previous = current
+    return texts
 
 
 def plot_tau(result: dict, path: Path) -> None:
@@ -154,7 +168,7 @@ def plot_tau(result: dict, path: Path) -> None:
     tau, tokens = result["tau"], result["tokens"]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(tau)), 3.5))
     ax.bar(range(len(tau)), tau, color="tab:blue")
-    ax.set_xticks(range(len(tau)), [t.replace("\u2581", " ") for t in tokens], rotation=90, fontsize=7)
+    ax.set_xticks(range(len(tau)), [repr(t)[1:-1] for t in tokens], rotation=90, fontsize=7)
     ax.set_ylabel("tau")
     ax.set_title(f"{result['method']}: tau per generated token")
     fig.tight_layout()
@@ -171,21 +185,28 @@ def _print_text(result: dict, index: int) -> None:
     if result["tau"] is not None:
         print("--- tau per generated token ---")
         for i, (token, tau) in enumerate(zip(result["tokens"], result["tau"]), start=1):
-            print(f"{i:4d}  {token!r:<20} {tau:.4f}")
+            print(f"{i:4d}  {token!r:<20} {tau:.4f}")  # the token's text, quoted so spaces show
 
 
 def cmd_generate(args) -> int:
     from transformers import AutoTokenizer
 
+    if args.prompt_file is not None and not args.prompt_file.is_file():
+        raise FileNotFoundError(f"--prompt-file: no such file: {args.prompt_file}")
     prompts = args.prompt or [line for line in args.prompt_file.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise SystemExit(f"no prompts in {args.prompt_file}")
+        raise UserError(f"no prompts in {args.prompt_file}")
+    check_model_path(args.model, "model")
+    if args.tokenizer:
+        check_model_path(args.tokenizer, "--tokenizer")
+    if args.tempnet is not None and not args.tempnet.is_file():
+        raise FileNotFoundError(f"--tempnet: no such file: {args.tempnet}")
     model, processor, method = _load(args)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     results = [_generate_one(model, tokenizer, processor, method, p, args) for p in prompts]
     if args.plot:
         if any(r["tau"] is None for r in results):
-            raise SystemExit("--plot needs a per-token tau (not available with beam search and a processor)")
+            raise UserError("--plot needs a per-token tau (not available with beam search and a processor)")
         for i, result in enumerate(results):
             plot_tau(result, args.plot if i == 0 else args.plot.with_name(f"{args.plot.stem}-{i + 1}.png"))
     if args.json:
@@ -201,6 +222,7 @@ def cmd_generate(args) -> int:
 def cmd_export(args) -> int:
     from tempnet.integrations.export import export_tempnet
 
+    check_model_path(args.checkpoint, "checkpoint")
     export_tempnet(args.checkpoint, args.out, DTYPES[args.dtype] if args.dtype else None)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     return 0
@@ -211,6 +233,9 @@ def cmd_attach(args) -> int:
 
     from tempnet.integrations.export import attach_tempnet
 
+    check_model_path(args.base, "base")
+    if not args.tempnet.is_file():
+        raise FileNotFoundError(f"tempnet: no such file: {args.tempnet}")
     kwargs = {"dtype": DTYPES[args.dtype]} if args.dtype else {}
     model = attach_tempnet(args.base, args.tempnet, **kwargs)
     model.save_pretrained(args.out)
@@ -222,9 +247,14 @@ def cmd_attach(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return {"generate": cmd_generate, "export": cmd_export, "attach": cmd_attach}[args.command](args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `tempnet` command: a user error (missing file, bad path) prints `error: ...` and exits with 2."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Offline stand-ins for debug runs: a generated corpus, a tokenizer trained on it and a random base model.
 
-`configs/debug.yaml` of every LLM folder sets `debug.synthetic: true`; the trainer then calls
+`configs/debug.yaml` of every LLM folder sets `data.synthetic: true`; the trainer then calls
 `prepare_debug_assets` (rank 0 first) and trains through the real pipeline (files -> tokenizer ->
 token cache -> model), with no download. Everything is seeded, so every run and rank makes the
 same assets. The tokenizer is of the model family's own kind: byte-level BPE for GPT-2,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["prepare_debug_assets", "synthetic_documents", "synthetic_instructions"]
+__all__ = ["prepare_debug_assets", "synthetic_documents", "synthetic_instructions", "train_tokenizer", "save_base_model"]
 
 _NUMBERS = "one two three four five six seven eight nine ten eleven twelve".split()
 _NOUNS = "cat dog bird fish horse mouse tree house river stone".split()
@@ -56,7 +56,9 @@ def synthetic_instructions(n: int, seed: int) -> list[dict]:
     return records
 
 
-def _train_tokenizer(arch: str, texts: list[str], vocab_size: int, target: Path) -> None:
+def train_tokenizer(arch: str, texts: list[str], vocab_size: int, target: Path) -> None:
+    """Train a tokenizer of the model family's kind on `texts` and save it to `target` (a directory):
+    byte-level BPE for gpt2, sentencepiece BPE with byte fallback for llama."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -92,7 +94,7 @@ def _train_tokenizer(arch: str, texts: list[str], vocab_size: int, target: Path)
     tmp.rename(target)
 
 
-def _save_base_model(arch: str, base: dict, tokenizer_dir: Path, seed: int, target: Path) -> None:
+def save_base_model(arch: str, base: dict, tokenizer_dir: Path, seed: int, target: Path) -> None:
     """A random plain Hugging Face causal LM (no TempNet) standing in for a pretrained checkpoint."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -126,11 +128,11 @@ def prepare_debug_assets(cfg, output_dir: str | Path) -> dict:
         tmp.rename(data_file)
     tokenizer_dir = root / f"tokenizer-{cfg.model.arch}"
     if not tokenizer_dir.exists():
-        _train_tokenizer(cfg.model.arch, texts + list(_NUMBERS + _NOUNS), cfg.data.synthetic_vocab_size, tokenizer_dir)
+        train_tokenizer(cfg.model.arch, texts + list(_NUMBERS + _NOUNS), cfg.data.synthetic_vocab_size, tokenizer_dir)
     overrides = {"data": {"files": [str(data_file)]}, "model": {"tokenizer": str(tokenizer_dir)}}
     if cfg.model.mode != "scratch":
         base_dir = root / f"base-{cfg.model.arch}"
         if not base_dir.exists():
-            _save_base_model(cfg.model.arch, cfg.model.base, tokenizer_dir, seed, base_dir)
+            save_base_model(cfg.model.arch, cfg.model.base, tokenizer_dir, seed, base_dir)
         overrides["model"]["path"] = str(base_dir)
     return overrides

@@ -9,6 +9,7 @@ runs measured here agree to ~2e-6 or exactly).
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -87,9 +88,12 @@ def test_objective_names_select_the_ablation_rows(tmp_path):
         assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
         taus[name] = rows[-1]
     assert taus["ce"]["tau_mean"] == 1.0 and taus["ce"]["loss"] == taus["ce"]["ce"]  # fixed tau, plain CE
-    assert "lr_tempnet" in taus["dro"] and taus["dro"]["tau_min"] == taus["dro"]["tau_max"]  # one learned tau
+    dro = taus["dro"]  # one learned tau in its own constant-lr group, and the robust loss of that one tau
+    assert dro["lr_global_tau"] == 1e-2 and "lr_tempnet" not in dro and dro["tau_min"] == dro["tau_max"]
+    rho, log_v = 3.0, math.log(384)  # the debug config's rho and vocabulary
+    assert dro["loss"] == pytest.approx(dro["tau_mean"] * (dro["ce"] + rho - log_v), rel=1e-5)
     assert taus["tempnet_ce"]["loss"] == taus["tempnet_ce"]["ce"]  # TempNet, no DRO: loss is CE of z / tau
-    assert taus["tempnet_dro"]["loss"] != taus["tempnet_dro"]["ce"]  # the robust loss
+    assert "lr_tempnet" in taus["tempnet_dro"] and taus["tempnet_dro"]["tau_min"] < taus["tempnet_dro"]["tau_max"]
 
 
 def test_mixed_precision_paths_run(reference, tmp_path):

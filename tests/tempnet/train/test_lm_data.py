@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from tempnet.data.lm import (IGNORE_INDEX, InstructionExamples, PackedBlocks, StepBatchSampler,  # noqa: E402
                              build_token_cache, format_prompt)
 from tempnet.train.lm_config import DataConfig  # noqa: E402
-from tempnet.train.lm_debug import _train_tokenizer, synthetic_documents, synthetic_instructions  # noqa: E402
+from tempnet.train.lm_debug import train_tokenizer, synthetic_documents, synthetic_instructions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def tokenizers(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tok")
     docs = synthetic_documents(100, seed=0)
-    _train_tokenizer("gpt2", docs, 320, root / "gpt2")
-    _train_tokenizer("llama", docs + [r["instruction"] for r in synthetic_instructions(50, 0)], 320, root / "llama")
+    train_tokenizer("gpt2", docs, 320, root / "gpt2")
+    train_tokenizer("llama", docs + [r["instruction"] for r in synthetic_instructions(50, 0)], 320, root / "llama")
     return {k: AutoTokenizer.from_pretrained(root / k) for k in ("gpt2", "llama")}
 
 

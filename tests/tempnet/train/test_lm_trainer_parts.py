@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from torch import nn
 
@@ -93,6 +94,43 @@ def test_the_global_tau_of_objective_dro_has_its_own_constant_lr():
         opt.step()
         sched.step()
     assert {g["name"]: g["lr"] for g in opt.param_groups}["global_tau"] == 0.05
+
+
+def _kl_to_uniform(z, tau):
+    p = np.exp((z - z.max()) / tau)
+    p /= p.sum()
+    return float(np.sum(p * np.log(p * len(z) + 1e-300)))
+
+
+def test_dro_only_tau_reaches_the_dro_optimum_at_the_configured_lr():
+    """With the default tempnet.global_lr the single tau of objective=dro reaches, within 300 Adam steps,
+    the DRO optimum of fixed logits: the tau where KL(softmax(z / tau) || uniform) = rho (found here by
+    float64 bisection). At TempNet's own lr (2e-6) it would not move."""
+    import torch
+
+    from tempnet.losses.lm import dro_lm_loss
+
+    rho, vocab = 1.0, 64
+    z = torch.randn(vocab, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    lo, hi = 1e-3, 1e3  # KL falls as tau grows
+    for _ in range(200):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if _kl_to_uniform(z.numpy(), mid) > rho else (lo, mid)
+    optimum = lo
+    cfg = load_config(LMTrainConfig, None, ["objective=dro", "tempnet.tau_min=0.05", "tempnet.tau_max=5.0"])
+    model = _Toy(GlobalTemperature(1.0, 0.05, 5.0))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("tempnet."))
+    opt = build_lm_optimizer(model, cfg.optim, cfg.tempnet)
+    sched = build_lm_scheduler(opt, cfg.optim, cfg.tempnet, max_steps=300)
+    logits, labels = z.float().expand(16, vocab), torch.randint(0, vocab, (16,), generator=torch.Generator().manual_seed(1))
+    for _ in range(300):
+        dro_lm_loss(logits, labels, model.tempnet(logits), rho).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    tau = float(model.tempnet(logits)[0])
+    assert abs(_kl_to_uniform(z.numpy(), tau) - rho) < 0.02 and tau == pytest.approx(optimum, rel=0.02), (tau, optimum)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])

@@ -1,0 +1,139 @@
+"""Every launch script runs end to end, as a user runs it: `NPROC=.. OUT=.. DATA=.. bash <folder>/scripts/X.sh
+key=value ...` with its own launcher (deepspeed, torchrun, accelerate launch), config and data arguments, on
+CPU, with tiny local data and overrides that only shrink the model and the step count. Each run must
+write its final model (or evaluation) into the fresh OUT."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_runs import ENV, REPO, free_port, metrics
+
+pytestmark = pytest.mark.slow
+
+# The tiny stand-ins for the paper's models: every size field a script's config sets is overridden.
+GPT2_TINY = ["model.base.n_layer=1", "model.base.n_embd=32", "model.base.n_head=2", "model.base.n_positions=32",
+             "model.base.vocab_size=384"]
+COMMON = ["data.seq_len=16", "data.num_proc=1", "data.num_workers=0", "train.max_steps=2", "train.save_every=1",
+          "train.micro_batch_size=1", "train.precision=fp32", "train.progress_bar=false", "train.log_every=1",
+          "tempnet.rho=3.0", "tempnet.hidden_size=16", "model.gradient_checkpointing=false"]
+
+
+def _env(**extra) -> dict:
+    """The suite's offline environment, the launchers of this interpreter first on PATH."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**ENV, "PATH": path, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
+            **{k: str(v) for k, v in extra.items()}}
+
+
+def _bash(script: str, *overrides, **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["bash", script, *map(str, overrides)], cwd=REPO, env=_env(**env), capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """What a user brings: a text file, an Alpaca JSON, tokenizers and small pretrained-style checkpoints."""
+    from tempnet.data.synthetic_image_text import make_synthetic_image_text
+    from tempnet.train.lm_debug import save_base_model, synthetic_documents, synthetic_instructions, train_tokenizer
+
+    root = tmp_path_factory.mktemp("assets")
+    docs = synthetic_documents(120, seed=3)
+    (root / "corpus.txt").write_text("\n".join(docs) + "\n")
+    records = synthetic_instructions(40, seed=3)
+    (root / "alpaca.json").write_text(json.dumps(records))
+    texts = docs + [f"{r['instruction']} {r['input']} {r['output']}" for r in records]
+    llama_base = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "num_key_value_heads": 2, "vocab_size": 384, "max_position_embeddings": 64}
+    gpt2_base = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 384}
+    for arch, base in (("gpt2", gpt2_base), ("llama", llama_base)):
+        train_tokenizer(arch, texts, 384, root / f"tokenizer-{arch}")
+        save_base_model(arch, base, root / f"tokenizer-{arch}", 0, root / f"base-{arch}")
+    make_synthetic_image_text(root / "pairs", num_train=64)
+    return root
+
+
+GPT2_SCRIPTS = sorted(p.name for p in (REPO / "GPT_2" / "scripts").glob("*.sh"))
+
+
+@pytest.mark.parametrize("name", GPT2_SCRIPTS)
+def test_gpt2_script(name, assets, tmp_path):
+    out = tmp_path / "run"
+    tiny = ([f"model.tokenizer={assets / 'tokenizer-gpt2'}", *GPT2_TINY] if name.startswith(("scratch", "ablation"))
+            else [f"model.path={assets / 'base-gpt2'}"])
+    nproc = 2 if name == "scratch_tempnet.sh" else 1  # one script per launcher also runs 2 processes
+    _bash(f"GPT_2/scripts/{name}", *COMMON, *tiny, f"train.global_batch_size={nproc}", f"data.cache_dir={tmp_path}",
+          NPROC=nproc, OUT=out, DATA=assets / "corpus.txt")
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert (out / "final" / "model.safetensors").is_file() and (out / "checkpoint-2" / "COMPLETE").is_file()
+    objective = json.loads((out / "final" / "config.json").read_text())["tempnet"]["objective"]
+    expected = name.removeprefix("ablation_").removesuffix(".sh") if name.startswith("ablation") else (
+        "ce" if "baseline" in name else "tempnet_dro")
+    assert objective == expected
+
+
+LLAMA_SCRIPTS = sorted(f"{folder}/scripts/{p.name}" for folder in ("LLaMA-1", "LLaMA-2")
+                       for p in (REPO / folder / "scripts").glob("*.sh") if p.name != "export_tempnet.sh")
+
+
+@pytest.mark.parametrize("script", LLAMA_SCRIPTS)
+def test_llama_script(script, assets, tmp_path):
+    out = tmp_path / "run"
+    chat = "chat" in script
+    nproc = 2 if script.endswith(("frozen_7b.sh", "chat_70b.sh")) else 1
+    _bash(script, *COMMON, f"model.path={assets / 'base-llama'}", "model.dtype=null",
+          f"train.global_batch_size={nproc}", f"data.cache_dir={tmp_path}", *(["data.seq_len=48"] if chat else []),
+          NPROC=nproc, OUT=out, DATA=assets / ("alpaca.json" if chat else "corpus.txt"))
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert (out / "final" / "model.safetensors").is_file()
+    if "LLaMA-2" in script and script.endswith("chat_7b.sh"):  # then the export step of the same folder
+        exported = tmp_path / "tempnet.safetensors"
+        _bash("LLaMA-2/scripts/export_tempnet.sh", RUN=out, OUT=exported)
+        from tempnet.integrations.export import load_tempnet_file
+
+        head = load_tempnet_file(exported).head
+        assert head.tau_max == pytest.approx(1.2)  # the chat config's (released) tau range
+
+
+CLIP_TINY = ["model.image.name=vit_tiny_patch16_224", "model.image.pretrained=false",
+             "model.image.kwargs={img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2, global_pool: avg}",
+             "model.text.name=distilbert", "model.text.pretrained=false", "model.text.tokenizer=open_clip",
+             "model.text.max_length=16",
+             "model.text.config_overrides={dim: 32, n_layers: 1, n_heads: 2, hidden_dim: 64, vocab_size: 49408, "
+             "max_position_embeddings: 32}",
+             "model.embed_dim=16", "model.image_size=32", "data.num_workers=0", "train.epochs=1", "train.batch_size=16",
+             "train.precision=fp32", "train.progress_bar=false", "tempnet.num_prototypes=8", "loss_args.rho=2.0",
+             "eval.batch_size=64", "eval.num_workers=0"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "Bimodal-CL" / "scripts").glob("cc3m_*.sh")))
+def test_clip_script_then_evaluation(name, assets, tmp_path):
+    pairs = assets / "pairs"
+    retrieval = f"eval.retrieval=[{{name: synthetic, json: {pairs / 'retrieval.json'}, image_root: {pairs}}}]"
+    out = tmp_path / "run"
+    nproc = 2 if name == "cc3m_isogclr_tempnet.sh" else 1
+    _bash(f"Bimodal-CL/scripts/{name}", *CLIP_TINY, retrieval, f"train.batch_size={16 // nproc}",
+          NPROC=nproc, OUT=out, DATA=pairs / "train.json")
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["epoch"] == 1 and 0 <= evaluation["img_r1"] <= 100
+    if name != "cc3m_isogclr_tempnet.sh":
+        return
+    checkpoint = sorted(out.glob("checkpoint-*"))[-1]
+    for script, setting in (("eval_flickr30k.sh", retrieval),
+                            ("eval_zeroshot.sh", f"eval.zeroshot=[{{name: shapes, kind: folder, root: {pairs / 'zeroshot'}}}]")):
+        target = tmp_path / script
+        _bash(f"Bimodal-CL/scripts/{script}", setting, "eval.num_workers=0", "eval.batch_size=64", "train.precision=fp32",
+              CKPT=checkpoint, OUT=target)
+        record = json.loads((target / "eval.json").read_text())
+        assert record["step"] == 4 and record["checkpoint"] == str(checkpoint)
+        key = "synthetic/img_r1" if "flickr" in script else "shapes/zeroshot_top1"
+        assert key in record, sorted(record)
