@@ -36,6 +36,14 @@ def _as_bool(name: str, value) -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
+class _TempNetAutoModel:
+    """Stands in for AutoModelForCausalLM while HFLM loads a checkpoint (our and the released layouts)."""
+
+    @staticmethod
+    def from_pretrained(path, **kwargs):
+        return tempnet_model_from_pretrained(path, **kwargs)
+
+
 @register_model("tempnet")
 class TempNetLM(HFLM):
     """HFLM over a causal LM with a temperature head.
@@ -50,19 +58,28 @@ class TempNetLM(HFLM):
                  apply_tempnet: bool | str = True, **kwargs):
         self.apply_tempnet = _as_bool("apply_tempnet", apply_tempnet)
         if isinstance(pretrained, str):
+            # HFLM loads it (through `_create_model`, below), so accelerate data parallelism and
+            # `parallelize=True` (device_map) work as for `--model hf`
             if isinstance(dtype, str) and dtype not in _DTYPES:
                 raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-            torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-            tokenizer = tokenizer or pretrained
-            pretrained = tempnet_model_from_pretrained(pretrained, dtype=torch_dtype)
-        if tokenizer is None:
-            raise ValueError("pass a tokenizer (path or object) when `pretrained` is a model instance")
-        if self.apply_tempnet and not isinstance(pretrained, TempNetCausalLMMixin):
+            kwargs.setdefault("backend", "causal")
+            super().__init__(pretrained=pretrained, tokenizer=tokenizer, dtype=dtype, device=device, **kwargs)
+        else:
+            if tokenizer is None:
+                raise ValueError("pass a tokenizer (path or object) when `pretrained` is a model instance")
+            super().__init__(pretrained=pretrained.to(device).eval(), tokenizer=tokenizer, device=device, **kwargs)
+        if self.apply_tempnet and not isinstance(self.model, TempNetCausalLMMixin):
             raise ValueError(f"apply_tempnet=true needs a model with a temperature head, got "
-                             f"{type(pretrained).__name__}; load it with tempnet_model_from_pretrained or pass "
+                             f"{type(self.model).__name__}; load it with tempnet_model_from_pretrained or pass "
                              f"apply_tempnet=false")
-        pretrained = pretrained.to(device).eval()
-        super().__init__(pretrained=pretrained, tokenizer=tokenizer, device=device, **kwargs)
+
+    def _create_model(self, *args, **kwargs) -> None:
+        """HFLM's loader, with `tempnet_model_from_pretrained` in place of AutoModelForCausalLM."""
+        auto, self.AUTO_MODEL_CLASS = self.AUTO_MODEL_CLASS, _TempNetAutoModel
+        try:
+            super()._create_model(*args, **kwargs)
+        finally:
+            self.AUTO_MODEL_CLASS = auto
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         """[B, L] ids -> [B, L, V] logits: divided by tau, or (apply_tempnet=false) the base model's own."""
