@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Paper, CLIP table, Bimodal-CL row: zero-shot retrieval on Flickr30K test (IR@1 = img_r1, TR@1 = txt_r1) of a trained model.
 # Expected: CLIP 40.98/50.90, iSogCLR 44.36/60.20, TempNet 46.17/62.51 (IR@1/TR@1).
-# CKPT=runs/cc3m_isogclr_tempnet/checkpoint-N (the model config is read from it); results in OUT/eval.json.
+# CKPT=runs/cc3m_isogclr_tempnet/checkpoint-N (the model config is read from it); results in OUT/eval.json, by default
+# RESULTS_DIR/clip/ROW/flickr30k/eval.json (RESULTS_DIR results, ROW isogclr_tempnet: the loss= name of the run), the
+# layout python scripts/make_tables.py RESULTS_DIR reads (it merges every eval.json under clip/ROW/).
 # One GPU: evaluation runs on rank 0.
 set -euo pipefail
 torchrun \
   --nproc_per_node 1 \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/eval_flickr30k.yaml \
-  --output-dir "${OUT:-runs/eval_flickr30k}" \
+  --output-dir "${OUT:-${RESULTS_DIR:-results}/clip/${ROW:-isogclr_tempnet}/flickr30k}" \
   --evaluate \
   --checkpoint "${CKPT:?set CKPT to a checkpoint-N directory}" \
   "$@"

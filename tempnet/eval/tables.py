@@ -39,12 +39,12 @@ __all__ = [
 #: lm-eval metric per task, in the paper's column order (LLaMA-1's extra tasks after the common seven).
 TASK_METRICS = {
     "piqa": "acc", "hellaswag": "acc_norm", "arc_easy": "acc", "arc_challenge": "acc_norm",
-    "openbookqa": "acc_norm", "winogrande": "acc", "boolq": "acc", "sciq": "acc", "siqa": "acc",
+    "openbookqa": "acc_norm", "winogrande": "acc", "boolq": "acc", "sciq": "acc", "social_iqa": "acc",
     "mathqa": "acc", "logiqa": "acc", "swag": "acc", "lambada_openai": "perplexity", "wikitext": "word_perplexity",
 }
 _TASK_NAMES = {
     "piqa": "PIQA", "hellaswag": "HellaSwag", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA",
-    "winogrande": "WinoGrande", "boolq": "BoolQ", "sciq": "SciQ", "siqa": "SIQA", "mathqa": "MathQA",
+    "winogrande": "WinoGrande", "boolq": "BoolQ", "sciq": "SciQ", "social_iqa": "SIQA", "mathqa": "MathQA",
     "logiqa": "LogiQA", "swag": "SWAG", "lambada_openai": "LAMBADA", "wikitext": "WikiText",
 }
 _PERPLEXITIES = ("perplexity", "word_perplexity", "byte_perplexity")
