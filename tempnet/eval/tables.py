@@ -370,7 +370,8 @@ def to_markdown(tables: Iterable[Table]) -> str:
                              and c.key in row.cells and row.cells[c.key].value == best[c.key])
                      for c in table.columns]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += [""] + [f"_{note}_" for note in table.notes]
+        if table.notes:
+            lines += [""] + [f"_{note}_" for note in table.notes]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
