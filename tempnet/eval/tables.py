@@ -281,8 +281,8 @@ def _llm_tables(results_dir: Path, paper: bool, metrics: dict[str, str]) -> list
         for cells in ours.values():
             if acc and all(t in cells for t in acc):
                 cells["avg"] = Cell(sum(cells[t].value for t in acc) / len(acc))
-        notes = ["metrics: " + ", ".join(f"{_TASK_NAMES.get(t, t)} {'/'.join(sorted(used.get(t, {metrics.get(t, '')})))}"
-                                          for t in acc + ppl)] if acc + ppl else []
+        shown = [f"{_TASK_NAMES.get(t, t)} {'/'.join(sorted(used.get(t, {metrics.get(t, '')})))}" for t in acc + ppl]
+        notes = ["metrics: " + ", ".join(shown)] if shown else []
         tables.append(Table(key, title, columns, _merge_rows(ours, paper_rows), notes))
     return tables
 
@@ -318,8 +318,8 @@ def _alpaca_table(results_dir: Path, paper: bool) -> Table | None:
         if s is None:
             ours[row] = {"lc_win_rate": Cell(text="not scored"), "win_rate": Cell(text="not scored")}
         else:
-            ours[row] = {k: Cell(s[k], s[f"{e}"]) for k, e in (("lc_win_rate", "lc_stderr"),
-                                                             ("win_rate", "win_rate_stderr")) if s[k] is not None}
+            ours[row] = {k: Cell(s[k], s[e]) for k, e in (("lc_win_rate", "lc_stderr"), ("win_rate", "win_rate_stderr"))
+                         if s[k] is not None}
     columns = [Column("lc_win_rate", "LC win rate", "score"), Column("win_rate", "Win rate", "score")]
     return Table("alpaca", "AlpacaEval (vs. the reference outputs), percent", columns, _merge_rows(ours, paper_rows),
                  ["scored with `alpaca_eval --model_outputs RESULTS_DIR/alpaca/<row>/model_outputs.json`"])

@@ -7,7 +7,9 @@ built by the core (`tempnet.losses.lm.build_objective`), never here.
 The authors' released checkpoints (LLM-Opt/TempNet-LLaMA2-Chat-*) are plain LLaMA checkpoints whose
 state dict also holds fp16 `tempnet.*` weights, with no TempNet settings in config.json, a tau range
 of [0.01, 1.2] fixed in their code (the parameter names and shapes are the core TempNet's).
-`RELEASED_TEMPNET` covers that layout. Export files (`save_tempnet_file`) hold one head alone.
+`RELEASED_TEMPNET` covers that layout; their Megatron export stores `scaler` 0-dim (shape []), which
+`released_shapes` / `released_state` / `load_head_tensors` read as the core's [1]. Export files
+(`save_tempnet_file`) hold one head alone.
 """
 
 from __future__ import annotations
