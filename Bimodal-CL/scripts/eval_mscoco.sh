@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Paper, CLIP table, Bimodal-CL row: zero-shot retrieval on MSCOCO 5k test (IR@1 = img_r1, TR@1 = txt_r1) of a trained model.
-# Expected: MSCOCO numbers are in the paper's table, not in the paper.
-# CKPT=runs/cc3m_isogclr_tempnet/checkpoint-N (the model config is read from it); results in OUT/eval.json.
+# Expected: the MSCOCO numbers of the paper's CLIP table.
+# CKPT=runs/cc3m_isogclr_tempnet/checkpoint-N (the model config is read from it); results in OUT/eval.json, by default
+# RESULTS_DIR/clip/ROW/mscoco/eval.json (RESULTS_DIR results, ROW isogclr_tempnet: the loss= name of the run), the
+# layout python scripts/make_tables.py RESULTS_DIR reads (it merges every eval.json under clip/ROW/).
 # One GPU: evaluation runs on rank 0.
-# Environment: NPROC processes (default: the paper's GPU count), OUT the output directory, DATA the training
-# pairs (ALBEF JSON; images relative to IMAGE_ROOT, default its folder); further key=value arguments override the config.
+# Environment: CKPT the checkpoint, OUT (or RESULTS_DIR and ROW) where eval.json goes, NPROC processes (1);
+# further key=value arguments override the config (e.g. eval.num_workers=2).
 set -euo pipefail
 torchrun \
   --nproc_per_node "${NPROC:-1}" \
   --master_port "${MASTER_PORT:-29500}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/eval_mscoco.yaml \
-  --output-dir "${OUT:-runs/eval_mscoco}" \
+  --output-dir "${OUT:-${RESULTS_DIR:-results}/clip/${ROW:-isogclr_tempnet}/mscoco}" \
   --evaluate \
   --checkpoint "${CKPT:?set CKPT to a checkpoint-N directory}" \
   "$@"

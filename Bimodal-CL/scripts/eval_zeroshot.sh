@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Paper, CLIP table, Bimodal-CL row: zero-shot classification on ImageNet-1k val, CIFAR-10, CIFAR-100 (top-1) of a trained model.
 # Expected: ImageNet top-1 CLIP 36.27, iSogCLR 40.72, TempNet 42.28; CIFAR numbers in the paper's table.
-# CKPT=runs/cc3m_isogclr_tempnet/checkpoint-N (the model config is read from it); results in OUT/eval.json.
+# CKPT=runs/cc3m_isogclr_tempnet/checkpoint-N (the model config is read from it); results in OUT/eval.json, by default
+# RESULTS_DIR/clip/ROW/zeroshot/eval.json (RESULTS_DIR results, ROW isogclr_tempnet: the loss= name of the run), the
+# layout python scripts/make_tables.py RESULTS_DIR reads (it merges every eval.json under clip/ROW/).
 # One GPU: evaluation runs on rank 0.
-# Environment: NPROC processes (default: the paper's GPU count), OUT the output directory, DATA the training
-# pairs (ALBEF JSON; images relative to IMAGE_ROOT, default its folder); further key=value arguments override the config.
+# Environment: CKPT the checkpoint, OUT (or RESULTS_DIR and ROW) where eval.json goes, NPROC processes (1);
+# further key=value arguments override the config (e.g. eval.num_workers=2).
 set -euo pipefail
 torchrun \
   --nproc_per_node "${NPROC:-1}" \
   --master_port "${MASTER_PORT:-29500}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/eval_zeroshot.yaml \
-  --output-dir "${OUT:-runs/eval_zeroshot}" \
+  --output-dir "${OUT:-${RESULTS_DIR:-results}/clip/${ROW:-isogclr_tempnet}/zeroshot}" \
   --evaluate \
   --checkpoint "${CKPT:?set CKPT to a checkpoint-N directory}" \
   "$@"

@@ -15,7 +15,7 @@ import torch
 
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, build_head, check_head_shapes, checkpoint_shapes,
                                        head_shapes, load_tempnet_file, read_checkpoint_tensors,
-                                       resolve_settings, save_tempnet_file)
+                                       released_state, resolve_settings, save_tempnet_file)
 from tempnet.integrations.hf import TempNetCausalLMMixin, tempnet_model_from_pretrained
 
 __all__ = ["export_tempnet", "attach_tempnet", "load_tempnet_file"]
@@ -39,7 +39,7 @@ def export_tempnet(source: TempNetCausalLMMixin | str | os.PathLike, file: str |
     check_head_shapes(source, found, head_shapes(settings, vocab), settings, vocab)
     head = build_head(settings, vocab)
     state = {k[len(PREFIX):]: v for k, v in read_checkpoint_tensors(source).items()}
-    head.load_state_dict(state)
+    head.load_state_dict(released_state(state))  # the released export's 0-dim scaler becomes [1]
     save_tempnet_file(head, settings, vocab, file, dtype)
 
 

@@ -7,7 +7,9 @@ built by the core (`tempnet.losses.lm.build_objective`), never here.
 The authors' released checkpoints (LLM-Opt/TempNet-LLaMA2-Chat-*) are plain LLaMA checkpoints whose
 state dict also holds fp16 `tempnet.*` weights, with no TempNet settings in config.json, a tau range
 of [0.01, 1.2] fixed in their code (the parameter names and shapes are the core TempNet's).
-`RELEASED_TEMPNET` covers that layout. Export files (`save_tempnet_file`) hold one head alone.
+`RELEASED_TEMPNET` covers that layout; their Megatron export stores `scaler` 0-dim (shape []), which
+`released_shapes` / `released_state` / `load_head_tensors` read as the core's [1]. Export files
+(`save_tempnet_file`) hold one head alone.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from tempnet.modules import check_tau_range
 __all__ = [
     "TempNetSettings", "TempNetConfig", "RELEASED_TEMPNET", "DTYPES", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes",
     "resolve_settings", "check_head_shapes", "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file",
-    "load_tempnet_file", "TempNetFile",
+    "load_tempnet_file", "TempNetFile", "SCALAR_KEYS", "released_shapes", "released_state", "zero_dim_keys",
+    "load_head_tensors",
 ]
 
 #: Where the head's parameters live inside a causal LM's state dict.
@@ -130,6 +133,35 @@ def resolve_settings(stored: dict | None, found: dict[str, tuple], overrides: di
     return base.replace(**overrides) if overrides else base
 
 
+#: Head parameters that the authors' Megatron export stores 0-dim (shape []) and the core TempNet holds as [1].
+SCALAR_KEYS = ("scaler",)
+
+
+def released_shapes(shapes: Mapping[str, tuple]) -> dict[str, tuple]:
+    """Head shapes (keys without prefix) with the 0-dim `SCALAR_KEYS` of the released export read as (1,)."""
+    return {k: ((1,) if k in SCALAR_KEYS and tuple(v) == () else tuple(v)) for k, v in shapes.items()}
+
+
+def released_state(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A head state dict with every 0-dim `prefix + SCALAR_KEYS` tensor reshaped to [1] (the core's shape)."""
+    names = {prefix + k for k in SCALAR_KEYS}
+    return {k: (v.reshape(1) if k in names and v.dim() == 0 else v) for k, v in state.items()}
+
+
+def zero_dim_keys(found: Mapping[str, tuple]) -> list[str]:
+    """The `SCALAR_KEYS` that a checkpoint's head (shapes, keys without prefix) stores 0-dim."""
+    return [k for k in SCALAR_KEYS if k in found and tuple(found[k]) == ()]
+
+
+def load_head_tensors(head: nn.Module, path, keys: list[str], **download_kwargs) -> None:
+    """Copy the checkpoint's `PREFIX + key` tensors (0-dim ones reshaped to [1]) into `head`'s parameters."""
+    stored = released_state({k[len(PREFIX):]: v for k, v in read_checkpoint_tensors(path, **download_kwargs).items()})
+    with torch.no_grad():
+        for key in keys:
+            param = head.get_parameter(key)
+            param.copy_(stored[key].to(param.device, param.dtype))
+
+
 def check_head_shapes(path, found: dict[str, tuple], expected: dict[str, tuple], settings: TempNetConfig, vocab: int):
     """Raise a ValueError naming the problem when the checkpoint's head does not fit `settings`."""
     hint = "pass fresh_tempnet=True to start a new TempNet"
@@ -139,6 +171,7 @@ def check_head_shapes(path, found: dict[str, tuple], expected: dict[str, tuple],
     if "proj.0.weight" in found and found["proj.0.weight"][1] != vocab:
         raise ValueError(f"the TempNet in {path} was built for vocabulary size {found['proj.0.weight'][1]} but the "
                          f"model's vocabulary size is {vocab}; {hint}")
+    found = released_shapes(found)
     for key in sorted(set(expected) | set(found)):
         have, want = found.get(key), expected.get(key)
         if have != want:

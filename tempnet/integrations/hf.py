@@ -25,7 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head,
                                        check_head_shapes, checkpoint_shapes, head_shapes,
-                                       resolve_settings)
+                                       load_head_tensors, resolve_settings, zero_dim_keys)
 from tempnet.losses.lm import objective_terms
 
 __all__ = [
@@ -204,6 +204,14 @@ class TempNetCausalLMMixin:
                 model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
             _check_base_loaded(path, info)  # size mismatches are ignored for the head only
             model.reset_tempnet()
+        elif zero_dim_keys(found):  # the authors' Megatron export stores `scaler` 0-dim: copied in as [1] below
+            kwargs["ignore_mismatched_sizes"] = True
+            with _quiet_loading_report():
+                model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
+            _check_base_loaded(path, info)
+            load_head_tensors(model.tempnet, path, zero_dim_keys(found), **download)
+            info["mismatched_keys"] = [k for k in info["mismatched_keys"]
+                                       if (k[0] if isinstance(k, tuple) else k)[len(PREFIX):] not in found]
         else:
             model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
         model.tempnet.float()  # the head computes in float32; keep its weights there in half-precision models

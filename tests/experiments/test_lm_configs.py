@@ -15,7 +15,8 @@ from tempnet.train.lm_config import LMTrainConfig
 
 YAMLS = [p for f in FOLDERS for p in sorted((REPO / f / "configs").glob("*.yaml")) if not p.name.startswith("accelerate")]
 JSONS = [p for f in FOLDERS for p in sorted((REPO / f / "configs").glob("*.json"))]
-SCRIPTS = [p for f in FOLDERS for p in sorted((REPO / f / "scripts").glob("*.sh"))]
+SCRIPTS = [p for f in FOLDERS for p in sorted((REPO / f / "scripts").glob("*.sh"))
+           if not p.name.startswith(("eval_", "alpaca_"))]  # the evaluation launchers: test_eval_scripts.py
 LAUNCHERS = ("torchrun", "deepspeed", "accelerate launch", "tempnet export")
 REPO_PATH = re.compile(r"(?:GPT_2|LLaMA-1|LLaMA-2)/[\w./-]+")
 

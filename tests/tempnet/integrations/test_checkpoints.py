@@ -31,17 +31,17 @@ def _released_tempnet_state(seed=0) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.fixture
-def released_dir(tmp_path, tokenizer):
+def write_released_checkpoint(path, tokenizer, scaler_shape: tuple[int, ...] = (1,)):
     """A tiny checkpoint in the layout of LLM-Opt/TempNet-LLaMA2-Chat-*: a LlamaForCausalLM state dict plus
-    fp16 tempnet.* weights, sharded safetensors with an index, model_type "llama", no TempNet settings."""
+    fp16 tempnet.* weights, sharded safetensors with an index, model_type "llama", no TempNet settings.
+    scaler_shape (1,) or () (the authors' Megatron export stores it 0-dim)."""
     torch.manual_seed(0)
     base = LlamaForCausalLM(llama_config())
     with torch.no_grad():
         base.lm_head.weight.mul_(20.0)
     state = {k: v.half() for k, v in base.state_dict().items()}
     state.update({k: v.half() for k, v in _released_tempnet_state().items()})
-    path = tmp_path / "TempNet-LLaMA2-Chat-tiny"
+    state["tempnet.scaler"] = state["tempnet.scaler"].reshape(scaler_shape)
     path.mkdir()
     keys = sorted(state)
     shards = {"model-00001-of-00002.safetensors": [k for k in keys if not k.startswith(("tempnet.", "lm_head"))],
@@ -60,6 +60,18 @@ def released_dir(tmp_path, tokenizer):
          "top_p": 0.9, "max_new_tokens": 8, "transformers_version": "4.31.0"}))
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def released_dir(tmp_path, tokenizer):
+    """The released layout with a [1]-shaped scaler."""
+    return write_released_checkpoint(tmp_path / "TempNet-LLaMA2-Chat-tiny", tokenizer)
+
+
+@pytest.fixture
+def released_0dim_dir(tmp_path, tokenizer):
+    """The released layout as the authors' Megatron export writes it: `tempnet.scaler` 0-dim (shape [])."""
+    return write_released_checkpoint(tmp_path / "TempNet-LLaMA2-Chat-tiny-0dim", tokenizer, scaler_shape=())
 
 
 def _reference_tau(z: torch.Tensor) -> torch.Tensor:
@@ -91,6 +103,31 @@ def test_released_layout_loads_with_its_tempnet(released_dir):
     assert torch.allclose(out.tau[0, :, 0].double(), tau, atol=1e-4)
     assert torch.allclose(out.logits[0].double(), z.double() / tau[:, None], rtol=1e-3, atol=1e-3)
     assert tau.min() >= 0.01 and tau.max() <= 1.2 and tau.std() > 1e-3
+
+
+def test_released_0dim_scaler_gives_the_same_tau(released_dir, released_0dim_dir):
+    from safetensors import safe_open
+
+    with safe_open(str(released_0dim_dir / "model-00002-of-00002.safetensors"), "pt") as f:
+        assert tuple(f.get_slice("tempnet.scaler").get_shape()) == ()  # really the 0-dim layout
+    model, info = LLaMA_TempNet.from_pretrained(released_0dim_dir, dtype=torch.float32, output_loading_info=True)
+    one = LLaMA_TempNet.from_pretrained(released_dir, dtype=torch.float32)
+    assert model.tempnet.scaler.shape == (1,) and info["mismatched_keys"] == []
+    assert model.tempnet.scaler.item() == pytest.approx(0.3, abs=1e-3)  # read from the file, not the init 0
+    ids = torch.randint(3, VOCAB, (2, 9))
+    tau0, tau1 = model(input_ids=ids).tau, one(input_ids=ids).tau
+    assert torch.equal(tau0, tau1)
+    z = _base_logits(released_0dim_dir, ids[:1])
+    assert torch.allclose(tau0[0, :, 0].double(), _reference_tau(z), atol=1e-4)
+
+    auto = tempnet_model_from_pretrained(released_0dim_dir, dtype=torch.float32)  # the lm-eval loader's path
+    assert torch.equal(auto(input_ids=ids).tau, tau1)
+
+
+def test_released_0dim_scaler_exports(released_0dim_dir, tmp_path):
+    export_tempnet(released_0dim_dir, tmp_path / "t.safetensors", dtype=torch.float16)
+    head = load_tempnet_file(tmp_path / "t.safetensors").head
+    assert head.scaler.shape == (1,) and head.scaler.item() == pytest.approx(0.3, abs=1e-3)
 
 
 def test_authors_readme_snippet_runs(released_dir):

@@ -12,9 +12,15 @@ pytest.importorskip("lm_eval")
 
 from lm_eval import simple_evaluate  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from tempnet.integrations.lm_eval import TempNetLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
+
+from test_checkpoints import write_released_checkpoint  # noqa: E402
+
+REQUESTS = [("the cat sat on", " the mat"), ("how do you get", " water in the desert"), ("find", " shade")]
 
 
 def _manual_loglikelihood(model, tokenizer, context: str, continuation: str, divide_by_tau: bool) -> float:
@@ -38,6 +44,99 @@ def test_loglikelihood_uses_tempnet(tiny_llama_dir, tokenizer):
     without = _manual_loglikelihood(lm.model, tokenizer, context, continuation, divide_by_tau=False)
     assert got == pytest.approx(with_tau, rel=1e-4)
     assert abs(with_tau - without) > 1e-2  # TempNet changes the scores: it really is in place
+
+
+@pytest.fixture(params=["ours", "released", "released_0dim"])
+def checkpoint(request, tmp_path, tokenizer):
+    """(path, tau range): our own layout (tiny_llama saved) or the authors' released layout (scaler [1] or [])."""
+    if request.param == "ours":
+        path = request.getfixturevalue("tiny_llama_dir")
+        stored = json.loads((path / "config.json").read_text())["tempnet"]
+        return path, (stored["tau_min"], stored["tau_max"])
+    shape = () if request.param == "released_0dim" else (1,)
+    return write_released_checkpoint(tmp_path / request.param, tokenizer, scaler_shape=shape), (0.01, 1.2)
+
+
+def _loglikelihoods(lm) -> list[float]:
+    return [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(REQUESTS)])]
+
+
+def _independent_loglikelihoods(path, tokenizer, tau_range) -> tuple[list[float], list[float]]:
+    """(with TempNet, raw) log-likelihoods of REQUESTS in float64: the base model loaded on its own, the TempNet
+    weights read from the checkpoint's files and applied by the paper's formula (no tempnet code involved)."""
+    from safetensors import safe_open
+
+    w = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            w.update({k.removeprefix("tempnet."): f.get_tensor(k).double() for k in f.keys() if k.startswith("tempnet.")})
+    assert set(w) == {"proj.0.weight", "proj.0.bias", "proj.3.weight", "proj.3.bias", "scaler", "last.weight",
+                      "last.bias"}
+    base = LlamaForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
+    lo, hi = tau_range
+    hidden = w["proj.0.weight"].shape[0]
+    with_tau, raw = [], []
+    for context, continuation in REQUESTS:
+        ctx, full = tokenizer(context)["input_ids"], tokenizer(context + continuation)["input_ids"]
+        with torch.no_grad():
+            z = base(input_ids=torch.tensor([full])).logits[0]  # [L, V]
+        x = z - z.max(dim=-1, keepdim=True).values
+        x = x / x.norm(dim=-1, keepdim=True)
+        h = torch.sigmoid(x @ w["proj.0.weight"].T + w["proj.0.bias"]) @ w["proj.3.weight"].T + w["proj.3.bias"]
+        pool = torch.softmax(h / torch.exp(w["scaler"].reshape(())), dim=-1)
+        r = ((pool - 1.0 / hidden) * h) @ w["last.weight"].T + w["last.bias"]  # [L, 1]
+        tau = (hi - lo) * torch.sigmoid(r) + lo
+        for logits, out in ((z / tau, with_tau), (z, raw)):
+            logp = torch.log_softmax(logits, dim=-1)
+            out.append(sum(logp[i - 1, full[i]].item() for i in range(len(ctx), len(full))))
+    return with_tau, raw
+
+
+def test_apply_tempnet_is_logits_over_the_checkpoints_tau(checkpoint, tokenizer):
+    path, tau_range = checkpoint
+    want, want_raw = _independent_loglikelihoods(path, tokenizer, tau_range)
+    got = _loglikelihoods(TempNetLM(pretrained=str(path), device="cpu", dtype="float32", batch_size=2))
+    got_raw = _loglikelihoods(TempNetLM(pretrained=str(path), device="cpu", dtype="float32", batch_size=2,
+                                        apply_tempnet=False))
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+    assert got_raw == pytest.approx(want_raw, rel=1e-4, abs=1e-4)
+    assert min(abs(a - b) for a, b in zip(want, want_raw)) > 0.05  # TempNet really changes every score
+
+
+def test_apply_tempnet_false_equals_model_hf(checkpoint, tokenizer):
+    """`--model tempnet` with apply_tempnet=false gives exactly what `--model hf` gives on the base model."""
+    path, _ = checkpoint
+    if path.name == "tiny-llama-tempnet":  # our layout: `--model hf` would load our registered wrapper class
+        hf = HFLM(pretrained=LlamaForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer=tokenizer,
+                  device="cpu", batch_size=2)
+    else:  # the released layout is a plain "llama" checkpoint: `--model hf` loads it as the base model
+        hf = HFLM(pretrained=str(path), device="cpu", dtype="float32", batch_size=2)
+    raw = TempNetLM.create_from_arg_string(f"pretrained={path},dtype=float32,apply_tempnet=false",
+                                           {"device": "cpu", "batch_size": 2})
+    assert raw.apply_tempnet is False
+    assert _loglikelihoods(raw) == _loglikelihoods(hf)
+    rolling = [Instance("loglikelihood_rolling", {}, ("the cat sat on the mat and the dog sat in the sun",), 0)]
+    assert raw.loglikelihood_rolling(rolling) == hf.loglikelihood_rolling(rolling)
+
+
+def test_apply_tempnet_generation_and_bad_value(tiny_llama_dir, tokenizer):
+    raw = TempNetLM(pretrained=str(tiny_llama_dir), device="cpu", dtype="float32", apply_tempnet="False")
+    base = LlamaForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer("the cat sat")["input_ids"]] * 4)
+
+    def sample(generate, **kwargs):  # sampling (greedy ignores any temperature), same seed
+        torch.manual_seed(0)
+        return generate(ids, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, **kwargs)[:, ids.shape[1]:]
+
+    got = sample(raw._model_generate, max_length=ids.shape[1] + 8, stop=[])
+    assert torch.equal(got, sample(base.generate, max_new_tokens=8, pad_token_id=0))  # the raw logits
+    assert type(raw.model.tempnet).__name__ == "TempNet"  # the head is back after generation
+    with_tau = TempNetLM(pretrained=str(tiny_llama_dir), device="cpu", dtype="float32")
+    assert not torch.equal(sample(with_tau._model_generate, max_length=ids.shape[1] + 8, stop=[]), got)
+    with pytest.raises(ValueError, match="apply_tempnet must be true or false"):
+        TempNetLM(pretrained=str(tiny_llama_dir), device="cpu", apply_tempnet="maybe")
+    with pytest.raises(ValueError, match="needs a model with a temperature head"):
+        TempNetLM(pretrained=base, tokenizer=tokenizer, device="cpu")
 
 
 def test_simple_evaluate_on_local_tasks(tiny_llama_dir, tmp_path):

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Qiu et al., ICML 2024, GPT-2 table, row "finetune, tau = 1" (numbers in the paper's table).
+# Zero-shot lm-eval of the model trained by GPT_2/scripts/finetune_baseline.sh. Run from the repository root.
+# 1 GPU; NPROC=N: N data-parallel processes (accelerate launch). Results: RESULTS_DIR/llm/ROW/ (lm-eval's
+# --output_path); the tables: python scripts/make_tables.py RESULTS_DIR --paper.
+# Env: CKPT (model directory), RESULTS_DIR (results), ROW (gpt2_finetune_baseline), TASKS (comma-separated lm-eval tasks),
+# NPROC (1), DTYPE (float32), BATCH_SIZE (16), APPLY_TEMPNET (true); extra arguments go to lm-eval.
+set -euo pipefail
+launch=(python)
+if [ "${NPROC:-1}" -gt 1 ]; then
+  launch=(accelerate launch --multi_gpu --num_processes "$NPROC" --num_machines 1 --mixed_precision no --dynamo_backend no)
+fi
+"${launch[@]}" scripts/eval_lm.py run \
+  --model tempnet \
+  --model_args "pretrained=${CKPT:-runs/gpt2_finetune_baseline/final},dtype=${DTYPE:-float32},apply_tempnet=${APPLY_TEMPNET:-true}" \
+  --tasks "${TASKS:-piqa,hellaswag,arc_easy,arc_challenge,openbookqa,lambada_openai,wikitext}" \
+  --batch_size "${BATCH_SIZE:-16}" \
+  --output_path "${RESULTS_DIR:-results}/llm/${ROW:-gpt2_finetune_baseline}" \
+  "$@"

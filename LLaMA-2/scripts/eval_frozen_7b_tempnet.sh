@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Qiu et al., ICML 2024, LLaMA-2 table, row "LLaMA-2 7B + TempNet" (average accuracy 59.44, LAMBADA ppl 3.21).
+# Zero-shot lm-eval of the model trained by LLaMA-2/scripts/frozen_7b.sh. Run from the repository root.
+# 1 GPU; NPROC=N: N data-parallel processes (accelerate launch). Results: RESULTS_DIR/llm/ROW/ (lm-eval's
+# --output_path); the tables: python scripts/make_tables.py RESULTS_DIR --paper.
+# Env: CKPT (model directory), RESULTS_DIR (results), ROW (llama2_7b_tempnet), TASKS (comma-separated lm-eval tasks),
+# NPROC (1), DTYPE (bfloat16), BATCH_SIZE (16), APPLY_TEMPNET (true); extra arguments go to lm-eval.
+set -euo pipefail
+launch=(python)
+if [ "${NPROC:-1}" -gt 1 ]; then
+  launch=(accelerate launch --multi_gpu --num_processes "$NPROC" --num_machines 1 --mixed_precision no --dynamo_backend no)
+fi
+"${launch[@]}" scripts/eval_lm.py run \
+  --model tempnet \
+  --model_args "pretrained=${CKPT:-runs/llama2_frozen_7b/final},dtype=${DTYPE:-bfloat16},apply_tempnet=${APPLY_TEMPNET:-true}" \
+  --tasks "${TASKS:-piqa,hellaswag,arc_easy,arc_challenge,openbookqa,lambada_openai,wikitext}" \
+  --batch_size "${BATCH_SIZE:-16}" \
+  --output_path "${RESULTS_DIR:-results}/llm/${ROW:-llama2_7b_tempnet}" \
+  "$@"

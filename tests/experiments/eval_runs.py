@@ -1,0 +1,98 @@
+"""Helpers of the evaluation tests: a tiny LLaMA checkpoint with a TempNet and its own tokenizer, local lm-eval
+tasks (no download), all written into a test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+VOCAB = 320  # > ~290, so a sentencepiece model with byte fallback fits
+WORDS = "the a cat dog sat on mat water desert how do you get in find shade sun sand camel drink well".split()
+#: A minimal chat template (the tokenizer writes BOS itself in the LLaMA-2 fallback; the template does here).
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def train_tokenizer(root: Path):
+    """A LLaMA tokenizer (sentencepiece BPE, byte fallback, VOCAB pieces) trained on a word soup."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(400)))
+    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"),
+                                   vocab_size=VOCAB, model_type="bpe", byte_fallback=True, pad_id=0, bos_id=1,
+                                   eos_id=2, unk_id=3, character_coverage=1.0, minloglevel=2)
+    tokenizer = LlamaTokenizer.from_pretrained(root, add_bos_token=True)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+    return tokenizer
+
+
+def tiny_checkpoint(path: Path, tokenizer, chat_template: str | None = None, seed: int = 0) -> Path:
+    """A 2-layer random LLaMA with a TempNet (hidden 32, tau in [0.05, 2]) whose tau varies by position,
+    saved with the tokenizer as a `final/` directory of our trainers."""
+    import torch
+    from transformers import LlamaConfig
+
+    from tempnet.integrations.hf import tempnet_model_from_config
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
+    model = tempnet_model_from_config(config, objective="tempnet_dro", rho=8.0, tau_min=0.05, tau_max=2.0,
+                                      hidden_size=32)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5.0)
+        model.tempnet.proj[0].weight.mul_(20.0)
+        model.tempnet.last.weight.normal_(0.0, 20.0)
+    model.save_pretrained(path)
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def local_tasks(root: Path) -> Path:
+    """lm-eval task YAMLs over local files (absolute paths): toy_mc (multiple choice: acc, acc_norm) and
+    toy_ppl (rolling log-likelihood: word_perplexity). Returns the directory for --include_path."""
+    root.mkdir(parents=True, exist_ok=True)
+    docs = [{"question": "where does the camel drink?", "choices": ["at the well", "on the mat"], "answer": 0},
+            {"question": "who sat on the mat?", "choices": ["the sand", "the cat"], "answer": 1},
+            {"question": "how do you find shade?", "choices": ["sun", "water"], "answer": 0},
+            {"question": "what is in the desert?", "choices": ["sand", "a well of water"], "answer": 0}]
+    (root / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "ppl.txt").write_text("the cat sat on the mat\nhow do you get water in the desert\nfind shade\n")
+    tasks = root / "tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "toy_mc.yaml").write_text(f"""task: toy_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {root / 'mc.jsonl'}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""")
+    (tasks / "toy_ppl.yaml").write_text(f"""task: toy_ppl
+dataset_path: text
+dataset_kwargs:
+  data_files:
+    test: {root / 'ppl.txt'}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+""")
+    return tasks
