@@ -27,13 +27,14 @@ def is_main_process() -> bool:
     return world_size_and_rank()[1] == 0
 
 
-def _all_gather(x: torch.Tensor) -> list[torch.Tensor]:
+def _all_gather(x: torch.Tensor, same_shape: bool) -> list[torch.Tensor]:
     world, _ = world_size_and_rank()
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-    if len({int(s) for s in sizes}) != 1:
-        raise ValueError(f"every rank must pass the same batch size to a gathered loss, got {[int(s) for s in sizes]}"
-                         " (use drop_last=True in the data loader)")
+    if not same_shape:  # one extra collective, only to turn a mismatch into a clear error
+        sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+        if len({int(s) for s in sizes}) != 1:
+            raise ValueError(f"every rank must pass the same batch size to a gathered loss, got "
+                             f"{[int(s) for s in sizes]} (use drop_last=True in the data loader)")
     out = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(out, x.contiguous())
     return out
@@ -48,28 +49,36 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, same_shape: bool) -> torch.Tensor:
         _, rank = world_size_and_rank()
         ctx.rank, ctx.size = rank, x.shape[0]
-        return torch.cat(_all_gather(x), dim=0)
+        return torch.cat(_all_gather(x, same_shape), dim=0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+    def backward(ctx, grad: torch.Tensor):
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size], None
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's x [B, ...] into [W * B, ...] in rank order, keeping the local gradient."""
+def gather_with_grad(x: torch.Tensor, same_shape: bool = True) -> torch.Tensor:
+    """Concatenate every rank's x [B, ...] into [W * B, ...] in rank order, keeping the local gradient.
+
+    same_shape=True (the losses' hot path; our samplers give every rank the same batch size) trusts
+    that every rank passes the same shape and issues one collective. same_shape=False first
+    all-gathers the batch sizes and raises a ValueError naming them when they differ.
+    """
     if world_size_and_rank()[0] == 1:
         return x
-    return _GatherWithGrad.apply(x)
+    return _GatherWithGrad.apply(x, same_shape)
 
 
-def gather_ids(ids: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's dataset indices [B] into [W * B] in rank order (no gradient)."""
+def gather_ids(ids: torch.Tensor, same_shape: bool = True) -> torch.Tensor:
+    """Concatenate every rank's dataset indices [B] into [W * B] in rank order (no gradient).
+
+    same_shape as in gather_with_grad.
+    """
     if world_size_and_rank()[0] == 1:
         return ids
-    return torch.cat(_all_gather(ids), dim=0)
+    return torch.cat(_all_gather(ids, same_shape), dim=0)
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:

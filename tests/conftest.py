@@ -1,7 +1,11 @@
 """Suite-wide settings: deterministic CPU runs, GPU tests skipped where there is no CUDA."""
 
+import os
+
 import pytest
 import torch
+
+os.environ.setdefault("TEMPNET_CHECKS", "1")  # value checks (id ranges, NaN) on in every test
 
 
 def pytest_collection_modifyitems(config, items):

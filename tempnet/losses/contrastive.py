@@ -1,5 +1,17 @@
 """Global contrastive losses for bimodal (image-text) training: CLIP, CyCLIP, SogCLR, iSogCLR and
-the paper's robust global contrastive loss with TempNet temperatures.
+the paper's robust global contrastive loss with TempNet temperatures (Qiu et al., ICML 2024, Sec. 4).
+
+One interface for all five:
+
+    out = loss_fn(image_features, text_features, image_ids, text_ids, tau_image=None, tau_text=None)
+    out["loss"].backward()          # the trainer minimises out["loss"] only ...
+    log({k: v for k, v in out.items()})   # ... and logs everything (all other entries are detached)
+
+`out` holds "loss" (the total, with gradient), its named terms, which sum to it ("contrastive";
+CyCLIP adds "crossmodal" and "inmodal", RobustGCLoss "temperature"), and, as detached statistics,
+"tau_image" and "tau_text": the mean over the global batch of the temperatures the step used (the
+fixed tau of CLIP, CyCLIP and SogCLR, iSogCLR's per-sample taus before its update, the given taus of
+RobustGCLoss). Only RobustGCLoss takes tau_image / tau_text; the others raise if they are given.
 
 All losses take each rank's local batch of L2-normalised features and gather the global batch
 themselves (`tempnet.distributed`), so every rank computes the same global loss and updates the
@@ -7,19 +19,22 @@ per-sample state identically. The gradient reaching a rank's features equals a s
 gradient on the concatenated batch; a trainer under DDP (which averages gradients over ranks)
 multiplies the loss by the world size to recover the single-process parameter gradient.
 
-Notation (PAPER.md): sim = I @ T^T [B, B]; for image i, d_ij = sim_ij - sim_ii; for text j,
+Notation: sim = I @ T^T [B, B]; for image i, d_ij = sim_ij - sim_ii; for text j,
 e_ij = sim_ij - sim_jj. The moving-average losses keep, per dataset index, an estimate s of the
 inner sum sum_{j != i} exp(A_ij) with A = d / tau, stored as s * exp(b) with a running max b so the
-exponentials never overflow at tau = 0.005.
+exponentials never overflow at tau = 0.005. Both modalities are computed in the [i, j] layout of
+sim (image anchors along rows, text anchors along columns), so no [B, B] transpose is materialised.
+
+Checks that read values (id ranges, NaN) cost a host sync and run only when `tempnet.checks` is on.
 """
 
 from __future__ import annotations
-
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tempnet import checks
 from tempnet.distributed import gather_ids, gather_with_grad
 from tempnet.modules import check_tau_range
 
@@ -32,7 +47,7 @@ def _check_features(image_features: torch.Tensor, text_features: torch.Tensor) -
             f"image and text features must both be [B, d] with the same shape, got {tuple(image_features.shape)} "
             f"and {tuple(text_features.shape)}"
         )
-    if torch.isnan(image_features).any() or torch.isnan(text_features).any():
+    if checks.enabled() and (torch.isnan(image_features).any() or torch.isnan(text_features).any()):
         raise ValueError("features contain NaN")
 
 
@@ -50,26 +65,40 @@ def _gather_features(image_features: torch.Tensor, text_features: torch.Tensor) 
     return image, text
 
 
-def _global_similarity(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """sim = I @ T^T [B, B] over the global batch, at least float32."""
-    image, text = _gather_features(image_features, text_features)
+def _similarity(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """sim = I @ T^T [B, B] in the features' (at least float32) precision, also under autocast."""
     with torch.autocast(image.device.type, enabled=False):
         return image @ text.t()
 
 
-def _row_diffs(sim: torch.Tensor) -> torch.Tensor:
-    """d_ij = sim_ij - sim_ii: row i holds anchor i against every candidate j. [B, B]"""
-    return sim - sim.diagonal()[:, None]
+def _gather_pair_ids(image_ids: torch.Tensor, text_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if image_ids is None or text_ids is None:
+        raise ValueError("this loss keeps per-sample state: pass image_ids and text_ids (dataset indices, [B])")
+    image_ids, text_ids = gather_ids(image_ids), gather_ids(text_ids)
+    if image_ids.shape != (batch,) or text_ids.shape != (batch,):
+        raise ValueError(f"need one image id and one text id per pair: got {tuple(image_ids.shape)} and "
+                         f"{tuple(text_ids.shape)} ids for a global batch of {batch}")
+    return image_ids, text_ids
+
+
+def _no_taus(name: str, tau_image, tau_text) -> None:
+    if tau_image is not None or tau_text is not None:
+        raise ValueError(f"{name} uses its own temperature; tau_image and tau_text are only for RobustGCLoss")
+
+
+def _fixed_tau_stats(tau: float, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    t = torch.full((), tau, dtype=like.dtype, device=like.device)
+    return {"tau_image": t, "tau_text": t}
 
 
 class CompositionalState(nn.Module):
     """Per-dataset-index moving averages s and running maxima b (stochastic compositional optimisation).
 
-    update(ids, A) with A [B, B] (detached, row i = anchor ids[i]):
-        b[i] = max(b_old[i], max_{j != i} A_ij)                (max_{j != i} A_ij on the first visit)
-        g[i] = sum_{j != i} exp(A_ij - b[i])
-        s[i] = g[i] on the first visit, else (1 - gamma) * s_old[i] * exp(b_old[i] - b[i]) + gamma * g[i]
-    and returns (s, b) for the batch. The state lives in buffers, so it is checkpointed and moved by .to().
+    For a batch of anchors with row maxima m_i = max_{j != i} A_ij and inner sums
+    g_i = sum_{j != i} exp(A_ij - b_i) (A detached):
+        running_max(ids, m): b_i = max(b_old_i, m_i), or m_i on the index's first visit
+        update(ids, b, g):   s_i = g_i on the first visit, else (1 - gamma) * s_old_i * exp(b_old_i - b_i) + gamma * g_i
+    update stores s, b and marks the ids seen. The state lives in buffers, so it is checkpointed and moved by .to().
     """
 
     def __init__(self, num_samples: int, gamma: float):
@@ -84,56 +113,78 @@ class CompositionalState(nn.Module):
         self.register_buffer("seen", torch.zeros(num_samples, dtype=torch.bool))
 
     def check_ids(self, ids: torch.Tensor) -> None:
+        """ids must be [B] (always checked) and inside [0, num_samples) (checked when tempnet.checks is on)."""
         if ids.dim() != 1:
             raise ValueError(f"dataset ids must be [B], got shape {tuple(ids.shape)}")
+        if not checks.enabled():
+            return
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= self.num_samples:
             bad = low if low < 0 else high
             raise IndexError(f"dataset id {bad} is outside the per-sample state [0, {self.num_samples})")
 
     @torch.no_grad()
-    def update(self, ids: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.check_ids(ids)
-        off_diag = ~torch.eye(A.shape[0], dtype=torch.bool, device=A.device)
-        seen, b_old, s_old = self.seen[ids], self.b[ids], self.s[ids]
-        # max over j != i: then the first visit's g holds a term exp(0) = 1 and s > 0 even when
-        # every exp(A_ij) underflows (A_ii = 0 would dominate a max that includes the diagonal)
-        row_max = A.masked_fill(~off_diag, float("-inf")).amax(dim=1)  # [B]
-        b = torch.where(seen, torch.maximum(b_old, row_max), row_max)
-        g = torch.exp(A - b[:, None]).masked_fill(~off_diag, 0.0).sum(dim=1)  # [B]; masked, never inf * 0
+    def running_max(self, ids: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+        """b [B] for the batch, in row_max's dtype (not stored until update)."""
+        b_old = self.b[ids].to(row_max.dtype)
+        return torch.where(self.seen[ids], torch.maximum(b_old, row_max), row_max)
+
+    @torch.no_grad()
+    def update(self, ids: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Move s towards g (both relative to b), store s and b; returns s [B] in g's dtype."""
+        seen, b_old, s_old = self.seen[ids], self.b[ids].to(g.dtype), self.s[ids].to(g.dtype)
         s = torch.where(seen, (1 - self.gamma) * s_old * torch.exp(b_old - b) + self.gamma * g, g)
         self.s[ids], self.b[ids], self.seen[ids] = s.to(self.s.dtype), b.to(self.b.dtype), True
-        return s, b
+        return s
 
 
-def _weighted_terms(d: torch.Tensor, tau: torch.Tensor, ids: torch.Tensor, state: CompositionalState,
-                    rho: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One modality's side of the moving-average losses.
+def _moving_average_terms(sim: torch.Tensor, tau_image: torch.Tensor, tau_text: torch.Tensor,
+                          image_ids: torch.Tensor, text_ids: torch.Tensor, image_state: CompositionalState,
+                          text_state: CompositionalState, rho: float):
+    """Both modalities of the moving-average losses from one pass over the similarities.
 
-    d [B, B] row diffs, tau [B] per-anchor temperature. Updates `state` and returns
-    (contrastive_i = sum_j w_ij d_ij  [B],  tau_weight_i = log(s_i/(B-1)) + b_i + rho - sum_j w_ij A_ij  [B]),
-    with w_ij = exp(A_ij - b_i) / s_i (j != i) detached and tau_weight detached.
+    sim [B, B] = I @ T^T (with gradient); tau_image, tau_text [B] per-anchor temperatures (read
+    detached). Updates both states and returns
+        contrastive: scalar, mean_i sum_j w_ij d_ij + mean_j sum_i w'_ji e_ij, with the weights
+                     w_ij = exp(A_ij - b_i) / s_i (j != i) held constant in its gradient;
+        tau_weight_image, tau_weight_text [B] (detached): log(s_i / (B-1)) + b_i + rho - sum_j w_ij A_ij.
+    The contrastive value is written as sum_ij G_ij sim_ij with G = d(contrastive)/d(sim) built
+    once under no_grad, so autograd's only [B, B] work is one product and the matmul backward.
     """
-    n = d.shape[0]
-    A = (d / tau[:, None]).detach()  # [B, B]
-    s, b = state.update(ids, A)
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=d.device)
-    w = torch.exp(A - b[:, None]).masked_fill(~off_diag, 0.0) / s[:, None]  # [B, B]
-    contrastive = (w * d).sum(dim=1)
-    tau_weight = torch.log(s / (n - 1)) + b + rho - (w * A).sum(dim=1)
-    return contrastive, tau_weight
-
-
-def _gather_pair_ids(image_ids: torch.Tensor, text_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    image_ids, text_ids = gather_ids(image_ids), gather_ids(text_ids)
-    if image_ids.shape != (batch,) or text_ids.shape != (batch,):
-        raise ValueError(f"need one image id and one text id per pair: got {tuple(image_ids.shape)} and "
-                         f"{tuple(text_ids.shape)} ids for a global batch of {batch}")
-    return image_ids, text_ids
+    n = sim.shape[0]
+    with torch.no_grad():
+        s_ = sim.detach()
+        diag = s_.diagonal()  # [B] sim_ii
+        inv_ti, inv_tt = tau_image.detach().reciprocal(), tau_text.detach().reciprocal()  # [B]
+        masked = s_.clone()
+        masked.diagonal().fill_(float("-inf"))  # j != i everywhere below; exp(-inf) = 0 on the diagonal
+        # image anchors along rows: A_ij - b_i = sim_ij / tau_i - (sim_ii / tau_i + b_i)
+        b_i = image_state.running_max(image_ids, (masked.amax(dim=1) - diag) * inv_ti)
+        e_i = torch.addcmul(-(diag * inv_ti + b_i)[:, None], masked, inv_ti[:, None]).exp_()  # [B, B]
+        # text anchors along columns: A'_ij - b'_j = sim_ij / tau'_j - (sim_jj / tau'_j + b'_j)
+        b_t = text_state.running_max(text_ids, (masked.amax(dim=0) - diag) * inv_tt)
+        e_t = torch.addcmul(-(diag * inv_tt + b_t)[None, :], masked, inv_tt[None, :]).exp_()  # [B, B]
+        g_i, g_t = e_i.sum(dim=1), e_t.sum(dim=0)
+        s_i, s_t = image_state.update(image_ids, b_i, g_i), text_state.update(text_ids, b_t, g_t)
+        mass_i, mass_t = g_i / s_i, g_t / s_t  # sum_j w_ij (1 when s = g)
+        # sum_j w_ij d_ij = (sum_j e_ij sim_ij) / s_i - sim_ii * mass_i (e_ii = 0)
+        con_i = torch.linalg.vecdot(e_i, s_, dim=1) / s_i - diag * mass_i
+        con_t = torch.linalg.vecdot(e_t, s_, dim=0) / s_t - diag * mass_t
+        tau_weight_i = torch.log(s_i / (n - 1)) + b_i + rho - con_i * inv_ti
+        tau_weight_t = torch.log(s_t / (n - 1)) + b_t + rho - con_t * inv_tt
+        # G_ij = (w_ij + w'_ji) / B off the diagonal, -(mass_i + mass'_i) / B on it
+        grad_sim = e_i.mul_((1.0 / (n * s_i))[:, None]).addcmul_(e_t, (1.0 / (n * s_t))[None, :])
+        grad_sim.diagonal().copy_(-(mass_i + mass_t) / n)
+    contrastive = (sim * grad_sim).sum()
+    return contrastive, tau_weight_i, tau_weight_t
 
 
 class ClipLoss(nn.Module):
-    """InfoNCE of CLIP with a fixed temperature: mean of the image->text and text->image cross-entropies."""
+    """InfoNCE of CLIP with a fixed temperature: mean of the image->text and text->image cross-entropies.
+
+    forward(image_features [B, d], text_features [B, d], image_ids=None, text_ids=None)
+    -> {"loss", "contrastive" (= loss), "tau_image", "tau_text"}; ids are accepted and unused.
+    """
 
     def __init__(self, tau: float = 0.01):
         super().__init__()
@@ -141,40 +192,50 @@ class ClipLoss(nn.Module):
             raise ValueError(f"tau must be positive, got {tau}")
         self.tau = float(tau)
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, *_ids) -> torch.Tensor:
-        logits = _global_similarity(image_features, text_features) / self.tau  # [B, B]
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, image_ids=None, text_ids=None,
+                tau_image=None, tau_text=None) -> dict[str, torch.Tensor]:
+        _no_taus(type(self).__name__, tau_image, tau_text)
+        image, text = _gather_features(image_features, text_features)
+        logits = _similarity(image, text) / self.tau  # [B, B]
         target = torch.arange(logits.shape[0], device=logits.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        return {"loss": loss, "contrastive": loss.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
 class CyClipLoss(ClipLoss):
     """CyCLIP (Goel et al., 2022): CLIP plus cyclic consistency of the similarity matrices.
 
-    loss = CLIP + lambda_crossmodal * B * mean((S - S^T)^2) + lambda_inmodal * B * mean((I I^T - T T^T)^2)
-    with S = I T^T, as in the CyCLIP reference implementation.
+    loss = contrastive + crossmodal + inmodal with contrastive = CLIP,
+    crossmodal = lambda_crossmodal * B * mean((S - S^T)^2), inmodal = lambda_inmodal * B * mean((I I^T - T T^T)^2),
+    S = I T^T, as in the CyCLIP reference implementation. Returns those four and tau_image, tau_text.
     """
 
     def __init__(self, tau: float = 0.01, lambda_inmodal: float = 0.25, lambda_crossmodal: float = 0.25):
         super().__init__(tau)
         self.lambda_inmodal, self.lambda_crossmodal = float(lambda_inmodal), float(lambda_crossmodal)
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, *_ids) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, image_ids=None, text_ids=None,
+                tau_image=None, tau_text=None) -> dict[str, torch.Tensor]:
+        _no_taus(type(self).__name__, tau_image, tau_text)
         image, text = _gather_features(image_features, text_features)
         with torch.autocast(image.device.type, enabled=False):
             sim = image @ text.t()  # [B, B]
-            target = torch.arange(sim.shape[0], device=sim.device)
-            clip = (F.cross_entropy(sim / self.tau, target) + F.cross_entropy(sim.t() / self.tau, target)) / 2
             n = sim.shape[0]
-            crossmodal = (sim - sim.t()).square().mean() * n
-            inmodal = (image @ image.t() - text @ text.t()).square().mean() * n
-        return clip + self.lambda_crossmodal * crossmodal + self.lambda_inmodal * inmodal
+            target = torch.arange(n, device=sim.device)
+            clip = (F.cross_entropy(sim / self.tau, target) + F.cross_entropy(sim.t() / self.tau, target)) / 2
+            crossmodal = self.lambda_crossmodal * n * (sim - sim.t()).square().mean()
+            inmodal = self.lambda_inmodal * n * (image @ image.t() - text @ text.t()).square().mean()
+        loss = clip + crossmodal + inmodal
+        return {"loss": loss, "contrastive": clip.detach(), "crossmodal": crossmodal.detach(),
+                "inmodal": inmodal.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
 class SogCLRLoss(nn.Module):
     """SogCLR (Yuan et al., 2022): global contrastive loss with a fixed tau and per-index moving averages.
 
-    forward(image_features [B, d], text_features [B, d], image_ids [B], text_ids [B]) -> scalar
-        = mean_i sum_j w_ij d_ij + mean_j sum_i w'_ji e_ij   (w from the moving averages, detached)
+    forward(image_features [B, d], text_features [B, d], image_ids [B], text_ids [B])
+    -> {"loss", "contrastive" (= loss), "tau_image", "tau_text"} with
+       loss = mean_i sum_j w_ij d_ij + mean_j sum_i w'_ji e_ij   (w from the moving averages, detached)
     """
 
     def __init__(self, num_samples: int, gamma: float = 0.8, tau: float = 0.01):
@@ -184,32 +245,46 @@ class SogCLRLoss(nn.Module):
         self.tau = float(tau)
         self.image_state, self.text_state = CompositionalState(num_samples, gamma), CompositionalState(num_samples, gamma)
 
-    def forward(self, image_features, text_features, image_ids, text_ids) -> torch.Tensor:
-        sim = _global_similarity(image_features, text_features)
-        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, sim.shape[0])
-        tau = sim.new_full((sim.shape[0],), self.tau)
-        image_term, _ = _weighted_terms(_row_diffs(sim), tau, image_ids, self.image_state, 0.0)
-        text_term, _ = _weighted_terms(_row_diffs(sim.t()), tau, text_ids, self.text_state, 0.0)
-        return image_term.mean() + text_term.mean()
+    def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
+                tau_text=None) -> dict[str, torch.Tensor]:
+        _no_taus(type(self).__name__, tau_image, tau_text)
+        image, text = _gather_features(image_features, text_features)
+        n = image.shape[0]
+        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, n)
+        self.image_state.check_ids(image_ids)
+        self.text_state.check_ids(text_ids)
+        sim = _similarity(image, text)
+        tau = sim.new_full((n,), self.tau)
+        loss, _, _ = _moving_average_terms(sim, tau, tau, image_ids, text_ids, self.image_state, self.text_state, 0.0)
+        return {"loss": loss, "contrastive": loss.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
 class ISogCLRLoss(nn.Module):
     """iSogCLR (Qiu et al., 2023): SogCLR with one learned temperature per dataset index.
 
     The temperatures are buffers updated inside forward by momentum SGD on the DRO objective:
-        u = (1 - beta) * u + beta * tau_weight;  tau = clamp(tau - eta * u, tau_min, tau_max)
-    The loss of the step uses the temperatures from before the update.
+        u = (1 - beta) * u + beta * clamp(tau_weight, -grad_clamp, grad_clamp)
+        tau = clamp(tau - eta * u, tau_min, tau_max)
+    The clamp of the tau-gradient weight is the authors' (grad_clamp=None turns it off). The loss of
+    the step uses the temperatures from before the update.
+
+    forward(image_features [B, d], text_features [B, d], image_ids [B], text_ids [B])
+    -> {"loss", "contrastive" (= loss), "tau_image", "tau_text"} (taus: batch means before the update).
     """
 
     def __init__(self, num_samples: int, gamma: float = 0.8, rho: float = 8.0, tau_init: float = 0.01,
-                 tau_min: float = 0.005, tau_max: float = 0.05, eta: float = 0.03, beta: float = 0.5):
+                 tau_min: float = 0.005, tau_max: float = 0.05, eta: float = 0.03, beta: float = 0.5,
+                 grad_clamp: float | None = 5.0):
         super().__init__()
         check_tau_range(tau_min, tau_max)
         if not tau_min <= tau_init <= tau_max:
             raise ValueError(f"tau_init={tau_init} must lie in [{tau_min}, {tau_max}]")
         if not rho >= 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
+        if grad_clamp is not None and not grad_clamp > 0:
+            raise ValueError(f"grad_clamp must be positive (or None for no clamp), got {grad_clamp}")
         self.rho, self.tau_min, self.tau_max, self.eta, self.beta = float(rho), tau_min, tau_max, eta, beta
+        self.grad_clamp = None if grad_clamp is None else float(grad_clamp)
         self.image_state, self.text_state = CompositionalState(num_samples, gamma), CompositionalState(num_samples, gamma)
         for name in ("tau_image", "tau_text"):
             self.register_buffer(name, torch.full((num_samples,), float(tau_init)))
@@ -218,33 +293,38 @@ class ISogCLRLoss(nn.Module):
 
     @torch.no_grad()
     def _step_tau(self, ids, tau, tau_weight, u_buf, tau_buf) -> None:
-        u = (1 - self.beta) * u_buf[ids] + self.beta * tau_weight
-        u_buf[ids] = u
-        tau_buf[ids] = (tau - self.eta * u).clamp(self.tau_min, self.tau_max)
+        if self.grad_clamp is not None:
+            tau_weight = tau_weight.clamp(-self.grad_clamp, self.grad_clamp)
+        u = (1 - self.beta) * u_buf[ids].to(tau_weight.dtype) + self.beta * tau_weight
+        u_buf[ids] = u.to(u_buf.dtype)
+        tau_buf[ids] = (tau - self.eta * u).clamp(self.tau_min, self.tau_max).to(tau_buf.dtype)
 
-    def forward(self, image_features, text_features, image_ids, text_ids) -> torch.Tensor:
-        sim = _global_similarity(image_features, text_features)
-        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, sim.shape[0])
+    def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
+                tau_text=None) -> dict[str, torch.Tensor]:
+        _no_taus(type(self).__name__, tau_image, tau_text)
+        image, text = _gather_features(image_features, text_features)
+        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image.shape[0])
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
-        tau_i, tau_t = self.tau_image[image_ids].clone(), self.tau_text[text_ids].clone()
-        image_term, image_w = _weighted_terms(_row_diffs(sim), tau_i, image_ids, self.image_state, self.rho)
-        text_term, text_w = _weighted_terms(_row_diffs(sim.t()), tau_t, text_ids, self.text_state, self.rho)
-        self._step_tau(image_ids, tau_i, image_w, self.u_image, self.tau_image)
-        self._step_tau(text_ids, tau_t, text_w, self.u_text, self.tau_text)
-        return image_term.mean() + text_term.mean()
+        sim = _similarity(image, text)
+        tau_i, tau_t = self.tau_image[image_ids].to(sim.dtype), self.tau_text[text_ids].to(sim.dtype)  # copies
+        loss, tw_i, tw_t = _moving_average_terms(sim, tau_i, tau_t, image_ids, text_ids, self.image_state,
+                                                 self.text_state, self.rho)
+        self._step_tau(image_ids, tau_i, tw_i, self.u_image, self.tau_image)
+        self._step_tau(text_ids, tau_t, tw_t, self.u_text, self.tau_text)
+        return {"loss": loss, "contrastive": loss.detach(), "tau_image": tau_i.mean(), "tau_text": tau_t.mean()}
 
 
 class RobustGCLoss(nn.Module):
     """The paper's robust global contrastive loss, with temperatures predicted by TempNets.
 
     forward(image_features [B, d], text_features [B, d], image_ids [B], text_ids [B], tau_image [B], tau_text [B])
-    -> (contrastive_loss, temperature_loss), both scalars:
+    -> {"loss" = contrastive + temperature, "contrastive", "temperature", "tau_image", "tau_text"}:
         contrastive = mean_i sum_j w_ij d_ij + (the same for texts over columns)
         temperature = mean_i tau_weight_i * tau_image_i + (the same for texts)
-    Minimise their sum: the features get gradient from the first, the TempNets (through tau) from
-    the second. On an index's first visit the sum's gradient is exactly that of the DRO objective
-    mean_i [tau_i * log(mean_{j != i} exp(d_ij / tau_i)) + tau_i * rho].
+    The features get gradient from the first term, the TempNets (through tau) from the second. On an
+    index's first visit the gradient of "loss" is exactly that of the DRO objective
+    mean_i [tau_i * log(mean_{j != i} exp(d_ij / tau_i)) + tau_i * rho] (Qiu et al., ICML 2024, Sec. 4).
     """
 
     def __init__(self, num_samples: int, gamma: float = 0.8, rho: float = 7.0):
@@ -254,9 +334,12 @@ class RobustGCLoss(nn.Module):
         self.rho = float(rho)
         self.image_state, self.text_state = CompositionalState(num_samples, gamma), CompositionalState(num_samples, gamma)
 
-    def forward(self, image_features, text_features, image_ids, text_ids, tau_image, tau_text):
-        sim = _global_similarity(image_features, text_features)
-        n = sim.shape[0]
+    def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
+                tau_text=None) -> dict[str, torch.Tensor]:
+        if tau_image is None or tau_text is None:
+            raise ValueError("RobustGCLoss needs tau_image and tau_text (one temperature per image and text, [B])")
+        image, text = _gather_features(image_features, text_features)
+        n = image.shape[0]
         image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, n)
         tau_image, tau_text = gather_with_grad(tau_image.reshape(-1)), gather_with_grad(tau_text.reshape(-1))
         if tau_image.shape != (n,) or tau_text.shape != (n,):
@@ -264,9 +347,11 @@ class RobustGCLoss(nn.Module):
                              f"{tuple(tau_text.shape)} for a global batch of {n}")
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
-        tau_image, tau_text = _at_least_float32(tau_image), _at_least_float32(tau_text)
-        image_term, image_w = _weighted_terms(_row_diffs(sim), tau_image, image_ids, self.image_state, self.rho)
-        text_term, text_w = _weighted_terms(_row_diffs(sim.t()), tau_text, text_ids, self.text_state, self.rho)
-        contrastive = image_term.mean() + text_term.mean()
-        temperature = (image_w * tau_image).mean() + (text_w * tau_text).mean()
-        return contrastive, temperature
+        sim = _similarity(image, text)
+        tau_image, tau_text = tau_image.to(sim.dtype), tau_text.to(sim.dtype)
+        contrastive, tw_i, tw_t = _moving_average_terms(sim, tau_image, tau_text, image_ids, text_ids,
+                                                        self.image_state, self.text_state, self.rho)
+        temperature = (tw_i * tau_image).mean() + (tw_t * tau_text).mean()
+        return {"loss": contrastive + temperature, "contrastive": contrastive.detach(),
+                "temperature": temperature.detach(), "tau_image": tau_image.detach().mean(),
+                "tau_text": tau_text.detach().mean()}

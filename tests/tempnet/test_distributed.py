@@ -39,11 +39,8 @@ def _run(losses, rank=0, world=1):
         for name, fn in losses.items():
             i, t = I[sl].clone().requires_grad_(), T[sl].clone().requires_grad_()
             a, b = ti[sl].clone().requires_grad_(), tt[sl].clone().requires_grad_()
-            if name == "robust":
-                c, temp = fn(i, t, ids[sl], ids[sl], a, b)
-                value = c + temp
-            else:
-                value = fn(i, t, ids[sl], ids[sl])
+            robust = name == "robust"  # the only loss that takes temperatures
+            value = fn(i, t, ids[sl], ids[sl], tau_image=a if robust else None, tau_text=b if robust else None)["loss"]
             value.backward()
             out.append((name, value.detach(), i.grad, t.grad, a.grad, b.grad))
     states = {name: {k: v.clone() for k, v in fn.state_dict().items()} for name, fn in losses.items()}
@@ -59,6 +56,20 @@ def _worker(rank, port, path):
         (gathered * torch.arange(1.0, 5.0)).sum().backward()
         helpers = {"gathered": gathered.detach(), "grad": x.grad, "ids": gather_ids(torch.tensor([rank, 10 + rank])),
                    "mean": all_reduce_mean(torch.tensor([float(rank)]))}
+        # the hot path issues one all-gather per tensor; same_shape=False adds one for the sizes and names a mismatch
+        calls, all_gather = [], dist.all_gather
+        dist.all_gather = lambda *a, **k: (calls.append(1), all_gather(*a, **k))[1]
+        try:
+            gather_with_grad(x)
+            fast = len(calls)
+            gather_ids(torch.tensor([rank]), same_shape=False)
+            helpers["gather_calls"] = (fast, len(calls) - fast)
+        finally:
+            dist.all_gather = all_gather
+        try:
+            gather_ids(torch.arange(rank + 1), same_shape=False)
+        except ValueError as e:
+            helpers["mismatch"] = str(e)
         results = _run(_make_losses(), rank, WORLD)
         torch.save({"helpers": helpers, "results": results}, f"{path}/rank{rank}.pt")
     finally:
@@ -81,6 +92,8 @@ def test_two_process_losses_equal_single_process(tmp_path):
         assert h["gathered"].tolist() == [0.0, 0.0, 1.0, 1.0]
         assert h["grad"].tolist() == ([1.0, 2.0] if rank == 0 else [3.0, 4.0])  # own slice, not summed
         assert h["ids"].tolist() == [0, 10, 1, 11] and h["mean"].item() == pytest.approx(0.5)
+        assert h["gather_calls"] == (1, 2)
+        assert "same batch size" in h["mismatch"] and "[1, 2]" in h["mismatch"]
         results, states = got["results"]
         sl = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
         for (name, value, gi, gt, ga, gb), (sname, svalue, sgi, sgt, sga, sgb) in zip(results, single):

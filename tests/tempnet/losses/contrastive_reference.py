@@ -68,3 +68,27 @@ def cyclip_loss(I, T, tau, lam_in, lam_cross):
     cross = sum((sim[i][j] - sim[j][i]) ** 2 for i in range(B) for j in range(B)) / B
     inmod = sum((_dot(I[i], I[j]) - _dot(T[i], T[j])) ** 2 for i in range(B) for j in range(B)) / B
     return clip_loss(I, T, tau) + lam_cross * cross + lam_in * inmod
+
+
+def isogclr_run(steps, num_samples, gamma, rho, tau_init, tau_min, tau_max, eta, beta, grad_clamp):
+    """iSogCLR over several steps: per-index taus moved by momentum SGD on the clamped tau-weights.
+
+    steps: [(I, T, ids)] with I, T float64 tensors [B, d] (requiring grad or not) and ids a list.
+    Returns ([(contrastive, taus_image_used, taus_text_used, tau_weights)] per step, tau, u), where
+    tau and u are {"image": [...], "text": [...]} over all num_samples indices after the last step.
+    """
+    state = {"image": {}, "text": {}}
+    tau = {"image": [tau_init] * num_samples, "text": [tau_init] * num_samples}
+    u = {"image": [0.0] * num_samples, "text": [0.0] * num_samples}
+    out = []
+    for I, T, ids in steps:
+        used = {side: [tau[side][k] for k in ids] for side in ("image", "text")}
+        contrastive, _, (tw_i, tw_t) = moving_average_step(I, T, ids, ids, used["image"], used["text"], state,
+                                                           gamma, rho)
+        for side, tw in (("image", tw_i), ("text", tw_t)):
+            for pos, k in enumerate(ids):
+                w = tw[pos] if grad_clamp is None else min(max(tw[pos], -grad_clamp), grad_clamp)
+                u[side][k] = (1 - beta) * u[side][k] + beta * w
+                tau[side][k] = min(max(used[side][pos] - eta * u[side][k], tau_min), tau_max)
+        out.append((contrastive, used["image"], used["text"], (tw_i, tw_t)))
+    return out, tau, u
