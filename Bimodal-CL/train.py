@@ -208,22 +208,14 @@ def train_step(r: SimpleNamespace, batch) -> dict:
     image_ids, text_ids = image_ids.to(dev), text_ids.to(dev)
     with r.autocast():
         img, txt = r.ddp_model(images, ids, mask)  # [B, E] each, unit norm
+    tau_i = tau_t = None  # only the TempNet loss takes temperatures; every loss returns the same dict
     if r.tempnets is not None:
         if not bool(r.tempnets.initialised):  # the first batch of a fresh run, gathered over ranks
             r.tempnets.init_prototypes(tdist.gather_with_grad(img.detach().float()),
                                        tdist.gather_with_grad(txt.detach().float()))
         tau_i, tau_t = r.ddp_tempnets(img, txt)  # [B] each
-        contrastive, temperature = r.criterion(img, txt, image_ids, text_ids, tau_i, tau_t)
-        terms = {"contrastive": contrastive, "temperature": temperature}
-        taus = {"tau_image": tdist.all_reduce_mean(tau_i.mean()), "tau_text": tdist.all_reduce_mean(tau_t.mean())}
-    else:
-        if r.cfg.loss == "isogclr":  # the per-sample temperatures this step uses (updated inside the loss)
-            taus = {"tau_image": r.criterion.tau_image[tdist.gather_ids(image_ids)].mean(),
-                    "tau_text": r.criterion.tau_text[tdist.gather_ids(text_ids)].mean()}
-        else:
-            taus = {"tau_image": r.cfg.loss_args.tau, "tau_text": r.cfg.loss_args.tau}
-        terms = {"contrastive": r.criterion(img, txt, image_ids, text_ids)}
-    loss = sum(terms.values())
+    out = r.criterion(img, txt, image_ids, text_ids, tau_image=tau_i, tau_text=tau_t)
+    loss = out["loss"]  # minimised; the other entries (terms, tau statistics) are detached and only logged
     opts = [o for o in (r.opt, r.opt_t) if o is not None]
     for o in opts:
         o.zero_grad(set_to_none=True)
@@ -234,8 +226,7 @@ def train_step(r: SimpleNamespace, batch) -> dict:
     clip = r.cfg.train.grad_clip
     grad_norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
                  else torch.nn.utils.get_total_norm([p.grad for p in params]))
-    metrics = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, "lr": r.sched.get_last_lr()[0],
-               "grad_norm": grad_norm, **taus}
+    metrics = {**{k: v.detach() for k, v in out.items()}, "lr": r.sched.get_last_lr()[0], "grad_norm": grad_norm}
     if r.opt_t is not None:
         metrics["lr_tempnet"] = r.opt_t.param_groups[0]["lr"]
         metrics["grad_norm_tempnet"] = torch.nn.utils.get_total_norm(
