@@ -6,6 +6,7 @@ Variants, each one training step's loss work on a global batch of B L2-normalise
   sogclr, isogclr  tempnet's SogCLRLoss, ISogCLRLoss (per-sample state of 4B samples, ids revisited)
   rgcl             RobustGCLoss with given temperatures (gradient to features and taus)
   rgcl_tempnet     RobustGCLoss + both PrototypeTempNets (train mode: dropout on), their backward included
+  tempnets         both PrototypeTempNets alone, forward + backward of sum(tau) (rgcl_tempnet's TempNet share)
 The variants take turns within each round, in an order rotated every round (machines are noisy), for
 `--warmup` untimed and `--repeats` timed rounds. Reported: the median time of each, and the median over
 rounds of its time divided by open_clip's time in the same round.
@@ -80,9 +81,14 @@ def build_variants(args) -> tuple[dict, tuple[PrototypeTempNet, PrototypeTempNet
                                      tau_text=text_tempnet(T.detach()))
         out["loss"].backward()
 
+    def tempnets(I, T, ids):
+        image_tempnet.zero_grad(set_to_none=True)
+        text_tempnet.zero_grad(set_to_none=True)
+        (image_tempnet(I.detach()).sum() + text_tempnet(T.detach()).sum()).backward()
+
     return {REFERENCE: lambda I, T, ids: reference(I, T, scale).backward(),
             **{k: plain(losses[k]) for k in ("clip", "cyclip", "sogclr", "isogclr")},
-            "rgcl": rgcl, "rgcl_tempnet": rgcl_tempnet}, (image_tempnet, text_tempnet)
+            "rgcl": rgcl, "rgcl_tempnet": rgcl_tempnet, "tempnets": tempnets}, (image_tempnet, text_tempnet)
 
 
 def run(args) -> dict:

@@ -141,15 +141,15 @@ class CompositionalState(nn.Module):
 
 
 def _exp_off_diagonal(x: torch.Tensor) -> torch.Tensor:
-    """exp(x) [B, B] in place, 0 on the diagonal; x floored at log(finfo.tiny) + 1 (-86.3 in float32).
+    """(exp(x) [B, B] with 0 on the diagonal, x floored at log(finfo.tiny) + 1 in place: -86.3 in float32).
 
     CPU exp is 25 to 60 times slower on arguments whose result underflows (x < -87.3 in float32),
     and A - b reaches -400 at tau = 0.005. The floor changes a term by less than 3.2e-38 (0 or a
     subnormal becomes e * tiny), far below the float32 resolution of a sum that holds its max term 1.
     """
-    x = x.clamp_min_(math.log(torch.finfo(x.dtype).tiny) + 1.0).exp_()
-    x.diagonal().zero_()
-    return x
+    e = torch.exp(x.clamp_min_(math.log(torch.finfo(x.dtype).tiny) + 1.0))
+    e.diagonal().zero_()
+    return e
 
 
 class _WeightedSimilarity(torch.autograd.Function):
@@ -194,20 +194,25 @@ def _moving_average_terms(image: torch.Tensor, text: torch.Tensor, tau_image: to
         inv_ti, inv_tt = tau_image.detach().reciprocal(), tau_text.detach().reciprocal()  # [B]
         masked = sim.clone()
         masked.diagonal().fill_(float("-inf"))  # the row and column maxima run over j != i
-        # exp(A_ij - b_i) with A_ij - b_i = (sim_ij - sim_ii - b_i tau_i) / tau_i; image anchors along rows
+        # image anchors along rows: x_ij = A_ij - b_i = (sim_ij - sim_ii - b_i tau_i) / tau_i <= 0 (j != i)
         b_i = image_state.running_max(image_ids, (masked.amax(dim=1) - diag) * inv_ti)
-        e_i = _exp_off_diagonal((sim - (diag + b_i * tau_image.detach())[:, None]).mul_(inv_ti[:, None]))  # [B, B]
-        # text anchors along columns: exp(A'_ij - b'_j), A'_ij = (sim_ij - sim_jj) / tau'_j
+        x_i = (sim - (diag + b_i * tau_image.detach())[:, None]).mul_(inv_ti[:, None])  # [B, B]
+        e_i = _exp_off_diagonal(x_i)
+        # text anchors along columns: x'_ij = A'_ij - b'_j, A'_ij = (sim_ij - sim_jj) / tau'_j
         b_t = text_state.running_max(text_ids, (masked.amax(dim=0) - diag) * inv_tt)
-        e_t = _exp_off_diagonal((sim - (diag + b_t * tau_text.detach())[None, :]).mul_(inv_tt[None, :]))  # [B, B]
+        x_t = (sim - (diag + b_t * tau_text.detach())[None, :]).mul_(inv_tt[None, :])  # [B, B]
+        e_t = _exp_off_diagonal(x_t)
         g_i, g_t = e_i.sum(dim=1), e_t.sum(dim=0)
         s_i, s_t = image_state.update(image_ids, b_i, g_i), text_state.update(text_ids, b_t, g_t)
-        mass_i, mass_t = g_i / s_i, g_t / s_t  # sum_j w_ij (1 when s = g)
-        # sum_j w_ij d_ij = (sum_j e_ij sim_ij) / s_i - sim_ii * mass_i (e_ii = 0)
-        con_i = torch.linalg.vecdot(e_i, sim, dim=1) / s_i - diag * mass_i
-        con_t = torch.linalg.vecdot(e_t, sim, dim=0) / s_t - diag * mass_t
-        tau_weight_i = torch.log(s_i / (n - 1)) + b_i + rho - con_i * inv_ti
-        tau_weight_t = torch.log(s_t / (n - 1)) + b_t + rho - con_t * inv_tt
+        mass_i, mass_t = g_i / s_i, g_t / s_t  # sum_j w_ij (exactly 1 when s = g, on a first visit)
+        # sum_j w_ij A_ij = sum_j w_ij x_ij + b_i * mass_i: the first sum has no cancellation against b
+        wx_i = torch.linalg.vecdot(e_i, x_i, dim=1) / s_i  # e_ii = 0 and x_ii is finite
+        wx_t = torch.linalg.vecdot(e_t, x_t, dim=0) / s_t
+        con_i = (wx_i + b_i * mass_i) * tau_image.detach()  # sum_j w_ij d_ij
+        con_t = (wx_t + b_t * mass_t) * tau_text.detach()
+        # log(s_i / (B-1)) + b_i + rho - sum_j w_ij A_ij, with b_i (1 - mass_i) = 0 exactly on a first visit
+        tau_weight_i = torch.log(s_i / (n - 1)) + rho - wx_i + b_i * (s_i - g_i) / s_i
+        tau_weight_t = torch.log(s_t / (n - 1)) + rho - wx_t + b_t * (s_t - g_t) / s_t
         # G_ij = (w_ij + w'_ji) / B off the diagonal, -(mass_i + mass'_i) / B on it
         grad_sim = e_i.mul_((1.0 / (n * s_i))[:, None]).addcmul_(e_t, (1.0 / (n * s_t))[None, :])
         grad_sim.diagonal().copy_(-(mass_i + mass_t) / n)

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_contrastive.py"
-VARIANTS = {"open_clip", "clip", "cyclip", "sogclr", "isogclr", "rgcl", "rgcl_tempnet"}
+VARIANTS = {"open_clip", "clip", "cyclip", "sogclr", "isogclr", "rgcl", "rgcl_tempnet", "tempnets"}
 
 
 def _load():
