@@ -81,7 +81,10 @@ def test_two_processes_equal_one(tmp_path):
             worst = max((_max_rel(a["grads"][k], b["grads"][k], floor), k) for k in b["grads"])
             seen["loss"] = max(seen["loss"], abs(a["metrics"]["loss"] - b["metrics"]["loss"]))
             seen["grad"] = max(seen["grad"], worst[0])
-            assert worst[0] < 1e-4, f"rank {rank} step {step}: gradient {worst[1]} differs by {worst[0]:.2e}"
+            # 1e-3: from the third step the TempNet scalers' gradients (sums of cancelling terms, ~5e-5) differ
+            # by up to 6e-4 between 1 and 2 processes with either loss implementation (train.seed 0, 1, 2);
+            # a real gather or scaling bug gives O(1)
+            assert worst[0] < 1e-3, f"rank {rank} step {step}: gradient {worst[1]} differs by {worst[0]:.2e}"
         for key, value in one_state.items():  # s, b, seen of images and texts, indexed by dataset id
             diff = float((two_state[key].float() - value.float()).abs().max())
             assert diff <= 1e-4 * float(value.float().abs().max()) + 1e-6, f"{key} differs by {diff:.2e}"
