@@ -73,14 +73,15 @@ def _similarity(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return image @ text.t()
 
 
-def _gather_pair_ids(image_ids: torch.Tensor, text_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_pair_ids(image_ids: torch.Tensor, text_ids: torch.Tensor,
+                     local_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check each rank's ids against its own batch (before a collective could hang on a mismatch), then gather."""
     if image_ids is None or text_ids is None:
         raise ValueError("this loss keeps per-sample state: pass image_ids and text_ids (dataset indices, [B])")
-    image_ids, text_ids = gather_ids(image_ids), gather_ids(text_ids)
-    if image_ids.shape != (batch,) or text_ids.shape != (batch,):
+    if image_ids.shape != (local_batch,) or text_ids.shape != (local_batch,):
         raise ValueError(f"need one image id and one text id per pair: got {tuple(image_ids.shape)} and "
-                         f"{tuple(text_ids.shape)} ids for a global batch of {batch}")
-    return image_ids, text_ids
+                         f"{tuple(text_ids.shape)} ids for a batch of {local_batch}")
+    return gather_ids(image_ids), gather_ids(text_ids)
 
 
 def _no_taus(name: str, tau_image, tau_text) -> None:
@@ -291,11 +292,12 @@ class SogCLRLoss(nn.Module):
         _no_taus(type(self).__name__, tau_image, tau_text)
         image, text = _gather_features(image_features, text_features)
         n = image.shape[0]
-        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, n)
+        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image_features.shape[0])
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
         tau = image.new_full((n,), self.tau)
-        loss, _, _ = _moving_average_terms(image, text, tau, tau, image_ids, text_ids, self.image_state, self.text_state, 0.0)
+        loss, _, _ = _moving_average_terms(image, text, tau, tau, image_ids, text_ids, self.image_state,
+                                           self.text_state, 0.0)
         return {"loss": loss, "contrastive": loss.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
@@ -343,7 +345,7 @@ class ISogCLRLoss(nn.Module):
                 tau_text=None) -> dict[str, torch.Tensor]:
         _no_taus(type(self).__name__, tau_image, tau_text)
         image, text = _gather_features(image_features, text_features)
-        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image.shape[0])
+        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image_features.shape[0])
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
         tau_i, tau_t = self.tau_image[image_ids].to(image.dtype), self.tau_text[text_ids].to(image.dtype)  # copies
@@ -378,12 +380,12 @@ class RobustGCLoss(nn.Module):
         if tau_image is None or tau_text is None:
             raise ValueError("RobustGCLoss needs tau_image and tau_text (one temperature per image and text, [B])")
         image, text = _gather_features(image_features, text_features)
-        n = image.shape[0]
-        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, n)
-        tau_image, tau_text = gather_with_grad(tau_image.reshape(-1)), gather_with_grad(tau_text.reshape(-1))
-        if tau_image.shape != (n,) or tau_text.shape != (n,):
+        local = image_features.shape[0]
+        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, local)
+        if tau_image.numel() != local or tau_text.numel() != local:
             raise ValueError(f"need one tau per image and per text: got {tuple(tau_image.shape)} and "
-                             f"{tuple(tau_text.shape)} for a global batch of {n}")
+                             f"{tuple(tau_text.shape)} for a batch of {local}")
+        tau_image, tau_text = gather_with_grad(tau_image.reshape(-1)), gather_with_grad(tau_text.reshape(-1))
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
         tau_image, tau_text = tau_image.to(image.dtype), tau_text.to(image.dtype)
