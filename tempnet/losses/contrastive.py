@@ -30,6 +30,8 @@ Checks that read values (id ranges, NaN) cost a host sync and run only when `tem
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,14 +73,15 @@ def _similarity(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return image @ text.t()
 
 
-def _gather_pair_ids(image_ids: torch.Tensor, text_ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_pair_ids(image_ids: torch.Tensor, text_ids: torch.Tensor,
+                     local_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check each rank's ids against its own batch (before a collective could hang on a mismatch), then gather."""
     if image_ids is None or text_ids is None:
         raise ValueError("this loss keeps per-sample state: pass image_ids and text_ids (dataset indices, [B])")
-    image_ids, text_ids = gather_ids(image_ids), gather_ids(text_ids)
-    if image_ids.shape != (batch,) or text_ids.shape != (batch,):
+    if image_ids.shape != (local_batch,) or text_ids.shape != (local_batch,):
         raise ValueError(f"need one image id and one text id per pair: got {tuple(image_ids.shape)} and "
-                         f"{tuple(text_ids.shape)} ids for a global batch of {batch}")
-    return image_ids, text_ids
+                         f"{tuple(text_ids.shape)} ids for a batch of {local_batch}")
+    return gather_ids(image_ids), gather_ids(text_ids)
 
 
 def _no_taus(name: str, tau_image, tau_text) -> None:
@@ -138,45 +141,84 @@ class CompositionalState(nn.Module):
         return s
 
 
-def _moving_average_terms(sim: torch.Tensor, tau_image: torch.Tensor, tau_text: torch.Tensor,
+def _exp_off_diagonal(x: torch.Tensor) -> torch.Tensor:
+    """(exp(x) [B, B] with 0 on the diagonal, x floored at log(finfo.tiny) + 1 in place: -86.3 in float32).
+
+    CPU exp is 25 to 60 times slower on arguments whose result underflows (x < -87.3 in float32),
+    and A - b reaches -400 at tau = 0.005. The floor changes a term by less than 3.2e-38 (0 or a
+    subnormal becomes e * tiny), far below the float32 resolution of a sum that holds its max term 1.
+    """
+    e = torch.exp(x.clamp_min_(math.log(torch.finfo(x.dtype).tiny) + 1.0))
+    e.diagonal().zero_()
+    return e
+
+
+class _WeightedSimilarity(torch.autograd.Function):
+    """sum_ij G_ij (I T^T)_ij for a constant G [B, B] whose value was computed under no_grad.
+
+    forward(image [B, d], text [B, d], weight G [B, B], value []) -> value; backward: grad * G @ T and
+    grad * G^T @ I, the matmul backward of sim alone (no [B, B] product or its gradient materialised).
+    """
+
+    @staticmethod
+    def forward(ctx, image, text, weight, value):
+        ctx.save_for_backward(image, text, weight)
+        return value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        image, text, weight = ctx.saved_tensors
+        with torch.autocast(image.device.type, enabled=False):
+            grad_image = (weight @ text) * grad if ctx.needs_input_grad[0] else None
+            grad_text = (weight.t() @ image) * grad if ctx.needs_input_grad[1] else None
+        return grad_image, grad_text, None, None
+
+
+def _moving_average_terms(image: torch.Tensor, text: torch.Tensor, tau_image: torch.Tensor, tau_text: torch.Tensor,
                           image_ids: torch.Tensor, text_ids: torch.Tensor, image_state: CompositionalState,
                           text_state: CompositionalState, rho: float):
-    """Both modalities of the moving-average losses from one pass over the similarities.
+    """Both modalities of the moving-average losses from one pass over the similarities sim = I @ T^T.
 
-    sim [B, B] = I @ T^T (with gradient); tau_image, tau_text [B] per-anchor temperatures (read
-    detached). Updates both states and returns
+    image, text [B, d] gathered features (with gradient); tau_image, tau_text [B] per-anchor
+    temperatures (read detached). Updates both states and returns
         contrastive: scalar, mean_i sum_j w_ij d_ij + mean_j sum_i w'_ji e_ij, with the weights
                      w_ij = exp(A_ij - b_i) / s_i (j != i) held constant in its gradient;
         tau_weight_image, tau_weight_text [B] (detached): log(s_i / (B-1)) + b_i + rho - sum_j w_ij A_ij.
-    The contrastive value is written as sum_ij G_ij sim_ij with G = d(contrastive)/d(sim) built
-    once under no_grad, so autograd's only [B, B] work is one product and the matmul backward.
+    Everything [B, B] happens once under no_grad, including G = d(contrastive)/d(sim); the gradient
+    reaches the features through _WeightedSimilarity, so autograd adds only the two matmuls of sim's backward.
     """
-    n = sim.shape[0]
+    n = image.shape[0]
     with torch.no_grad():
-        s_ = sim.detach()
-        diag = s_.diagonal()  # [B] sim_ii
+        sim = _similarity(image, text)  # [B, B]
+        diag = sim.diagonal()  # [B] sim_ii
         inv_ti, inv_tt = tau_image.detach().reciprocal(), tau_text.detach().reciprocal()  # [B]
-        masked = s_.clone()
-        masked.diagonal().fill_(float("-inf"))  # j != i everywhere below; exp(-inf) = 0 on the diagonal
-        # image anchors along rows: A_ij - b_i = sim_ij / tau_i - (sim_ii / tau_i + b_i)
+        masked = sim.clone()
+        masked.diagonal().fill_(float("-inf"))  # the row and column maxima run over j != i
+        # image anchors along rows: x_ij = A_ij - b_i = (sim_ij - sim_ii - b_i tau_i) / tau_i <= 0 (j != i)
         b_i = image_state.running_max(image_ids, (masked.amax(dim=1) - diag) * inv_ti)
-        e_i = torch.addcmul(-(diag * inv_ti + b_i)[:, None], masked, inv_ti[:, None]).exp_()  # [B, B]
-        # text anchors along columns: A'_ij - b'_j = sim_ij / tau'_j - (sim_jj / tau'_j + b'_j)
+        x_i = (sim - (diag + b_i * tau_image.detach())[:, None]).mul_(inv_ti[:, None])  # [B, B]
+        e_i = _exp_off_diagonal(x_i)
+        # text anchors along columns: x'_ij = A'_ij - b'_j, A'_ij = (sim_ij - sim_jj) / tau'_j
         b_t = text_state.running_max(text_ids, (masked.amax(dim=0) - diag) * inv_tt)
-        e_t = torch.addcmul(-(diag * inv_tt + b_t)[None, :], masked, inv_tt[None, :]).exp_()  # [B, B]
+        x_t = (sim - (diag + b_t * tau_text.detach())[None, :]).mul_(inv_tt[None, :])  # [B, B]
+        e_t = _exp_off_diagonal(x_t)
         g_i, g_t = e_i.sum(dim=1), e_t.sum(dim=0)
         s_i, s_t = image_state.update(image_ids, b_i, g_i), text_state.update(text_ids, b_t, g_t)
-        mass_i, mass_t = g_i / s_i, g_t / s_t  # sum_j w_ij (1 when s = g)
-        # sum_j w_ij d_ij = (sum_j e_ij sim_ij) / s_i - sim_ii * mass_i (e_ii = 0)
-        con_i = torch.linalg.vecdot(e_i, s_, dim=1) / s_i - diag * mass_i
-        con_t = torch.linalg.vecdot(e_t, s_, dim=0) / s_t - diag * mass_t
-        tau_weight_i = torch.log(s_i / (n - 1)) + b_i + rho - con_i * inv_ti
-        tau_weight_t = torch.log(s_t / (n - 1)) + b_t + rho - con_t * inv_tt
+        mass_i, mass_t = g_i / s_i, g_t / s_t  # sum_j w_ij (exactly 1 when s = g, on a first visit)
+        # sum_j w_ij A_ij = sum_j w_ij x_ij + b_i * mass_i: the first sum has no cancellation against b
+        wx_i = torch.linalg.vecdot(e_i, x_i, dim=1) / s_i  # e_ii = 0 and x_ii is finite
+        wx_t = torch.linalg.vecdot(e_t, x_t, dim=0) / s_t
+        con_i = (wx_i + b_i * mass_i) * tau_image.detach()  # sum_j w_ij d_ij
+        con_t = (wx_t + b_t * mass_t) * tau_text.detach()
+        # log(s_i / (B-1)) + b_i + rho - sum_j w_ij A_ij, with b_i (1 - mass_i) = 0 exactly on a first visit
+        tau_weight_i = torch.log(s_i / (n - 1)) + rho - wx_i + b_i * (s_i - g_i) / s_i
+        tau_weight_t = torch.log(s_t / (n - 1)) + rho - wx_t + b_t * (s_t - g_t) / s_t
         # G_ij = (w_ij + w'_ji) / B off the diagonal, -(mass_i + mass'_i) / B on it
         grad_sim = e_i.mul_((1.0 / (n * s_i))[:, None]).addcmul_(e_t, (1.0 / (n * s_t))[None, :])
         grad_sim.diagonal().copy_(-(mass_i + mass_t) / n)
-    contrastive = (sim * grad_sim).sum()
-    return contrastive, tau_weight_i, tau_weight_t
+        value = (con_i.sum() + con_t.sum()) / n
+    return _WeightedSimilarity.apply(image, text, grad_sim, value), tau_weight_i, tau_weight_t
 
 
 class ClipLoss(nn.Module):
@@ -250,12 +292,12 @@ class SogCLRLoss(nn.Module):
         _no_taus(type(self).__name__, tau_image, tau_text)
         image, text = _gather_features(image_features, text_features)
         n = image.shape[0]
-        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, n)
+        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image_features.shape[0])
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
-        sim = _similarity(image, text)
-        tau = sim.new_full((n,), self.tau)
-        loss, _, _ = _moving_average_terms(sim, tau, tau, image_ids, text_ids, self.image_state, self.text_state, 0.0)
+        tau = image.new_full((n,), self.tau)
+        loss, _, _ = _moving_average_terms(image, text, tau, tau, image_ids, text_ids, self.image_state,
+                                           self.text_state, 0.0)
         return {"loss": loss, "contrastive": loss.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
@@ -303,12 +345,11 @@ class ISogCLRLoss(nn.Module):
                 tau_text=None) -> dict[str, torch.Tensor]:
         _no_taus(type(self).__name__, tau_image, tau_text)
         image, text = _gather_features(image_features, text_features)
-        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image.shape[0])
+        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image_features.shape[0])
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
-        sim = _similarity(image, text)
-        tau_i, tau_t = self.tau_image[image_ids].to(sim.dtype), self.tau_text[text_ids].to(sim.dtype)  # copies
-        loss, tw_i, tw_t = _moving_average_terms(sim, tau_i, tau_t, image_ids, text_ids, self.image_state,
+        tau_i, tau_t = self.tau_image[image_ids].to(image.dtype), self.tau_text[text_ids].to(image.dtype)  # copies
+        loss, tw_i, tw_t = _moving_average_terms(image, text, tau_i, tau_t, image_ids, text_ids, self.image_state,
                                                  self.text_state, self.rho)
         self._step_tau(image_ids, tau_i, tw_i, self.u_image, self.tau_image)
         self._step_tau(text_ids, tau_t, tw_t, self.u_text, self.tau_text)
@@ -339,17 +380,16 @@ class RobustGCLoss(nn.Module):
         if tau_image is None or tau_text is None:
             raise ValueError("RobustGCLoss needs tau_image and tau_text (one temperature per image and text, [B])")
         image, text = _gather_features(image_features, text_features)
-        n = image.shape[0]
-        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, n)
-        tau_image, tau_text = gather_with_grad(tau_image.reshape(-1)), gather_with_grad(tau_text.reshape(-1))
-        if tau_image.shape != (n,) or tau_text.shape != (n,):
+        local = image_features.shape[0]
+        image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, local)
+        if tau_image.numel() != local or tau_text.numel() != local:
             raise ValueError(f"need one tau per image and per text: got {tuple(tau_image.shape)} and "
-                             f"{tuple(tau_text.shape)} for a global batch of {n}")
+                             f"{tuple(tau_text.shape)} for a batch of {local}")
+        tau_image, tau_text = gather_with_grad(tau_image.reshape(-1)), gather_with_grad(tau_text.reshape(-1))
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
-        sim = _similarity(image, text)
-        tau_image, tau_text = tau_image.to(sim.dtype), tau_text.to(sim.dtype)
-        contrastive, tw_i, tw_t = _moving_average_terms(sim, tau_image, tau_text, image_ids, text_ids,
+        tau_image, tau_text = tau_image.to(image.dtype), tau_text.to(image.dtype)
+        contrastive, tw_i, tw_t = _moving_average_terms(image, text, tau_image, tau_text, image_ids, text_ids,
                                                         self.image_state, self.text_state, self.rho)
         temperature = (tw_i * tau_image).mean() + (tw_t * tau_text).mean()
         return {"loss": contrastive + temperature, "contrastive": contrastive.detach(),

@@ -319,3 +319,16 @@ def test_half_precision_features_small_tau_finite():
     out = RobustGCLoss(num_samples=5)(I, T, torch.arange(5), torch.arange(5), tau, tau)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and torch.isfinite(I.grad).all() and torch.isfinite(tau.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_floor_is_below_the_smallest_normal(dtype):
+    """The floor that keeps CPU exp off its slow underflow path moves a term by less than 3.2e-38."""
+    from tempnet.losses.contrastive import _exp_off_diagonal
+
+    x = torch.linspace(-400.0, 0.0, 36, dtype=torch.float64).reshape(6, 6).to(dtype)  # exact in dtype
+    expected = torch.exp(x.double())
+    expected.diagonal().zero_()
+    got = _exp_off_diagonal(x.clone()).double()
+    assert torch.allclose(got, expected, rtol=1e-6, atol=3.2e-38) and (got.diagonal() == 0).all()
+    assert (got > 0).sum() == 30  # floored, not flushed to zero: the row sums keep every term

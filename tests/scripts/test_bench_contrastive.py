@@ -1,0 +1,38 @@
+"""scripts/bench_contrastive.py runs at a tiny size and writes every variant's median time and ratio."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_contrastive.py"
+VARIANTS = {"open_clip", "clip", "cyclip", "sogclr", "isogclr", "rgcl", "rgcl_tempnet", "tempnets"}
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_contrastive", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_tiny_writes_json(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    out = tmp_path / "bench.json"
+    report = _load().main(["--batch", "12", "--dim", "8", "--prototypes", "4", "--repeats", "3", "--warmup", "1",
+                           "--json", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert report["reference"] == "open_clip" and set(report["results"]) == VARIANTS
+    assert report["config"] == {**report["config"], "batch": 12, "dim": 8, "device": "cpu", "repeats": 3,
+                                "prototypes": 4}
+    for name, row in report["results"].items():
+        assert set(row) == {"median_ms", "ratio"} and row["median_ms"] > 0 and row["ratio"] > 0, name
+    assert report["results"]["open_clip"]["ratio"] == 1.0
+    table = capsys.readouterr().out
+    assert "| variant | median ms | x open_clip ClipLoss |" in table and "| rgcl_tempnet |" in table
+
+
+def test_bench_rejects_bad_sizes():
+    with pytest.raises(SystemExit):
+        _load().main(["--batch", "1"])
