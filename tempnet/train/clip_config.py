@@ -9,7 +9,7 @@ The section and field names are the LLM trainer's where the concept is the same 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from tempnet.modules import check_tau_range
 from tempnet.train.precision import PRECISIONS
@@ -127,6 +127,8 @@ class LossConfig:
     """iSogCLR: step size of the per-sample temperature updates."""
     isogclr_beta: float = 0.5
     """iSogCLR: momentum of the per-sample temperature updates."""
+    isogclr_grad_clamp: Optional[float] = 5.0
+    """iSogCLR: clamp of the tau-gradient weight before its moving average (the authors' [-5, 5]; null = off)."""
 
     def __post_init__(self):
         if not self.tau > 0 or not 0 < self.gamma <= 1 or not self.rho >= 0:

@@ -51,7 +51,7 @@ LOSS_KWARGS = {
     "sogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, tau=a.tau),
     "isogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho, tau_init=a.isogclr_tau_init,
                                  tau_min=a.isogclr_tau_min, tau_max=a.isogclr_tau_max, eta=a.isogclr_eta,
-                                 beta=a.isogclr_beta),
+                                 beta=a.isogclr_beta, grad_clamp=a.isogclr_grad_clamp),
     "isogclr_tempnet": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho),
 }
 
