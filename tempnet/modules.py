@@ -57,20 +57,36 @@ class TempNet(nn.Module):
     Subtracting the max makes the input identical whether or not the caller already shifted its
     logits (training vs. generation). Parameter names match the authors' released checkpoints.
 
+    Pooling variants (`pooling`; the parameters, their names and init are the same for both):
+        "centred"    the paper's r = Linear(M, 1)((w - 1/M) * h). Its per-row part
+                     sum_m (w_m - 1/M) h_m = M * Cov_m(w, h) is >= 0 and vanishes, with zero gradient
+                     in h, wherever h is constant across the M units (then w = 1/M). While TempNet
+                     first lowers its too-high initial tau for every row, the cheapest way is to
+                     flatten h, which drives the network into that saddle: tau stays one global value
+                     for hundreds to thousands of steps (scripts/study_tempnet_dynamics.py).
+        "uncentred"  r = Linear(M, 1)(w * h), the w-weighted mean of h: no saddle at constant h, so
+                     tau becomes personal within ~100 steps on the synthetic language. Not the paper's
+                     module: the released checkpoints were trained with "centred".
+
     Args:
         vocab_size: V, the size of the logits this TempNet reads.
         hidden_size: M, the width of the projection.
         tau_min, tau_max: the range of the predicted temperature.
         dropout: dropout probability inside the projection.
+        pooling: "centred" (the paper's, default) or "uncentred" (see above).
     """
 
+    POOLINGS = ("centred", "uncentred")
+
     def __init__(self, vocab_size: int, hidden_size: int = 256, tau_min: float = 0.01, tau_max: float = 2.0,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, pooling: str = "centred"):
         super().__init__()
         if vocab_size < 2 or hidden_size < 1:
             raise ValueError(f"need vocab_size >= 2 and hidden_size >= 1, got {vocab_size} and {hidden_size}")
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
         check_tau_range(tau_min, tau_max)
-        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.vocab_size, self.hidden_size, self.pooling = vocab_size, hidden_size, pooling
         self.tau_min, self.tau_max = float(tau_min), float(tau_max)
         self.proj = nn.Sequential(
             Float32Linear(vocab_size, hidden_size), nn.Sigmoid(), nn.Dropout(dropout),
@@ -101,11 +117,14 @@ class TempNet(nn.Module):
             x = F.normalize(z - z.amax(dim=-1, keepdim=True), dim=-1)  # [..., V]
             h = self.proj(x)  # [..., M]
             w = torch.softmax(h / self.scaler.float().exp(), dim=-1)
-            r = self.last((w - 1.0 / self.hidden_size) * h)  # [..., 1]
+            if self.pooling == "centred":
+                w = w - 1.0 / self.hidden_size
+            r = self.last(w * h)  # [..., 1]
             return _squash(r, self.tau_min, self.tau_max)
 
     def extra_repr(self) -> str:
-        return f"vocab_size={self.vocab_size}, tau_range=[{self.tau_min}, {self.tau_max}]"
+        pooling = "" if self.pooling == "centred" else f", pooling={self.pooling}"
+        return f"vocab_size={self.vocab_size}, tau_range=[{self.tau_min}, {self.tau_max}]{pooling}"
 
 
 class PrototypeTempNet(nn.Module):

@@ -139,3 +139,40 @@ def test_global_and_fixed_temperature():
     assert f.shape == (2, 1) and (f == 0.5).all()
     with pytest.raises(ValueError, match="strictly inside"):
         GlobalTemperature(tau_init=3.0, tau_min=0.1, tau_max=2.0)
+
+
+def test_uncentred_pooling_matches_loop_reference_and_keeps_the_names():
+    torch.manual_seed(0)
+    net = _randomised(TempNet(vocab_size=23, hidden_size=7, tau_min=0.05, tau_max=3.0, pooling="uncentred"))
+    assert set(net.state_dict()) == set(TempNet(23, 7).state_dict())
+    logits = torch.randn(4, 23) * 3
+    tau = net(logits)
+    for i in range(4):
+        sd = {k: v.double().tolist() for k, v in net.state_dict().items()}
+        z = logits[i].double().tolist()
+        x = [v - max(z) for v in z]
+        norm = math.sqrt(sum(v * v for v in x))
+        a = [_sigmoid(sum(w * v / norm for w, v in zip(row, x)) + b) for row, b in zip(sd["proj.0.weight"], sd["proj.0.bias"])]
+        h = [sum(w * v for w, v in zip(row, a)) + b for row, b in zip(sd["proj.3.weight"], sd["proj.3.bias"])]
+        e = [math.exp(v / math.exp(sd["scaler"][0])) for v in h]
+        r = sum(wl * (ev / sum(e)) * hv for wl, ev, hv in zip(sd["last.weight"][0], e, h)) + sd["last.bias"][0]
+        assert tau[i].item() == pytest.approx(0.05 + 2.95 * _sigmoid(r), rel=1e-5)
+    centred = _randomised(TempNet(vocab_size=23, hidden_size=7, tau_min=0.05, tau_max=3.0))
+    assert not torch.allclose(centred(logits), tau)  # the option changes the module
+    assert "pooling=uncentred" in repr(net) and "pooling" not in repr(centred)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        TempNet(10, pooling="mean")
+
+
+@pytest.mark.parametrize("pooling, stuck", [("centred", True), ("uncentred", False)])
+def test_centred_pooling_has_a_saddle_at_constant_h(pooling, stuck):
+    """At h constant across the M units the paper's pooling sends no gradient to h (w = 1/M)."""
+    net = TempNet(vocab_size=16, hidden_size=8, pooling=pooling).eval()
+    with torch.no_grad():
+        net.proj[3].weight.zero_()
+        net.proj[3].bias.fill_(0.3)  # h = 0.3 for every unit and every input
+    tau = net(torch.randn(5, 16))
+    tau.sum().backward()
+    grad_h = net.proj[3].bias.grad  # dtau/dh summed over rows: the gradient reaching h
+    for g in (grad_h, net.proj[3].weight.grad):  # float32 round-off vs. an O(0.1) gradient
+        assert g.abs().max() < 1e-6 if stuck else g.abs().max() > 1e-3
