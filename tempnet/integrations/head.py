@@ -59,6 +59,9 @@ class TempNetSettings:
     """M, TempNet's projection width."""
     dropout: float = 0.5
     """Dropout inside TempNet's projection."""
+    pooling: str = "centred"
+    """TempNet's pooling: "centred" (the paper's, (w - 1/M) * h) or "uncentred" (w * h: no saddle where h is
+    constant across units, so tau becomes personal sooner; see tempnet.modules.TempNet)."""
 
     def __post_init__(self):
         check_tau_range(self.tau_min, self.tau_max)
@@ -66,6 +69,8 @@ class TempNetSettings:
             raise ValueError(f"rho (the KL budget) must be >= 0, got {self.rho}")
         if not self.tau > 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.pooling not in ("centred", "uncentred"):
+            raise ValueError(f"pooling must be 'centred' or 'uncentred', got {self.pooling!r}")
         if self.hidden_size < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"need hidden_size >= 1 and 0 <= dropout < 1, got {self.hidden_size}, {self.dropout}")
 
@@ -100,7 +105,8 @@ class TempNetConfig(TempNetSettings):
     def build(self, vocab_size: int) -> LMObjective:
         """The core objective (temperature module + robust flag + rho) for a vocabulary of this size."""
         return build_objective(self.objective, vocab_size, rho=self.rho, tau=self.tau, tau_min=self.tau_min,
-                               tau_max=self.tau_max, hidden_size=self.hidden_size, dropout=self.dropout)
+                               tau_max=self.tau_max, hidden_size=self.hidden_size, dropout=self.dropout,
+                               pooling=self.pooling)
 
 
 #: Settings assumed for a checkpoint that holds TempNet weights but no "tempnet" entry in config.json:

@@ -163,8 +163,8 @@ def _dro(vocab_size: int, *, rho: float = 8.0, tau: float = 1.0, tau_min: float 
 
 def _tempnet(robust: bool) -> Callable[..., LMObjective]:
     def build(vocab_size: int, *, rho: float = 8.0, tau_min: float = 0.01, tau_max: float = 2.0,
-              hidden_size: int = 256, dropout: float = 0.5, **_) -> LMObjective:
-        net = TempNet(vocab_size, hidden_size, tau_min, tau_max, dropout)
+              hidden_size: int = 256, dropout: float = 0.5, pooling: str = "centred", **_) -> LMObjective:
+        net = TempNet(vocab_size, hidden_size, tau_min, tau_max, dropout, pooling)
         return LMObjective(net, robust=robust, rho=rho)
     return build
 
@@ -181,7 +181,7 @@ OBJECTIVES: dict[str, Callable[..., LMObjective]] = {
 def build_objective(name: str, vocab_size: int, **kwargs) -> LMObjective:
     """OBJECTIVES[name](vocab_size, **kwargs) with a clear error for an unknown name.
 
-    kwargs: tau (fixed / initial tau), rho, tau_min, tau_max, hidden_size, dropout; each objective takes
+    kwargs: tau (fixed / initial tau), rho, tau_min, tau_max, hidden_size, dropout, pooling; each objective takes
     the ones it needs. Trainers also call `check_rho_vocab` (rho must stay below log V).
     """
     if name not in OBJECTIVES:
