@@ -70,7 +70,7 @@ def tempered_ce_loss(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tens
 
 def dro_lm_loss(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor | float, rho: float,
                 ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
-    """The robust next-token loss tau * CE(z / tau, y) + tau * (rho - log V) of PAPER.md.
+    """The robust next-token loss tau * CE(z / tau, y) + tau * (rho - log V) (Qiu et al., ICML 2024, Sec. 3).
 
     Positions whose label is `ignore_index` contribute nothing (neither the CE term nor the
     tau * (rho - log V) term), and the mean is over the remaining positions.

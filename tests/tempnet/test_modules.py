@@ -13,7 +13,7 @@ def _sigmoid(x):
 
 
 def tempnet_reference(net: TempNet, z: list[float]) -> float:
-    """PAPER.md's LLM TempNet for one position, in python floats (float64), dropout off."""
+    """The paper's LLM TempNet (Qiu et al., ICML 2024) for one position, in python floats (float64), dropout off."""
     sd = {k: v.double().tolist() for k, v in net.state_dict().items()}
     top = max(z)
     shifted = [v - top for v in z]
