@@ -155,8 +155,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"alpaca_outputs: {e}", file=sys.stderr)
-        sys.exit(1)
+    from tempnet.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -141,4 +141,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from tempnet.errors import run_cli
+
+    run_cli(main)

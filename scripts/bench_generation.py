@@ -126,4 +126,6 @@ def main(argv=None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    from tempnet.errors import run_cli
+
+    run_cli(main)

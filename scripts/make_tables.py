@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from tempnet.errors import UserError, run_cli
 from tempnet.eval.tables import build_tables, to_json, to_markdown
 
 
@@ -34,16 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         metrics[task] = metric
     try:
         tables = build_tables(args.results_dir, paper=args.paper, metrics=metrics)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"make_tables: {e}", file=sys.stderr)
-        return 1
+    except ValueError as e:  # a results file that is not what the layout promises
+        raise UserError(str(e)) from None
     if not tables:
-        print(f"make_tables: no results in {args.results_dir} (expected llm/<row>/, clip/<row>/ or alpaca/<row>/); "
-              f"--paper prints the paper's numbers alone", file=sys.stderr)
-        return 1
+        raise UserError(f"no results in {args.results_dir} (expected llm/<row>/, clip/<row>/ or alpaca/<row>/); "
+                        "--paper prints the paper's numbers alone")
     print(json.dumps(to_json(tables), indent=2) if args.json else to_markdown(tables), end="" if not args.json else "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -51,4 +51,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tempnet.errors import run_cli
+
+    run_cli(main)

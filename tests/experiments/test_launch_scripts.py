@@ -62,7 +62,13 @@ def assets(tmp_path_factory):
     return root
 
 
-GPT2_SCRIPTS = sorted(p.name for p in (REPO / "GPT_2" / "scripts").glob("*.sh"))
+def _training_scripts(folder: str) -> list[str]:
+    """The training launchers (the eval_* / alpaca_* ones run in test_eval_scripts.py)."""
+    return sorted(p.name for p in (REPO / folder / "scripts").glob("*.sh")
+                  if not p.name.startswith(("eval_", "alpaca_", "export_")))
+
+
+GPT2_SCRIPTS = _training_scripts("GPT_2")
 
 
 @pytest.mark.parametrize("name", GPT2_SCRIPTS)
@@ -81,8 +87,7 @@ def test_gpt2_script(name, assets, tmp_path):
     assert objective == expected
 
 
-LLAMA_SCRIPTS = sorted(f"{folder}/scripts/{p.name}" for folder in ("LLaMA-1", "LLaMA-2")
-                       for p in (REPO / folder / "scripts").glob("*.sh") if p.name != "export_tempnet.sh")
+LLAMA_SCRIPTS = [f"{folder}/scripts/{name}" for folder in ("LLaMA-1", "LLaMA-2") for name in _training_scripts(folder)]
 
 
 @pytest.mark.parametrize("script", LLAMA_SCRIPTS)

@@ -168,15 +168,21 @@ def test_metric_override_and_bad_input(results, tmp_path, capsys):
     tables = {t["key"]: t for t in json.loads(capsys.readouterr().out)}
     row = next(r for r in tables["gpt2"]["rows"] if r["name"] == "gpt2_scratch_tempnet")
     assert row["cells"]["hellaswag"]["value"] == pytest.approx(29.0)
-    assert make_tables.main([str(tmp_path / "missing")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    from tempnet.errors import run_cli
+
+    def user_error(argv):  # the script's command line: one `error: ...` line, exit status 2
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(make_tables.main, argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith("error: ") and "Traceback" not in err
+        return err
+
+    assert "does not exist" in user_error([str(tmp_path / "missing")])
     (tmp_path / "empty").mkdir()
-    assert make_tables.main([str(tmp_path / "empty")]) == 1
-    assert "no results in" in capsys.readouterr().err
+    assert "no results in" in user_error([str(tmp_path / "empty")])
     bad = tmp_path / "bad" / "llm" / "row" / "results_x.json"
     bad.parent.mkdir(parents=True)
     bad.write_text('{"not": "lm-eval"}')
-    assert make_tables.main([str(tmp_path / "bad")]) == 1
-    assert "no 'results' section" in capsys.readouterr().err
+    assert "no 'results' section" in user_error([str(tmp_path / "bad")])
     with pytest.raises(SystemExit):
         make_tables.main([str(results), "--metric", "hellaswag"])
