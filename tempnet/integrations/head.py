@@ -56,6 +56,9 @@ class TempNetSettings:
     """M, TempNet's projection width."""
     dropout: float = 0.5
     """Dropout inside TempNet's projection."""
+    fused_loss: bool = True
+    """With labels, compute the training loss by `tempnet.ops.linear_tempnet_dro_loss` (logits chunk by chunk,
+    no full-vocabulary tensor kept; the output's logits are then None). False: the full logits path."""
 
     def __post_init__(self):
         check_tau_range(self.tau_min, self.tau_max)
