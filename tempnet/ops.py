@@ -3,9 +3,11 @@
 The unfused training path materialises the logits z = h W^T of every position ([N, V]: 0.5 GB in
 float32 for 4096 tokens of a 32000-token vocabulary), plus TempNet's input and the loss's softmax,
 and keeps them until the backward. `linear_tempnet_dro_loss` computes the same values and gradients
-while holding only one chunk of tokens' logits-sized tensors at a time: the forward keeps per
-position only tau (and the RNG state of each chunk when the head draws dropout masks), and the
-backward recomputes each chunk's logits and the head.
+while holding only one chunk of tokens' logits-sized tensors at a time. The loss is a scalar, so
+when autograd is on the forward also computes, chunk by chunk, the gradients for a unit upstream
+gradient (of hidden [N, d], weight [V, d], bias and the head's parameters: nothing logits-sized),
+and the backward only scales them. No logits are recomputed, and the head runs once per chunk, so a
+head with dropout sees one mask, used by both its output and its gradient.
 
 Gradients of one position's loss (Qiu et al., ICML 2024, Sec. 3, the robust loss
 L = tau * CE(z / tau, y) + tau * (rho - log V)), with p = softmax(z / tau):
@@ -14,7 +16,7 @@ L = tau * CE(z / tau, y) + tau * (rho - log V)), with p = softmax(z / tau):
     plain:   dL/dz = (p - onehot(y)) / tau      dL/dtau = -(E_p[z] - z_y) / tau^2      (L = CE(z / tau, y))
 
 each times 1 / (number of non-ignored positions). dL/dtau flows into the head's parameters by
-recomputing tau = head(z.detach()) with autograd in the backward. Since z / tau = (h / tau) W^T,
+autograd through tau = head(z.detach()) of the chunk. Since z / tau = (h / tau) W^T,
 the tempered cross-entropy is a plain linear cross-entropy of a rescaled hidden state, which a fused
 GPU kernel (cut-cross-entropy, liger-kernel) could serve; the chunked PyTorch code here runs anywhere.
 """
@@ -32,8 +34,8 @@ __all__ = ["linear_tempnet_dro_loss", "ROBUST_OBJECTIVES", "default_chunk_size",
 ROBUST_OBJECTIVES = {"ce": False, "dro": True, "tempnet_ce": False, "tempnet_dro": True}
 
 #: Logits elements per chunk by default: 2**23 (32 MiB in float32, 256 tokens of a 32768-token
-#: vocabulary). The backward holds about five tensors of this size (logits, softmax, the head's
-#: input and its gradient), so the loss adds ~200 MB whatever N; larger chunks buy little speed.
+#: vocabulary). A chunk holds a handful of tensors of this size (logits, softmax, the head's
+#: normalised input and its intermediates), ~150-250 MB whatever N; larger chunks buy little speed.
 CHUNK_ELEMENTS = 2 ** 23
 
 
@@ -50,8 +52,9 @@ def linear_tempnet_dro_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, 
 
     Equals `tempnet.losses.lm.objective_terms(z, labels, tempnet(z.detach()), robust, rho)` in value
     and in every gradient (hidden, weight, bias, the head's parameters), with z computed chunk by
-    chunk: tau is predicted from each chunk's detached logits, and the backward recomputes them.
-    A head in training mode with dropout sees one mask per chunk, the same in forward and backward.
+    chunk: tau is predicted from each chunk's detached logits. With autograd on, the gradients are
+    computed in the forward (so calling it under torch.enable_grad without a backward wastes that
+    work: evaluate under torch.no_grad). A head with dropout in training mode draws one mask per chunk.
 
     Args:
         hidden: [N, d] the backbone's last hidden states (any float dtype).
@@ -80,7 +83,7 @@ def linear_tempnet_dro_loss(hidden: torch.Tensor, lm_head_weight: torch.Tensor, 
     params = tuple(p for p in tempnet.parameters())
     loss, ce, tau = _LinearTempNetLoss.apply(hidden, lm_head_weight, lm_head_bias, labels, tempnet,
                                              ROBUST_OBJECTIVES[objective], float(rho), ignore_index, chunk_size,
-                                             *params)
+                                             torch.is_grad_enabled(), *params)
     valid = labels != ignore_index
     t = tau[valid] if valid.any() else tau
     return {"loss": loss, "ce": ce, "tau_mean": t.mean(), "tau_min": t.min(), "tau_max": t.max(), "tau": tau}
@@ -123,109 +126,97 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return z.to(torch.promote_types(z.dtype, torch.float32))
 
 
-def _rng_state(device: torch.device):
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-
-
-def _run_head(head: nn.Module, z: torch.Tensor, state) -> torch.Tensor:
-    """head(z) -> tau [C] float32; with `state` (from `_rng_state`), under that RNG state, restored after."""
-    if state is None:
-        return head(z).reshape(-1).to(z.dtype)
-    devices = [z.device] if z.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state(state[1], z.device)
-        return head(z).reshape(-1).to(z.dtype)
-
-
 class _LinearTempNetLoss(torch.autograd.Function):
-    """Forward: loss, mean CE, tau [N]. The head's parameters are inputs so they receive gradients."""
+    """Forward: loss, mean CE, tau [N], and (when grad is on) every gradient for a unit upstream gradient.
+
+    The loss is a scalar, so its gradients are those for upstream gradient 1 times the upstream
+    gradient: computing them chunk by chunk in the forward (as liger-kernel's fused linear cross-entropy
+    does) avoids recomputing the logits and the head in the backward, and the head runs once, so its
+    dropout mask is the forward's by construction. The head's parameters are inputs of the Function so
+    that they receive their gradients through it.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, head, robust, rho, ignore_index, chunk_size, *params):
+    def forward(ctx, hidden, weight, bias, labels, head, robust, rho, ignore_index, chunk_size, grad_enabled,
+                *params):
         n, vocab = hidden.shape[0], weight.shape[0]
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        needs = ctx.needs_input_grad if grad_enabled else (False,) * (10 + len(params))
+        need_h, need_w, need_b = needs[:3]
+        need_z = need_h or need_w or need_b
+        trained = [p for p, need in zip(params, needs[10:]) if need]
         valid = labels != ignore_index  # [N]
         target = labels.where(valid, torch.zeros_like(labels))[:, None]  # [N, 1], in range everywhere
-        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        count = valid.sum().clamp(min=1)
+        scale = valid / count  # [N]: d(mean loss) / d(per-position loss)
+        const = rho - math.log(vocab)
         ce = torch.empty(n, dtype=dtype, device=hidden.device)  # [N]
         tau = torch.empty(n, dtype=dtype, device=hidden.device)  # [N]
-        # the head draws dropout masks only in training mode; keep each chunk's RNG state to redraw them
-        keep_rng = head.training and any(p.requires_grad for p in params)
-        states = []
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=dtype, device=weight.device) if need_b else None
+        grad_params = [torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in trained]
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, n, chunk_size):
                 rows = slice(start, start + chunk_size)
-                z = _logits(hidden[rows], weight, bias)  # [C, V]
-                states.append(_rng_state(hidden.device) if keep_rng else None)
-                t = head(z).reshape(-1).to(dtype)  # [C]; the head reads the (detached) logits
+                h, y, s = hidden[rows], target[rows], scale[rows]
+                z = _logits(h, weight, bias)  # [C, V]
+                with torch.enable_grad():  # the head's graph (for its parameters' gradient) only
+                    t_graph = head(z).reshape(-1).to(dtype) if trained else None
+                t = t_graph.detach() if trained else head(z).reshape(-1).to(dtype)  # [C], from the detached logits
                 if t.shape != (z.shape[0],):
-                    raise ValueError(f"the temperature head must return [C] or [C, 1] for logits "
-                                     f"{tuple(z.shape)}, got {tuple(head(z).shape)}")
+                    raise ValueError(f"the temperature head must return [C] or [C, 1] for logits {tuple(z.shape)}, "
+                                     f"got {t.numel()} values")
                 tau[rows] = t
-                ce[rows] = torch.logsumexp(z / t[:, None], -1) - z.gather(1, target[rows])[:, 0] / t
-        count = valid.sum().clamp(min=1)
+                u = z / t[:, None]  # [C, V]
+                lse = torch.logsumexp(u, -1, keepdim=True)  # [C, 1]
+                z_y = z.gather(1, y)[:, 0]  # [C]
+                ce[rows] = lse[:, 0] - z_y / t
+                if not (need_z or trained):
+                    continue
+                p = u.sub_(lse).exp_()  # [C, V] softmax(z / tau), in place of u
+                if trained:
+                    gap = (p[:, None, :] @ z[:, :, None])[:, 0, 0] - z_y  # E_p[z] - z_y, [C]
+                    if robust:  # d/dtau [tau * CE(z / tau) + tau * const]
+                        grad_tau = (ce[rows] + const - gap / t) * s
+                    else:  # d/dtau CE(z / tau)
+                        grad_tau = -gap / t ** 2 * s
+                    for acc, g in zip(grad_params, torch.autograd.grad(t_graph, trained, grad_tau,
+                                                                        allow_unused=True)):
+                        if g is not None:
+                            acc += g
+                    del t_graph
+                del z
+                if need_z:
+                    dz = p.scatter_add_(1, y, torch.full_like(p[:, :1], -1.0))  # p - onehot, in place
+                    dz.mul_((s if robust else s / t)[:, None])  # [C, V] d(mean loss) / dz
+                    if need_b:
+                        grad_b += dz.sum(0)
+                    dz = dz.to(weight.dtype)
+                    if need_h:
+                        grad_h[rows] = dz @ weight
+                    if need_w:
+                        grad_w += (dz.t() @ h).to(dtype)
+                    del dz
+                del p
         ce = ce * valid  # ignored positions (any label) count as zero
-        per_position = tau * (ce + (rho - math.log(vocab))) * valid if robust else ce
-        ctx.save_for_backward(hidden, weight, bias, target, valid, tau)
-        ctx.head, ctx.robust, ctx.rho, ctx.chunk_size, ctx.states = head, robust, rho, chunk_size, states
+        per_position = tau * (ce + const) * valid if robust else ce
+        ctx.trained = [need for need in needs[10:]]
+        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                              None if grad_b is None else grad_b.to(bias.dtype),
+                              *[g.to(p.dtype) for g, p in zip(grad_params, trained)])
         ce_mean = ce.sum() / count
         ctx.mark_non_differentiable(ce_mean, tau)
         return per_position.sum() / count, ce_mean, tau
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_tau):
-        hidden, weight, bias, target, valid, tau = ctx.saved_tensors
-        params = ctx.needs_input_grad[9:]
-        head, robust, chunk_size = ctx.head, ctx.robust, ctx.chunk_size
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        need_z = need_h or need_w or need_b
-        trained = [p for p, need in zip(head.parameters(), params) if need]
-        n, vocab = hidden.shape[0], weight.shape[0]
-        const = ctx.rho - math.log(vocab)
-        scale = valid * (grad_loss.to(tau.dtype) / valid.sum().clamp(min=1))  # [N]: d(mean)/d(per-position loss)
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=tau.dtype, device=weight.device) if need_w else None
-        grad_b = torch.zeros(vocab, dtype=tau.dtype, device=weight.device) if need_b else None
-        grad_params = [None] * len(trained)
-        with torch.autocast(hidden.device.type, enabled=False):
-            for i, start in enumerate(range(0, n, chunk_size)):
-                if not (need_z or trained):
-                    break
-                rows = slice(start, start + chunk_size)
-                h, t, y, s = hidden[rows], tau[rows], target[rows], scale[rows]
-                with torch.no_grad():
-                    z = _logits(h, weight, bias)  # [C, V]
-                    u = z / t[:, None]  # [C, V]
-                    lse = torch.logsumexp(u, -1, keepdim=True)  # [C, 1]
-                    p = u.sub_(lse).exp_()  # [C, V] softmax(z / tau), in place of u
-                    if trained:
-                        z_y = z.gather(1, y)[:, 0]  # [C]
-                        gap = (p[:, None, :] @ z[:, :, None])[:, 0, 0] - z_y  # E_p[z] - z_y, [C]
-                        if robust:
-                            grad_tau = (lse[:, 0] - z_y / t + const - gap / t) * s
-                        else:
-                            grad_tau = -gap / t ** 2 * s
-                    if need_z:
-                        dz = p.scatter_add_(1, y, torch.full_like(p[:, :1], -1.0))  # p - onehot, in place
-                        dz.mul_((s if robust else s / t)[:, None])  # [C, V]
-                        if need_b:
-                            grad_b += dz.sum(0)
-                        dz = dz.to(weight.dtype)
-                        if need_h:
-                            grad_h[rows] = dz @ weight
-                        if need_w:
-                            grad_w += (dz.t() @ h).to(grad_w.dtype)
-                        del dz
-                    del p
-                if trained:
-                    with torch.enable_grad():
-                        t_graph = _run_head(head, z, ctx.states[i])  # [C], recomputed with the forward's masks
-                    del z
-                    for k, g in enumerate(torch.autograd.grad(t_graph, trained, grad_tau, allow_unused=True)):
-                        if g is not None:
-                            grad_params[k] = g if grad_params[k] is None else grad_params[k] + g
-        grads = iter(grad_params)
-        head_grads = [next(grads) if need else None for need in params]
-        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None, None, *head_grads)
+        grad_h, grad_w, grad_b, *grad_params = ctx.saved_tensors
+
+        def scaled(g):
+            return None if g is None else g * grad_loss.to(g.dtype)
+
+        params = iter(grad_params)
+        head_grads = [scaled(next(params)) if need else None for need in ctx.trained]
+        return (scaled(grad_h), scaled(grad_w), scaled(grad_b), None, None, None, None, None, None, None,
+                *head_grads)

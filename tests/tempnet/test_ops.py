@@ -112,7 +112,7 @@ class _TableHead(nn.Module):
 
 @pytest.mark.parametrize("objective", ["tempnet_dro", "tempnet_ce"])
 def test_gradcheck_float64_with_dropout(objective):
-    """The hand-derived backward against finite differences, dropout masks replayed in the backward."""
+    """The hand-derived gradients against finite differences, with dropout on in the head."""
     torch.manual_seed(1)
     head = _TableHead(chunk=6, dropout=0.3).train()
     h = torch.randn(N, D, dtype=torch.float64, requires_grad=True)
@@ -154,7 +154,7 @@ def test_head_gradient_float64_against_finite_differences():
                     assert grad[idx].item() == pytest.approx((up - down) / 2e-6, rel=1e-5, abs=1e-8)
 
 
-def test_dropout_masks_are_replayed_in_the_backward():
+def test_dropout_mask_of_the_forward_serves_the_gradients():
     """TempNet with dropout in train mode: gradients equal autograd with the same per-chunk masks."""
     h, w, b, y = _inputs()
     head = _head("tempnet_dro", dropout=0.5).train()
@@ -249,3 +249,16 @@ def test_bad_inputs_give_clear_errors():
         linear_tempnet_dro_loss(h, w, y, head, -1.0)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         linear_tempnet_dro_loss(h, w, y, head, 8.0, chunk_size=0)
+
+
+def test_upstream_gradient_scales_every_gradient_and_no_grad_mode_skips_them():
+    h, w, b, y = _inputs()
+    head = _head("tempnet_dro")
+    params = [h, w, b, *head.parameters()]
+    fused = linear_tempnet_dro_loss(h, w, y, head, 8.0, lm_head_bias=b, chunk_size=6)
+    ref = _unfused(h, w, b, y, head, "tempnet_dro", 8.0)
+    for g, r in zip(_grads(-2.5 * fused["loss"], params), _grads(-2.5 * ref["loss"], params)):
+        assert _close(g, r)
+    with torch.no_grad():
+        quiet = linear_tempnet_dro_loss(h, w, y, head, 8.0, lm_head_bias=b, chunk_size=6)
+    assert quiet["loss"].grad_fn is None and torch.allclose(quiet["loss"], fused["loss"])
