@@ -195,7 +195,9 @@ class _LinearTempNetLoss(torch.autograd.Function):
                     dz = dz.to(weight.dtype)
                     if need_h:
                         grad_h[rows] = dz @ weight
-                    if need_w:
+                    if need_w and h.dtype == dtype:
+                        grad_w.addmm_(dz.t(), h)  # in place: no [V, d] temporary per chunk
+                    elif need_w:
                         grad_w += (dz.t() @ h).to(dtype)
                     del dz
                 del p
