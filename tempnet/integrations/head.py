@@ -62,6 +62,9 @@ class TempNetSettings:
     pooling: str = "centred"
     """TempNet's pooling: "centred" (the paper's, (w - 1/M) * h) or "uncentred" (w * h: no saddle where h is
     constant across units, so tau becomes personal sooner; see tempnet.modules.TempNet)."""
+    fused_loss: bool = True
+    """With labels, compute the training loss by `tempnet.ops.linear_tempnet_dro_loss` (logits chunk by chunk,
+    no full-vocabulary tensor kept; the output's logits are then None). False: the full logits path."""
 
     def __post_init__(self):
         check_tau_range(self.tau_min, self.tau_max)

@@ -3,7 +3,8 @@
 `LlamaTempNetForCausalLM`, `GPT2TempNetForCausalLM` and `GPTNeoXTempNetForCausalLM` are the base HF
 classes plus a `tempnet` submodule, so one checkpoint holds base weights and `tempnet.*` weights and
 config.json holds the head's settings under "tempnet". forward(labels=...) returns the objective's
-loss (the core's `objective_terms`) and the per-position tau; without labels it returns the logits
+loss (by default fused with the LM head, `tempnet.ops.linear_tempnet_dro_loss`, so no full-vocabulary
+tensor is kept; else the core's `objective_terms`) and the per-position tau; without labels it returns the logits
 already divided by tau, so `generate` (any strategy, KV cache, left padding) and pipelines work
 unchanged. The head always reads the detached logits (TempNet shifts them by their max itself).
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
                           GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedConfig)
@@ -27,6 +29,9 @@ from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, 
                                        check_head_shapes, checkpoint_shapes, head_shapes,
                                        load_head_tensors, resolve_settings, zero_dim_keys)
 from tempnet.losses.lm import objective_terms
+from tempnet.ops import linear_tempnet_dro_loss
+
+IGNORE_INDEX = -100
 
 __all__ = [
     "TempNetConfig", "TempNetCausalLMOutput", "LlamaTempNetForCausalLM", "GPT2TempNetForCausalLM",
@@ -104,15 +109,26 @@ class TempNetCausalLMMixin:
         """The base forward, then tau = head(logits.detach()) and logits / tau.
 
         labels [B, L]: the input ids (shifted inside), -100 ignored; loss = the objective of
-        `tempnet_config` (the core's `objective_terms`, per-token mean). Returns logits [B, L, V]
-        float32 divided by tau, tau [B, L, 1] float32, loss_terms (loss, ce, tau_mean/min/max).
+        `tempnet_config` (per-token mean). Returns logits [B, L, V] float32 divided by tau, tau [B, L, 1]
+        float32, loss_terms (loss, ce, tau_mean/min/max). With labels and `tempnet_config.fused_loss`
+        the loss comes from `tempnet.ops.linear_tempnet_dro_loss` over the backbone's hidden states, no
+        full-vocabulary tensor is kept, and logits is None; otherwise from the core's `objective_terms`.
         """
         kwargs.pop("num_items_in_batch", None)  # the core averages over the batch's non-ignored tokens
         return_dict = kwargs.pop("return_dict", None)
         if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             raise ValueError("labels need the logits of every position: do not pass logits_to_keep with labels")
-        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              inputs_embeds=inputs_embeds, logits_to_keep=logits_to_keep, return_dict=True, **kwargs)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      inputs_embeds=inputs_embeds, **kwargs)
+        if labels is not None and self.tempnet_config.fused_loss and not self._zero3_partitioned():
+            result = self._fused_loss_forward(labels, **inputs)
+        else:
+            result = self._logits_forward(labels, logits_to_keep, **inputs)
+        return result if return_dict is not False else result.to_tuple()
+
+    def _logits_forward(self, labels, logits_to_keep, **inputs) -> TempNetCausalLMOutput:
+        """The full-logits path: the base model's logits, tau from them, the loss by `objective_terms`."""
+        out = super().forward(logits_to_keep=logits_to_keep, return_dict=True, **inputs)
         logits = out.logits  # [B, L, V]
         tau = self.tempnet(logits.detach())  # [B, L, 1] float32
         terms = None
@@ -127,8 +143,34 @@ class TempNetCausalLMMixin:
             scaled = logits.float() / tau  # [B, L, V]
         fields = {k: v for k, v in out.items() if k in TempNetCausalLMOutput.__dataclass_fields__}  # cache, ...
         fields.update(loss=None if terms is None else terms["loss"], logits=scaled)
-        result = TempNetCausalLMOutput(**fields, tau=tau, loss_terms=terms)
-        return result if return_dict is not False else result.to_tuple()
+        return TempNetCausalLMOutput(**fields, tau=tau, loss_terms=terms)
+
+    def _fused_loss_forward(self, labels, **inputs) -> TempNetCausalLMOutput:
+        """The backbone's hidden states, then LM head + head + loss fused by `linear_tempnet_dro_loss`."""
+        embeds = inputs.get("inputs_embeds")
+        base_trains = any(p.requires_grad for n, p in self.named_parameters() if not n.startswith(PREFIX)) or (
+            embeds is not None and embeds.requires_grad)
+        # a frozen base (freeze_base(): only the head trains) keeps no activations for a backward
+        with torch.set_grad_enabled(torch.is_grad_enabled() and base_trains):
+            out = self.base_model(return_dict=True, **inputs)
+        hidden = out.last_hidden_state  # [B, L, d]
+        batch, length, width = hidden.shape
+        lm_head = self.get_output_embeddings()  # handles tied input/output embeddings
+        labels = labels.to(hidden.device)
+        # position t predicts token t + 1; the last position predicts nothing but still gets its tau
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # [B, L]
+        terms = linear_tempnet_dro_loss(hidden.reshape(-1, width), lm_head.weight, targets.reshape(-1), self.tempnet,
+                                        self.tempnet_rho, objective=self.tempnet_config.objective,
+                                        lm_head_bias=lm_head.bias, ignore_index=IGNORE_INDEX)
+        tau = terms.pop("tau").reshape(batch, length, 1)  # [B, L, 1], detached
+        fields = {k: v for k, v in out.items()
+                  if k in TempNetCausalLMOutput.__dataclass_fields__ and k != "last_hidden_state"}  # cache, ...
+        return TempNetCausalLMOutput(**fields, loss=terms["loss"], logits=None, tau=tau, loss_terms=terms)
+
+    def _zero3_partitioned(self) -> bool:
+        """True when DeepSpeed ZeRO-3 partitions the weights: the fused op reads the LM head's weight outside
+        a module call, which ZeRO-3 does not gather, so the full-logits path serves that case."""
+        return hasattr(self.get_output_embeddings().weight, "ds_id")
 
     @torch.no_grad()
     def sequence_tau(self, sequences: torch.LongTensor, prompt_attention_mask: torch.Tensor | None = None,

@@ -52,11 +52,18 @@ def test_from_config_builds_the_objectives_head(make_config, objective):
     assert set(out.loss_terms) == {"loss", "ce", "tau_mean", "tau_min", "tau_max"}
 
 
+def _set_fused(model, fused: bool):
+    model.config.tempnet = model.tempnet_config.replace(fused_loss=fused).to_dict()
+    assert model.tempnet_config.fused_loss is fused
+
+
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("objective", ["tempnet_dro", "tempnet_ce", "dro", "ce"])
-def test_training_loss_equals_the_objective_on_the_base_logits(tiny_llama, objective):
+def test_training_loss_equals_the_objective_on_the_base_logits(tiny_llama, objective, fused):
     model = tiny_llama
     if objective != "tempnet_dro":
         model.reset_tempnet(objective=objective, tau=0.8)
+    _set_fused(model, fused)
     base = LlamaForCausalLM(llama_config()).eval()  # the same weights without the head
     missing, unexpected = base.load_state_dict(model.state_dict(), strict=False)
     assert not missing and all(k.startswith("tempnet.") for k in unexpected)
@@ -74,7 +81,85 @@ def test_training_loss_equals_the_objective_on_the_base_logits(tiny_llama, objec
         expected = torch.nn.functional.cross_entropy(z[keep].double() / tau[keep].double(), y[keep])
     assert torch.allclose(out.loss.double(), expected, rtol=1e-5, atol=1e-6)
     assert torch.allclose(out.tau[:, :-1].reshape(-1, 1), tau, atol=1e-6)
-    assert torch.allclose(out.logits, base(input_ids=x).logits / out.tau, atol=1e-4)
+    assert torch.allclose(out.tau, model.tempnet(base(input_ids=x).logits), atol=1e-6)  # the last position too
+    if fused:  # no full-vocabulary tensor comes back
+        assert out.logits is None
+    else:
+        assert torch.allclose(out.logits, base(input_ids=x).logits / out.tau, atol=1e-4)
+
+
+def _neox_config():
+    return GPTNeoXConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)
+
+
+def _loss_and_grads(model, x, labels, fused):
+    _set_fused(model, fused)
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=x, labels=labels)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("objective", ["tempnet_dro", "tempnet_ce", "dro", "ce"])
+@pytest.mark.parametrize("make_config", [gpt2_config, llama_config, _neox_config], ids=["gpt2", "llama", "neox"])
+def test_fused_loss_equals_the_full_logits_path(make_config, objective):
+    """Loss, tau, logged terms and the gradient of every parameter, fused on vs off (GPT-2 ties its
+    embeddings, LLaMA and NeoX do not)."""
+    torch.manual_seed(0)
+    model = tempnet_model_from_config(make_config(), objective=objective, tau=0.8, tau_min=0.05, tau_max=2.0,
+                                      hidden_size=16).eval()  # eval: no dropout, so both paths see the same net
+    with torch.no_grad():  # peaked logits and a tau that varies by position
+        model.get_output_embeddings().weight.mul_(10.0)
+        if objective.startswith("tempnet"):
+            model.tempnet.proj[0].weight.mul_(20.0)
+            model.tempnet.last.weight.normal_(0.0, 20.0)
+    vocab = model.config.vocab_size
+    x = torch.randint(3, vocab, (3, 11))
+    labels = x.clone()
+    labels[0, :4] = -100
+    fused, got = _loss_and_grads(model, x, labels, True)
+    full, want = _loss_and_grads(model, x, labels, False)
+    assert fused.logits is None and full.logits.shape == (3, 11, vocab)
+    assert torch.allclose(fused.loss, full.loss, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fused.tau, full.tau, atol=1e-6) and fused.tau.shape == (3, 11, 1)
+    assert fused.loss_terms.keys() == full.loss_terms.keys() == {"loss", "ce", "tau_mean", "tau_min", "tau_max"}
+    for key in fused.loss_terms:
+        assert torch.allclose(fused.loss_terms[key], full.loss_terms[key], rtol=1e-5, atol=1e-6), key
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert got.keys() == want.keys() == trainable
+    for name in want:
+        scale = want[name].abs().max().item()
+        assert torch.allclose(got[name], want[name], rtol=1e-4, atol=1e-5 * scale + 1e-8), name
+    if objective.startswith("tempnet"):
+        assert fused.tau.std() > 0.02  # per-position tau, so a position mix-up would show
+
+
+def test_frozen_base_fused_keeps_no_activations_of_the_base(tiny_llama):
+    """freeze_base(): the backbone runs without autograd, even where HF makes its input require grad."""
+    model = tiny_llama.freeze_base()
+    model.enable_input_require_grads()  # what PEFT / gradient checkpointing set up: embeddings output requires grad
+    x = torch.randint(3, VOCAB, (2, 12))
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(input_ids=x, labels=x)
+    # the backbone's activations are [B, L, ...] (and [B, heads, L, ...]); the fused op's are [B * L, ...]
+    base_shaped = [tuple(t.shape) for t in saved if t.dim() >= 2 and t.shape[0] == 2 and 12 in t.shape[1:3]]
+    assert not base_shaped, base_shaped
+    out.loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("tempnet."))
+    _set_fused(model, False)
+    model.zero_grad(set_to_none=True)
+    want = torch.autograd.grad(model(input_ids=x, labels=x).loss, list(model.tempnet.parameters()))
+    _set_fused(model, True)
+    got = torch.autograd.grad(model(input_ids=x, labels=x).loss, list(model.tempnet.parameters()))
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-5 * w.abs().max().item() + 1e-8)
 
 
 def test_freeze_base_leaves_only_the_tempnet_trainable(tiny_llama):
@@ -104,7 +189,7 @@ def test_save_load_round_trip(tiny_llama, tmp_path):
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["model_type"] == "llama_tempnet"
     assert stored["tempnet"] == {"objective": "tempnet_dro", "rho": 8.0, "tau": 1.0, "tau_min": 0.05, "tau_max": 2.0,
-                                 "hidden_size": 32, "dropout": 0.5}
+                                 "hidden_size": 32, "dropout": 0.5, "fused_loss": True}
     x = torch.randint(3, VOCAB, (2, 8))
     for loaded in (LlamaTempNetForCausalLM.from_pretrained(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path),
                    tempnet_model_from_pretrained(tmp_path)):

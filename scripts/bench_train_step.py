@@ -1,0 +1,130 @@
+"""Training-step time of GPT-2 124M with plain CE, the naive TempNet path and the fused TempNet loss.
+
+One model (GPT2Config defaults: 12 layers, 768 wide, V = 50257; random weights) with a TempNet
+head, one AdamW; each timed step is forward + backward + optimizer step of:
+  ce      the base GPT2LMHeadModel forward and its own cross-entropy (TempNet unused)
+  naive   the wrapper with objective tempnet_dro and fused_loss off (full logits, TempNet over them)
+  fused   the wrapper with objective tempnet_dro and fused_loss on (tempnet.ops.linear_tempnet_dro_loss)
+The variants take turns, --repeats rounds after --warmup; medians are reported, with TempNet's share
+of the step time, (t_variant - t_ce) / t_variant, beside its share of the training FLOPs:
+TempNet per token trains in about 2 * (2*V*M + 2*M*M) + 2*M*M FLOPs (forward, weight gradients, and
+the input gradient of its second layer; its input is detached), the model in ~6 * params.
+Only the ratios are meaningful; absolute times depend on the machine and its load.
+
+    python scripts/bench_train_step.py --json bench_train_step.json
+    python scripts/bench_train_step.py --n-layer 2 --n-embd 64 --vocab 1000 --seq-len 32 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tempnet.integrations.hf import tempnet_model_from_config
+
+VARIANTS = ("ce", "naive", "fused")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    defaults = GPT2Config()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-layer", type=int, default=defaults.n_layer)
+    parser.add_argument("--n-embd", type=int, default=defaults.n_embd)
+    parser.add_argument("--n-head", type=int, default=defaults.n_head)
+    parser.add_argument("--vocab", type=int, default=defaults.vocab_size)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--tempnet-hidden", type=int, default=256, help="TempNet's width M")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.n_embd % args.n_head:
+        parser.error(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
+    if min(args.seq_len, args.batch_size, args.repeats, args.vocab - 1) < 1 or args.warmup < 0:
+        parser.error("need --seq-len, --batch-size, --repeats >= 1, --vocab >= 2, --warmup >= 0")
+    return args
+
+
+def build(args):
+    torch.manual_seed(args.seed)
+    last = args.vocab - 1  # GPT2Config's bos/eos (50256) must lie inside a shrunk vocabulary
+    config = GPT2Config(vocab_size=args.vocab, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                        n_positions=max(1024, args.seq_len), bos_token_id=last, eos_token_id=last)
+    model = tempnet_model_from_config(config, objective="tempnet_dro", rho=8.0, tau_min=0.5, tau_max=5.0,
+                                      hidden_size=args.tempnet_hidden).to(args.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)  # small: the weights stay what they were
+    ids = torch.randint(0, args.vocab, (args.batch_size, args.seq_len), device=args.device)
+    return model, optimizer, ids
+
+
+def make_step(model, optimizer, ids):
+    def step(variant: str) -> None:
+        if variant == "ce":  # the base class's forward on the same weights: logits and HF's own CE, no TempNet
+            loss = GPT2LMHeadModel.forward(model, input_ids=ids, labels=ids).loss
+        else:
+            model.config.tempnet = model.tempnet_config.replace(fused_loss=variant == "fused").to_dict()
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def flops_per_token(model, vocab: int, width: int) -> dict[str, float]:
+    """Training FLOPs per token: the model ~6 * params, TempNet 2 * (2VM + 2MM) + 2MM."""
+    base = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("tempnet."))
+    tempnet = 2 * (2 * vocab * width + 2 * width * width) + 2 * width * width
+    return {"model": 6.0 * base, "tempnet": float(tempnet), "base_params": base}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    model, optimizer, ids = build(args)
+    step = make_step(model, optimizer, ids)
+    sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else (lambda: None)
+    times = {v: [] for v in VARIANTS}
+    for round_ in range(args.warmup + args.repeats):
+        for variant in VARIANTS:
+            sync()
+            t0 = time.perf_counter()
+            step(variant)
+            sync()
+            if round_ >= args.warmup:
+                times[variant].append((time.perf_counter() - t0) * 1000)
+    step_ms = {v: round(statistics.median(t), 2) for v, t in times.items()}
+    flops = flops_per_token(model, args.vocab, args.tempnet_hidden)
+    report = {
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "base_params": flops["base_params"],
+        "step_ms": step_ms,
+        "tempnet_time_share": {v: round((step_ms[v] - step_ms["ce"]) / step_ms[v], 4) for v in ("naive", "fused")},
+        "tempnet_flops_share": round(flops["tempnet"] / (flops["model"] + flops["tempnet"]), 4),
+        "ratios": {"naive_vs_ce": round(step_ms["naive"] / step_ms["ce"], 3),
+                   "fused_vs_ce": round(step_ms["fused"] / step_ms["ce"], 3),
+                   "fused_vs_naive": round(step_ms["fused"] / step_ms["naive"], 3)},
+    }
+    print(f"GPT-2 {flops['base_params'] / 1e6:.1f}M params, V={args.vocab}, batch {args.batch_size} x {args.seq_len}, "
+          f"TempNet M={args.tempnet_hidden}, {args.device}")
+    print("| variant | step ms (median) | vs ce | TempNet share of step time | TempNet share of FLOPs |")
+    print("|---|---|---|---|---|")
+    for v in VARIANTS:
+        share = "-" if v == "ce" else f"{report['tempnet_time_share'][v]:.1%}"
+        flop = "-" if v == "ce" else f"{report['tempnet_flops_share']:.1%}"
+        print(f"| {v} | {step_ms[v]:.0f} | {step_ms[v] / step_ms['ce']:.3f} | {share} | {flop} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
