@@ -5,6 +5,8 @@ head, one AdamW; each timed step is forward + backward + optimizer step of:
   ce      the base GPT2LMHeadModel forward and its own cross-entropy (TempNet unused)
   naive   the wrapper with objective tempnet_dro and fused_loss off (full logits, TempNet over them)
   fused   the wrapper with objective tempnet_dro and fused_loss on (tempnet.ops.linear_tempnet_dro_loss)
+  naive_checked  naive with tempnet.checks on: the value checks (NaN logits) every step, as before they
+                 moved behind that switch (--with-checks adds it)
 The variants take turns, --repeats rounds after --warmup; medians are reported, with TempNet's share
 of the step time, (t_variant - t_ce) / t_variant, beside its share of the training FLOPs:
 TempNet per token trains in about 2 * (2*V*M + 2*M*M) + 2*M*M FLOPs (forward, weight gradients, and
@@ -46,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--with-checks", action="store_true",
+                        help="also time naive_checked: the naive path with tempnet.checks on (value checks each step)")
     args = parser.parse_args(argv)
     if args.n_embd % args.n_head:
         parser.error(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
@@ -67,7 +71,13 @@ def build(args):
 
 
 def make_step(model, optimizer, ids):
+    from tempnet import checks
+
     def step(variant: str) -> None:
+        with checks.checking(variant.endswith("_checked")):
+            _step(variant.removesuffix("_checked"))
+
+    def _step(variant: str) -> None:
         if variant == "ce":  # the base class's forward on the same weights: logits and HF's own CE, no TempNet
             loss = GPT2LMHeadModel.forward(model, input_ids=ids, labels=ids).loss
         else:
@@ -91,9 +101,10 @@ def main(argv=None) -> dict:
     model, optimizer, ids = build(args)
     step = make_step(model, optimizer, ids)
     sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else (lambda: None)
-    times = {v: [] for v in VARIANTS}
+    variants = VARIANTS + (("naive_checked",) if args.with_checks else ())
+    times = {v: [] for v in variants}
     for round_ in range(args.warmup + args.repeats):
-        for variant in VARIANTS:
+        for variant in variants:
             sync()
             t0 = time.perf_counter()
             step(variant)
@@ -106,17 +117,19 @@ def main(argv=None) -> dict:
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "base_params": flops["base_params"],
         "step_ms": step_ms,
-        "tempnet_time_share": {v: round((step_ms[v] - step_ms["ce"]) / step_ms[v], 4) for v in ("naive", "fused")},
+        "tempnet_time_share": {v: round((step_ms[v] - step_ms["ce"]) / step_ms[v], 4) for v in variants if v != "ce"},
         "tempnet_flops_share": round(flops["tempnet"] / (flops["model"] + flops["tempnet"]), 4),
         "ratios": {"naive_vs_ce": round(step_ms["naive"] / step_ms["ce"], 3),
                    "fused_vs_ce": round(step_ms["fused"] / step_ms["ce"], 3),
                    "fused_vs_naive": round(step_ms["fused"] / step_ms["naive"], 3)},
     }
+    if args.with_checks:
+        report["ratios"]["naive_checked_vs_naive"] = round(step_ms["naive_checked"] / step_ms["naive"], 3)
     print(f"GPT-2 {flops['base_params'] / 1e6:.1f}M params, V={args.vocab}, batch {args.batch_size} x {args.seq_len}, "
           f"TempNet M={args.tempnet_hidden}, {args.device}")
     print("| variant | step ms (median) | vs ce | TempNet share of step time | TempNet share of FLOPs |")
     print("|---|---|---|---|---|")
-    for v in VARIANTS:
+    for v in variants:
         share = "-" if v == "ce" else f"{report['tempnet_time_share'][v]:.1%}"
         flop = "-" if v == "ce" else f"{report['tempnet_flops_share']:.1%}"
         print(f"| {v} | {step_ms[v]:.0f} | {step_ms[v] / step_ms['ce']:.3f} | {share} | {flop} |")
@@ -127,4 +140,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from tempnet.errors import run_cli
+
+    run_cli(main)
