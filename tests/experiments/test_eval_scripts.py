@@ -144,16 +144,22 @@ def _results(row_dir: Path) -> dict:
     return json.loads(file.read_text())
 
 
+# One real lm-eval run per folder (the LLaMA-2 pair runs in the table test below); every script's command
+# line is checked against the stub launcher above. The scores themselves are checked against an independent
+# computation in tests/tempnet/integrations/test_lm_eval.py.
+REAL_RUNS = ["GPT_2/scripts/eval_scratch_tempnet.sh", "LLaMA-1/scripts/eval_7b_baseline.sh"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(LLM_SCRIPTS))
+@pytest.mark.parametrize("script", REAL_RUNS)
 def test_llm_script_runs_lm_eval_into_the_layout(script, real):
-    run, _ = real
+    run, results = real
     data = _results(run(script))
     assert set(data["results"]) == {"toy_mc", "toy_ppl"}
-    assert data["results"]["toy_mc"]["acc,none"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-    assert data["results"]["toy_ppl"]["word_perplexity,none"] > 1.0
     assert data["config"]["model"] == "tempnet"
-    assert data["config"]["model_args"]["apply_tempnet"] is (LLM_SCRIPTS[script][2] == "true")
+    args = data["config"]["model_args"]
+    assert args["apply_tempnet"] is (LLM_SCRIPTS[script][2] == "true") and args["dtype"] == "float32"
+    assert str(args["pretrained"]).startswith(str(results.parent))  # CKPT reached lm-eval
 
 
 @pytest.mark.slow
