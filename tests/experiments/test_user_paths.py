@@ -97,3 +97,24 @@ def test_missing_paths_are_reported_as_missing(corpus, tmp_path):
     message = _run("Bimodal-CL/train.py", "--config", "Bimodal-CL/configs/debug.yaml", "--output-dir", tmp_path / "d",
                    "train.epochs=two", expect=2)
     assert "train.epochs needs an integer, got 'two'" in message
+
+
+def test_rho_at_or_above_log_v_is_refused_naming_both_numbers(corpus, tmp_path):
+    message = _run(*_gpt2(tmp_path / "a", corpus, "tempnet.rho=8.0"), expect=2)
+    assert "tempnet.rho=8.0 >= log V = 5.951" in message and "V=384" in message
+    proc = _run(*_gpt2(tmp_path / "b", corpus, "tempnet.rho=8.0", "tempnet.allow_large_rho=true",
+                       "train.max_steps=1"))
+    assert "the DRO constraint is vacuous" in proc.stderr  # a warning, and the run goes on
+
+
+def test_generated_tokens_are_shown_as_text_not_byte_level_symbols(corpus):
+    from transformers import AutoTokenizer
+
+    from tempnet.cli import token_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(corpus / "tokenizer")  # byte-level BPE: ' the' is the piece 'Ġthe'
+    ids = tokenizer(" the big cat .")["input_ids"]
+    assert any(p.startswith("\u0120") for p in tokenizer.convert_ids_to_tokens(ids))
+    texts = token_texts(tokenizer, ids)
+    assert "".join(texts) == " the big cat ." and all("\u0120" not in t for t in texts)
+    assert texts[0].startswith(" ")
