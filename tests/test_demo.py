@@ -132,4 +132,4 @@ def test_a_variant_row_joins_the_ablation_table_after_the_papers_row(tmp_path):
     names = [(r.name, r.source) for r in tables["ablation"].rows]
     assert names.index(("tempnet_dro+uncentred", "ours")) == names.index(("tempnet_dro", "paper")) + 1
     md = to_markdown([tables["ablation"]])
-    assert "| ce |  | **10.00** | **9.00** | 5.00 |" in md  # best (lowest) of ours bold; the all-equal floor is not
+    assert "| ce |  | **10.00** | **9.00** | **5.00** |" in md  # the best (lowest) of our rows is bold

@@ -109,9 +109,14 @@ def tau_table(tau: dict, truth_row: dict | None):
 
 def render_tables(table_root: Path, tau: dict, truth_row: dict | None, n_seeds: int, data_name: str) -> str:
     """Markdown of the LM ablation table, the tau table and the CLIP table (paper rows included)."""
-    from tempnet.eval.tables import build_tables, to_markdown
+    from tempnet.eval.tables import Cell, build_tables, to_markdown
 
     tables = {t.key: t for t in build_tables(table_root, paper=True)}
+    for t in tables.values():  # the floor is one number for every row: shown as text, so never bold as "best"
+        for row in t.rows:
+            floor = row.cells.get("true_entropy_ppl")
+            if floor is not None and floor.value is not None:
+                row.cells["true_entropy_ppl"] = Cell(text=f"{floor.value:.2f}")
     spread = f"mean ± sample std over {n_seeds} seeds" if n_seeds > 1 else "one seed"
     if "ablation" in tables:
         t = tables["ablation"]

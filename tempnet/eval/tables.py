@@ -347,8 +347,8 @@ def build_tables(results_dir: str | Path, paper: bool = False, metrics: dict[str
 def _best(table: Table, column: Column) -> float | None:
     values = [r.cells[column.key].value for r in table.rows
               if r.source == "ours" and column.key in r.cells and r.cells[column.key].value is not None]
-    if len(values) < 2 or len(set(values)) == 1:
-        return None  # one row, or rows all equal, have no "best"
+    if len(values) < 2:
+        return None  # one row has no "best"
     return min(values) if column.kind == "ppl" else max(values)
 
 
