@@ -133,3 +133,9 @@ def test_a_variant_row_joins_the_ablation_table_after_the_papers_row(tmp_path):
     assert names.index(("tempnet_dro+uncentred", "ours")) == names.index(("tempnet_dro", "paper")) + 1
     md = to_markdown([tables["ablation"]])
     assert "| ce |  | **10.00** | **9.00** | **5.00** |" in md  # the best (lowest) of our rows is bold
+
+
+def test_wrapper_script_reaches_the_demo():
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", str(repo / "scripts" / "reproduce_tiny.sh"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--quick" in r.stdout and "--data" in r.stdout and "--seeds" in r.stdout
