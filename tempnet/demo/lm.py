@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = ["LMSetup", "Corpus", "synthetic_corpus", "text_corpus", "lm_overrides", "train_objective",
-           "evaluate_lm", "tau_stats", "generate_sample", "ROWS"]
+           "evaluate_lm", "tau_stats", "truth_stats", "generate_sample", "ROWS"]
 
 #: The rows of the LM comparison: the paper's four ablation objectives, then the studied pooling variant.
 ROWS = {
@@ -223,6 +223,14 @@ def tau_stats(ev: dict, truth: dict | None) -> dict:
         out["spearman_dro_optimal"] = (_spearman(t, ev["tau_dro_optimal"]) if "tau_dro_optimal" in ev else None)
         out["spearman_true_tau_star"] = _spearman(t, truth["tau_star"])
     return out
+
+
+def truth_stats(truth: dict) -> dict:
+    """The same statistics for the true distribution's DRO-optimal tau (the reference row of the tau table)."""
+    ts = truth["tau_star"]
+    return {"tau_mean": float(ts.mean()), "tau_std": float(ts.std()), "tau_p5": float(np.percentile(ts, 5)),
+            "tau_p95": float(np.percentile(ts, 95)), "spearman": _spearman(ts, truth["entropy"]),
+            "spearman_true_tau_star": 1.0}
 
 
 @torch.no_grad()

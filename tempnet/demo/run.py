@@ -130,14 +130,7 @@ def main(argv=None) -> dict:
                     "logits); None: undefined (a constant tau has no ranking)"}
     truth_row = None
     if corpus.truth is not None:
-        from tempnet.demo.lm import _spearman
-        import numpy as np
-
-        ts, h = corpus.truth["tau_star"], corpus.truth["entropy"]
-        truth_row = {"tau_mean": float(ts.mean()), "tau_std": float(ts.std()), "tau_p5": float(np.percentile(ts, 5)),
-                     "tau_p95": float(np.percentile(ts, 95)), "spearman": _spearman(ts, h),
-                     "spearman_true_tau_star": 1.0}
-        tau["source_tau_star"] = truth_row
+        truth_row = tau["source_tau_star"] = L.truth_stats(corpus.truth)
     else:
         tau["notes"] = "--data: no true distribution, so only the spread of tau is reported"
 
