@@ -34,12 +34,13 @@ QUICK = {"steps": 120, "train_docs": 1000, "valid_docs": 32, "clip_epochs": 2}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tempnet.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tempnet.demo", description="The whole method at toy scale on the CPU, on data whose truth is known (see DEMO.md).")
     p.add_argument("--quick", action="store_true", help="the same pipeline shortened to about a minute (one seed)")
-    p.add_argument("--output-dir", type=Path, default=Path("results/tiny"), help="where results go (default results/tiny)")
-    p.add_argument("--data", type=Path, help="a local text file for the LM comparison instead of the synthetic "
+    p.add_argument("--output-dir", type=Path, default=Path("results/tiny"), metavar="DIR",
+                   help="where results go (default results/tiny)")
+    p.add_argument("--data", type=Path, metavar="PATH", help="a local text file for the LM comparison instead of the synthetic "
                    "language (tokenizer trained on it; no true-entropy columns)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per row, reported as mean ± std (default 1)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per row, reported as mean ± std (default 1)")
     hidden = argparse.SUPPRESS  # for tests and experiments: shorter or different budgets
     p.add_argument("--steps", type=int, help=hidden)
     p.add_argument("--train-docs", type=int, help=hidden)
@@ -140,16 +141,17 @@ def main(argv=None) -> dict:
         from tempnet.demo import clip as C
 
         t0 = time.time()
+        clip_keys = ("r1", "zeroshot_top1", "img_r1", "txt_r1")
         clip_seed = {loss: [] for loss in C.CLIP_LOSSES}
         for seed in seeds:
             for loss in C.CLIP_LOSSES:
                 print(f"[demo] CLIP {loss} (seed {seed})", flush=True)
                 d = work / f"clip_{loss}_seed{seed}"
                 res = C.train_clip(loss, seed, d, budget["clip_epochs"])
-                clip_seed[loss].append({k: res[k] for k in ("r1", "zeroshot_top1", "img_r1", "txt_r1")} | {"seed": seed})
+                clip_seed[loss].append({k: res[k] for k in clip_keys} | {"seed": seed})
                 if seed == seeds[0]:
                     clip_dirs[loss] = d
-        clip = {loss: R.aggregate(recs, ("r1", "zeroshot_top1", "img_r1", "txt_r1")) for loss, recs in clip_seed.items()}
+        clip = {loss: R.aggregate(recs, clip_keys) for loss, recs in clip_seed.items()}
         run_info["timings_s"]["clip"] = time.time() - t0
 
     # ---- outputs -------------------------------------------------------------------------------------------
