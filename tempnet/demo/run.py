@@ -34,7 +34,8 @@ QUICK = {"steps": 120, "train_docs": 1000, "valid_docs": 32, "clip_epochs": 2}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tempnet.demo", description="The whole method at toy scale on the CPU, on data whose truth is known (see the README).")
+    p = argparse.ArgumentParser(prog="python -m tempnet.demo", description="The whole method at toy scale on the "
+                                "CPU, on data whose truth is known (see the README).")
     p.add_argument("--quick", action="store_true", help="the same pipeline shortened to about a minute (one seed)")
     p.add_argument("--output-dir", type=Path, default=Path("results/tiny"), metavar="DIR",
                    help="where results go (default results/tiny)")
