@@ -100,9 +100,10 @@ def tau_table(tau: dict, truth_row: dict | None):
     rows = [Row(name, {f: _text(rec.get(f), rec.get(f"{f}_std")) for f in fields}) for name, rec in tau.items()]
     if truth_row is not None:
         rows.append(Row("source tau* (truth)", {f: _text(truth_row.get(f)) for f in fields}))
-    notes = ["tau at every scored validation position; H = the true next-token entropy; tau* model = the DRO-optimal "
-             "tau of the trained model's own logits at that position (dro_optimal_tau, same rho and range); "
-             "tau* true = that of the true distribution; n/a = undefined (a constant tau has no ranking)"]
+    notes = ["tau at every scored validation position" + (
+        "; H = the true next-token entropy; tau* model = the DRO-optimal tau of the trained model's own logits at "
+        "that position (dro_optimal_tau, same rho and range); tau* true = that of the true distribution; n/a = "
+        "undefined (a constant tau has no ranking)" if truth_row is not None else " (no true distribution: spread only)")]
     return Table("tau", "How the temperature varies with the next token's uncertainty (validation positions)",
                  columns, rows, notes)
 

@@ -94,7 +94,8 @@ def main(argv=None) -> dict:
                       "log_V": math.log(corpus.vocab_size), "validation_rows": int(len(corpus.valid)),
                       "scored_positions": int(corpus.mask.sum()), "data": data_name}
     print(f"[demo] LM data: {data_name}; model vocabulary V = {corpus.vocab_size}, log V = "
-          f"{run_info['lm']['log_V']:.3f}; rho = {corpus.rho:.3f} (log V_source - {setup.rho_gap:g}); tau in "
+          f"{run_info['lm']['log_V']:.3f}; rho = {corpus.rho:.3f} (log {corpus.vocab_size if corpus.truth is None else 256}"
+          f" - {setup.rho_gap:g}); tau in "
           f"[{setup.tau_min}, {setup.tau_max}]; {setup.steps} steps x {setup.batch_size} x {setup.seq_len} tokens; "
           f"seeds {seeds}", flush=True)
 
