@@ -10,7 +10,8 @@ Layout read (every `<row>` folder is one row of a table, named as the paper's se
     RESULTS_DIR/alpaca/<row>/model_outputs.json + alpaca_eval's `leaderboard.csv` (or
                                                 `annotations.json`) at any depth; else "not scored"
 
-LLM rows go to a table by name: `ce`, `dro`, `tempnet_ce`, `tempnet_dro` to the ablation table,
+LLM rows go to a table by name: `ce`, `dro`, `tempnet_ce`, `tempnet_dro` (and a variant of one of them,
+`<row>+<variant>`, e.g. `tempnet_dro+uncentred`, listed after the paper's rows) to the ablation table,
 `gpt2_*`, `llama1_*`, `llama2_*` to the GPT-2, LLaMA-1 and LLaMA-2 tables, any other to "Other LLM
 rows". Metric per task (`TASK_METRICS`): acc_norm for HellaSwag, ARC-c and OBQA (the length-normalised
 accuracy reported for these by lm-eval-based papers), acc for the other multiple-choice tasks,
@@ -41,11 +42,14 @@ TASK_METRICS = {
     "piqa": "acc", "hellaswag": "acc_norm", "arc_easy": "acc", "arc_challenge": "acc_norm",
     "openbookqa": "acc_norm", "winogrande": "acc", "boolq": "acc", "sciq": "acc", "social_iqa": "acc",
     "mathqa": "acc", "logiqa": "acc", "swag": "acc", "lambada_openai": "perplexity", "wikitext": "word_perplexity",
+    # the validation perplexities of `python -m tempnet.demo` (not lm-eval tasks; its results use the same layout)
+    "val_ppl": "perplexity", "val_ppl_tau": "perplexity", "true_entropy_ppl": "perplexity",
 }
 _TASK_NAMES = {
     "piqa": "PIQA", "hellaswag": "HellaSwag", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA",
     "winogrande": "WinoGrande", "boolq": "BoolQ", "sciq": "SciQ", "social_iqa": "SIQA", "mathqa": "MathQA",
     "logiqa": "LogiQA", "swag": "SWAG", "lambada_openai": "LAMBADA", "wikitext": "WikiText",
+    "val_ppl": "val, tau = 1", "val_ppl_tau": "val, with tau", "true_entropy_ppl": "true entropy (floor)",
 }
 _PERPLEXITIES = ("perplexity", "word_perplexity", "byte_perplexity")
 _FALLBACK_METRICS = ("acc", "word_perplexity", "perplexity")
@@ -58,7 +62,7 @@ _ABLATION = ("ce", "dro", "tempnet_ce", "tempnet_dro")
 _LLM_TABLES = [  # (key, title, row-name test)
     ("gpt2", "GPT-2 125M on OpenWebText2 (lm-eval, zero-shot)", lambda r: r.startswith("gpt2_")),
     ("ablation", "Ablation, GPT-2 from scratch: no TempNet / DRO only / TempNet only / both",
-     lambda r: r in _ABLATION),
+     lambda r: r.split("+", 1)[0] in _ABLATION),
     ("llama1", "LLaMA-1 7B finetuned on OpenWebText2 (lm-eval, zero-shot)", lambda r: r.startswith("llama1_")),
     ("llama2", "LLaMA-2, LLM frozen, TempNet trained (lm-eval, zero-shot)", lambda r: r.startswith("llama2_")),
 ]
