@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from eval_runs import local_tasks, tiny_checkpoint, train_tokenizer
+from helpers import load_module
 from lm_runs import ENV, REPO
 
 SEVEN = "piqa,hellaswag,arc_easy,arc_challenge,openbookqa,lambada_openai,wikitext"
@@ -159,17 +160,13 @@ def test_llm_script_runs_lm_eval_into_the_layout(script, real):
 @pytest.mark.slow
 def test_both_columns_from_one_checkpoint_make_a_table(real):
     """LLaMA-2 base (apply_tempnet=false) and TempNet rows of the same checkpoint -> make_tables' LLaMA-2 table."""
-    import importlib.util
-
     run, results = real
     base = _results(run("LLaMA-2/scripts/eval_frozen_7b_base.sh"))["results"]
     tempnet = _results(run("LLaMA-2/scripts/eval_frozen_7b_tempnet.sh"))["results"]
     assert base["toy_ppl"]["word_perplexity,none"] != pytest.approx(tempnet["toy_ppl"]["word_perplexity,none"],
                                                                      rel=1e-3)  # TempNet changes the scores
 
-    spec = importlib.util.spec_from_file_location("make_tables", REPO / "scripts" / "make_tables.py")
-    make_tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_tables)
+    make_tables = load_module("make_tables", REPO / "scripts" / "make_tables.py")
     tables = make_tables.build_tables(results)
     llama2 = next(t for t in tables if t.key == "llama2")
     assert [c.key for c in llama2.columns] == ["toy_mc", "avg", "toy_ppl"]

@@ -15,7 +15,8 @@ import sys
 import pytest
 import torch
 
-from lm_runs import REPO, free_port, load_train_module, max_difference, metrics, run, train, train_cmd
+from helpers import deepspeed_launcher, torchrun
+from lm_runs import REPO, load_train_module, max_difference, metrics, run, train, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +112,7 @@ def test_mixed_precision_paths_run(reference, tmp_path):
 
 
 def test_torchrun_two_processes_match_one(reference, tmp_path):
-    run(["torchrun", "--nproc_per_node", "2", "--master_port", free_port(),
+    run([*torchrun(2),
          *train_cmd("GPT_2", tmp_path, f"train.max_steps={STEPS}")])
     a, b = metrics(reference), metrics(tmp_path)
     assert max_difference(a, b, "loss") <= TOL and max_difference(a, b, "tau_mean") <= TOL
@@ -120,7 +121,7 @@ def test_torchrun_two_processes_match_one(reference, tmp_path):
 
 
 def test_deepspeed_zero2_two_processes_match_ddp(reference, tmp_path):
-    run(["torchrun", "--nproc_per_node", "2", "--master_port", free_port(),
+    run([*torchrun(2),
          *train_cmd("GPT_2", tmp_path, f"train.max_steps={STEPS}", "engine.name=deepspeed",
                     "engine.deepspeed_config=GPT_2/configs/ds_zero2.json")])
     a, b = metrics(reference), metrics(tmp_path)
@@ -130,7 +131,7 @@ def test_deepspeed_zero2_two_processes_match_ddp(reference, tmp_path):
 
 def test_deepspeed_zero3_two_processes_match_ddp(reference, tmp_path):
     """The `deepspeed` launcher (it passes --local_rank), every parameter partitioned (persistence 0)."""
-    run(["deepspeed", "--num_gpus", "2", "--master_port", free_port(),
+    run([*deepspeed_launcher(2),
          *train_cmd("GPT_2", tmp_path, f"train.max_steps={STEPS}", "engine.name=deepspeed",
                     "engine.deepspeed_config=GPT_2/configs/ds_zero3.json")])
     a, b = metrics(reference), metrics(tmp_path)

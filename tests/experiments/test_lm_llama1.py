@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_runs import free_port, max_difference, metrics, run, train, train_cmd
+from helpers import accelerate_launch, torchrun
+from lm_runs import max_difference, metrics, run, train, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +63,7 @@ def test_final_model_loads_with_the_hf_integration(reference):
 
 
 def test_accelerate_launch_two_processes_match_one(reference, tmp_path):
-    proc = run(["accelerate", "launch", "--config_file", "LLaMA-1/configs/accelerate_fsdp.yaml", "--num_processes", "2",
-                "--main_process_port", free_port(),
+    proc = run([*accelerate_launch(2, "--config_file", "LLaMA-1/configs/accelerate_fsdp.yaml"),
                 *train_cmd("LLaMA-1", tmp_path, f"train.max_steps={STEPS}", "engine.name=accelerate")])
     assert "asks for FSDP but accelerate runs DistributedType.MULTI_CPU" in proc.stderr
     a, b = metrics(reference), metrics(tmp_path)
@@ -123,7 +123,7 @@ def test_tempnet_llama_trains_under_torch_fsdp2_on_cpu(tmp_path):
 
     script = tmp_path / "fsdp2_check.py"
     script.write_text(_FSDP2_SCRIPT)
-    proc = run(["torchrun", "--nproc_per_node", "2", "--master_port", free_port(), script])
+    proc = run([*torchrun(2), script])
     result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
     assert max(abs(a - b) for a, b in zip(result["sharded"], result["single"])) <= 1e-5, result
     assert result["sharded"][-1] < result["sharded"][0]
