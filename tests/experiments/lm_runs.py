@@ -37,6 +37,17 @@ def max_difference(a: list[dict], b: list[dict], key: str) -> float:
     return max(abs(x[key] - y[key]) for x, y in zip(a, b))
 
 
+def assert_runs_match(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
+    """Two runs of the same global batches agree step by step: loss and tau_mean to `tol` absolute, grad_norm
+    to `tol` relative (float32 reductions in another order), the learning rate exactly."""
+    for key in ("loss", "tau_mean"):
+        assert max_difference(a, b, key) <= tol, (key, [r[key] for r in a], [r[key] for r in b])
+    assert all("grad_norm" in r for r in a + b), "a run logged no grad_norm"
+    assert max_difference(a, b, "grad_norm") <= tol * max(r["grad_norm"] for r in a), \
+        ("grad_norm", [r["grad_norm"] for r in a], [r["grad_norm"] for r in b])
+    assert max_difference(a, b, "lr") == 0.0
+
+
 def load_train_module(folder: str):
     """The folder's train.py as a module (folders have hyphens, so they are not packages)."""
     return load_module("lm_train_" + folder.replace("-", "_"), REPO / folder / "train.py")
