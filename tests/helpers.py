@@ -76,3 +76,39 @@ def run(cmd: list, timeout: int = 400, env: dict | None = None, cwd: str | Path 
         tail = proc.stdout[-3000:] + "\n---- stderr ----\n" + proc.stderr[-6000:]
         raise AssertionError(f"command failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n{tail}")
     return proc
+
+
+def lm_eval_by_hand(model, tokenizer, mc_docs: list[dict], ppl_lines: list[str], apply_tempnet: bool = True):
+    """(acc, word_perplexity) of a causal LM with a temperature head, computed here as lm-eval 0.4 defines them.
+
+    acc: a question is right when its `answer` choice has the highest log-likelihood of " " + choice after the
+    question. word_perplexity: exp(-sum of log-likelihoods / number of words) over the lines, each scored as
+    lm-eval's rolling windows do: the tokenizer's own encoding after the prefix token (BOS). Logits divided
+    by tau when `apply_tempnet`, the base model's otherwise.
+    """
+    import math
+
+    import torch
+
+    def logprobs(ids):
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]))
+        logits = out.logits[0].double() * (1.0 if apply_tempnet else out.tau[0].double())
+        return torch.log_softmax(logits, dim=-1)
+
+    def loglikelihood(context, continuation):
+        ctx, full = tokenizer(context)["input_ids"], tokenizer(context + continuation)["input_ids"]
+        logp = logprobs(full)
+        return sum(logp[i - 1, full[i]].item() for i in range(len(ctx), len(full)))
+
+    right = 0
+    for doc in mc_docs:
+        scores = [loglikelihood(doc["question"], " " + choice) for choice in doc["choices"]]
+        right += max(range(len(scores)), key=scores.__getitem__) == doc["answer"]
+    total, words = 0.0, 0
+    for line in ppl_lines:
+        ids = [tokenizer.bos_token_id] + tokenizer(line)["input_ids"]
+        logp = logprobs(ids)
+        total += sum(logp[i - 1, ids[i]].item() for i in range(1, len(ids)))
+        words += len(line.split())
+    return right / len(mc_docs), math.exp(-total / words)

@@ -37,7 +37,8 @@ def test_each_loss_trains(runs, loss):
     assert [r["epoch"] for r in eval_log(out)] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-50", "checkpoint-60"]  # keep_last 2
     if loss == "isogclr_tempnet":
-        assert all(0.02 <= r[k] <= 0.1 for r in rows for k in ("tau_image", "tau_text"))
+        for key in ("tau_image", "tau_text"):  # the TempNets learn: their mean tau moves over training
+            assert abs(rows[-1][key] - rows[0][key]) > 1e-3, [r[key] for r in rows]
         assert rows[0]["lr_tempnet"] == pytest.approx(1e-3) and rows[-1]["lr_tempnet"] == pytest.approx(1e-3 * 0.9 ** 5)
         _, state = checkpoint(out, 60)
         assert bool(state["tempnets"]["initialised"]) and state["criterion"]["image_state.seen"].all()
