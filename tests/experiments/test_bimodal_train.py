@@ -8,6 +8,8 @@ import torch
 
 from bimodal_runs import checkpoint, eval_log, metrics, run_main, tensors
 
+pytestmark = pytest.mark.slow  # real training runs of the Bimodal-CL trainer
+
 LOSSES = ["clip", "cyclip", "sogclr", "isogclr", "isogclr_tempnet"]
 CHANCE_R1 = 100 / 30  # 30 retrieval images; each text has one right image, each image 2 of 60 texts
 CHANCE_R_MEAN = 17.3  # (IR@1,5,10 = 3.3, 16.7, 33.3; TR@1,5,10 = 3.3, 16.1, 30.8)

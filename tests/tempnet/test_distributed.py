@@ -76,6 +76,7 @@ def _worker(rank, port, path):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_losses_equal_single_process(tmp_path):
     assert world_size_and_rank() == (1, 0)
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
