@@ -112,3 +112,28 @@ def lm_eval_by_hand(model, tokenizer, mc_docs: list[dict], ppl_lines: list[str],
         total += sum(logp[i - 1, ids[i]].item() for i in range(1, len(ids)))
         words += len(line.split())
     return right / len(mc_docs), math.exp(-total / words)
+
+
+#: Vocabulary of the test tokenizer: > ~290, so a sentencepiece model with byte fallback fits.
+SP_VOCAB = 320
+_WORDS = "the a cat dog sat on mat water desert how do you get in find shade sun sand camel drink well".split()
+
+
+def train_llama_tokenizer(root: Path):
+    """A LLaMA tokenizer (sentencepiece BPE, byte fallback, SP_VOCAB pieces, pad 0 bos 1 eos 2 unk 3) trained on a
+    seeded word soup in `root`; returned with its pad token set."""
+    import random
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(400)))
+    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"),
+                                   vocab_size=SP_VOCAB, model_type="bpe", byte_fallback=True, pad_id=0, bos_id=1,
+                                   eos_id=2, unk_id=3, character_coverage=1.0, minloglevel=2)
+    tokenizer = LlamaTokenizer.from_pretrained(root, add_bos_token=True)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+    return tokenizer
