@@ -9,7 +9,7 @@ Then AdamW's first step is sign-like, m_hat = g and v_hat = g^2 after bias corre
     p1 = p0 * (1 - lr * wd) - lr * g / (|g| + eps)
 
 with lr and wd of the parameter's group (model or TempNet; matrices decay, vectors not). eps is 1e-3
-instead of 1e-8, so that for the many entries with |g| near or below 1e-3 the update depends on the
+instead of 1e-8, so that for entries with |g| near or below 1e-3 the update depends on the
 gradient's scale, not only on its sign. The logged grad_norm must be |g|: an engine that doubles the
 gradient (e.g. dropping the 1 / accum of accumulation) fails there first. Measured here: every weight
 within 6e-8 of the hand step (tolerance 2e-6), grad_norm equal to 1e-5 relative, for all six runs.
