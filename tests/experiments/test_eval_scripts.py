@@ -200,7 +200,6 @@ def test_both_columns_from_one_checkpoint_make_a_table(real):
 def test_clip_scripts_write_eval_json_that_make_tables_reads(tmp_path):
     """A 1-epoch Bimodal-CL debug run, then the Flickr30K and zero-shot eval scripts (pointed at the synthetic
     sets through "$@") write RESULTS_DIR/clip/ROW/<set>/eval.json; make_tables merges them into one row."""
-    from bimodal_runs import ENV as BIMODAL_ENV
     from bimodal_runs import run_main
 
     from tempnet.eval.tables import build_tables
@@ -209,7 +208,7 @@ def test_clip_scripts_write_eval_json_that_make_tables_reads(tmp_path):
     (ckpt,) = sorted((tmp_path / "train").glob("checkpoint-*"))
     data = tmp_path / "train" / "synthetic_data"
     results = tmp_path / "results"
-    env = {**BIMODAL_ENV, "PYTHONPATH": str(REPO), "CKPT": str(ckpt), "RESULTS_DIR": str(results),
+    env = {**ENV, "PYTHONPATH": str(REPO), "CKPT": str(ckpt), "RESULTS_DIR": str(results),
            "ROW": "isogclr_tempnet"}
     sets = {"flickr30k": f"eval.retrieval=[{{name: flickr30k, json: {data / 'retrieval.json'}, image_root: {data}}}]",
             "zeroshot": f"eval.zeroshot=[{{name: imagenet, kind: folder, root: {data / 'zeroshot'}}}]"}
