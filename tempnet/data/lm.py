@@ -128,7 +128,8 @@ def _alpaca_tokens(records, data, tokenizer):
 
 def _write(tokens, data, tokenizer, target: Path, meta: dict) -> None:
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
-    lengths = np.asarray(tokens["length"], dtype=np.int64)
+    # a map whose every batch returned nothing (no alpaca record fits) has no columns at all
+    lengths = np.asarray(tokens["length"] if "length" in tokens.column_names else [], dtype=np.int64)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     if data.format == "packed":
         total = int(lengths.sum())

@@ -1,33 +1,22 @@
-"""Helpers of the Bimodal-CL tests: run the real `Bimodal-CL/train.py` in-process (its `main(argv)`) or
-under torchrun, and read what a run wrote."""
+"""The Bimodal-CL tests' runs: the real `Bimodal-CL/train.py` in-process (its `main(argv)`) or under
+torchrun, and what a run wrote. The generic pieces are tests/helpers.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, load_module, read_jsonl, run, torchrun
+
 TRAIN = REPO / "Bimodal-CL" / "train.py"
 DEBUG = REPO / "Bimodal-CL" / "configs" / "debug.yaml"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-_MODULE = None
 
 
 def train_module():
     """Bimodal-CL/train.py as a module (the folder has a hyphen, so it is loaded by path)."""
-    global _MODULE
-    if _MODULE is None:
-        spec = importlib.util.spec_from_file_location("bimodal_cl_train", TRAIN)
-        _MODULE = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_MODULE)
-    return _MODULE
+    return load_module("bimodal_cl_train", TRAIN)
 
 
 def argv(out, *overrides, resume=False, evaluate=None, config=DEBUG) -> list[str]:
@@ -40,21 +29,17 @@ def run_main(out, *overrides, resume=False, evaluate=None, config=DEBUG):
     return train_module().main(argv(out, *overrides, resume=resume, evaluate=evaluate, config=config))
 
 
-def run_torchrun(nproc: int, out, *overrides, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), str(TRAIN),
-           *argv(out, *overrides)]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+def run_torchrun(nproc: int, out, *overrides, timeout: int = 300):
+    """`torchrun --nproc_per_node N Bimodal-CL/train.py ...` (as `python -m torch.distributed.run`)."""
+    return run([*torchrun(nproc), TRAIN, *argv(out, *overrides)], timeout=timeout)
 
 
 def metrics(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(out) / "metrics.jsonl")
 
 
 def eval_log(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "eval_log.jsonl").read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(out) / "eval_log.jsonl")
 
 
 def checkpoint(out, step: int) -> tuple[dict, dict]:

@@ -5,30 +5,14 @@ tasks (no download), all written into a test's tmp_path.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-VOCAB = 320  # > ~290, so a sentencepiece model with byte fallback fits
-WORDS = "the a cat dog sat on mat water desert how do you get in find shade sun sand camel drink well".split()
+from helpers import SP_VOCAB as VOCAB
+from helpers import train_llama_tokenizer as train_tokenizer  # noqa: F401  (re-exported)
+
 #: A minimal chat template (the tokenizer writes BOS itself in the LLaMA-2 fallback; the template does here).
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
-
-def train_tokenizer(root: Path):
-    """A LLaMA tokenizer (sentencepiece BPE, byte fallback, VOCAB pieces) trained on a word soup."""
-    import sentencepiece as spm
-    from transformers import LlamaTokenizer
-
-    root.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(400)))
-    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"),
-                                   vocab_size=VOCAB, model_type="bpe", byte_fallback=True, pad_id=0, bos_id=1,
-                                   eos_id=2, unk_id=3, character_coverage=1.0, minloglevel=2)
-    tokenizer = LlamaTokenizer.from_pretrained(root, add_bos_token=True)
-    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
-    return tokenizer
 
 
 def tiny_checkpoint(path: Path, tokenizer, chat_template: str | None = None, seed: int = 0) -> Path:

@@ -1,39 +1,18 @@
-"""Helpers of the LLM experiment tests: run the real `train.py` / launchers in a subprocess, read metrics.
+"""The LLM experiment tests' runs: the real `<folder>/train.py` as a subprocess or in-process, and what it wrote.
 
-Every run is offline (HF_*_OFFLINE=1) from the repository root, exactly as a user types it; a
-failed command fails the test with the tail of its output.
+Every run is offline from the repository root, exactly as a user types it; a failed command fails
+the test with the tail of its output. The generic pieces (free port, JSONL, launchers) are tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+from helpers import OFFLINE_ENV as ENV  # noqa: F401  (re-exported for the tests that pass env= on)
+from helpers import REPO, free_port, load_module, read_jsonl, run  # noqa: F401
+
 FOLDERS = ("GPT_2", "LLaMA-1", "LLaMA-2")
-
-
-def free_port() -> int:
-    """A free TCP port, so concurrent multi-process tests do not collide on the launchers' default 29500."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd: list[str], timeout: int = 400, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run cmd from the repository root; raise with the output's tail if it fails."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env={**ENV, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = (proc.stdout[-3000:] + "\n---- stderr ----\n" + proc.stderr[-6000:])
-        raise AssertionError(f"command failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n{tail}")
-    return proc
 
 
 def train_cmd(folder: str, out: Path, *overrides: str, config: str = "debug.yaml", resume: bool = False) -> list:
@@ -48,7 +27,8 @@ def train(folder: str, out: Path, *overrides: str, config: str = "debug.yaml", r
 
 
 def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """OUT/metrics.jsonl, one dict per logged step."""
+    return read_jsonl(Path(out) / "metrics.jsonl")
 
 
 def max_difference(a: list[dict], b: list[dict], key: str) -> float:
@@ -57,14 +37,17 @@ def max_difference(a: list[dict], b: list[dict], key: str) -> float:
     return max(abs(x[key] - y[key]) for x, y in zip(a, b))
 
 
+def assert_runs_match(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
+    """Two runs of the same global batches agree step by step: loss and tau_mean to `tol` absolute, grad_norm
+    to `tol` relative (float32 reductions in another order), the learning rate exactly."""
+    for key in ("loss", "tau_mean"):
+        assert max_difference(a, b, key) <= tol, (key, [r[key] for r in a], [r[key] for r in b])
+    assert all("grad_norm" in r for r in a + b), "a run logged no grad_norm"
+    assert max_difference(a, b, "grad_norm") <= tol * max(r["grad_norm"] for r in a), \
+        ("grad_norm", [r["grad_norm"] for r in a], [r["grad_norm"] for r in b])
+    assert max_difference(a, b, "lr") == 0.0
+
+
 def load_train_module(folder: str):
     """The folder's train.py as a module (folders have hyphens, so they are not packages)."""
-    import importlib.util
-
-    name = "lm_train_" + folder.replace("-", "_")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / folder / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_module("lm_train_" + folder.replace("-", "_"), REPO / folder / "train.py")

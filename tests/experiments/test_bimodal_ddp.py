@@ -2,13 +2,12 @@
 gradient of the model and the TempNets, and the per-sample state after several steps (augmentation
 and dropout off: their random streams differ per rank). Then the real command line under torchrun."""
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from bimodal_runs import DEBUG, checkpoint, metrics, run_main, run_torchrun, tensors
+from helpers import free_port
 
 STEPS = 3
 NO_RANDOMNESS = ["loss=isogclr_tempnet", "data.augment=false", "tempnet.dropout=0.0",
@@ -52,12 +51,6 @@ def _worker(rank, port, out, path):
         tdist.destroy()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _group_rel(a: dict, b: dict, prefix: str) -> tuple[float, str]:
     """Largest |a - b| over a whole parameter group (model or TempNets), relative to the largest gradient
     of that group; and the parameter where it sits.
@@ -77,7 +70,7 @@ def _group_rel(a: dict, b: dict, prefix: str) -> tuple[float, str]:
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     data = tmp_path / "data"
-    mp.start_processes(_worker, args=(_free_port(), data, str(tmp_path / "ranks")), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), data, str(tmp_path / "ranks")), nprocs=2, start_method="spawn")
     one, one_state = _steps(data, [*NO_RANDOMNESS, "train.batch_size=32"])
     seen = {"loss": 0.0, "grad": 0.0, "state": 0.0}
     for rank in range(2):

@@ -8,6 +8,8 @@ import torch
 
 from bimodal_runs import checkpoint, eval_log, metrics, run_main, tensors
 
+pytestmark = pytest.mark.slow  # real training runs of the Bimodal-CL trainer
+
 LOSSES = ["clip", "cyclip", "sogclr", "isogclr", "isogclr_tempnet"]
 CHANCE_R1 = 100 / 30  # 30 retrieval images; each text has one right image, each image 2 of 60 texts
 CHANCE_R_MEAN = 17.3  # (IR@1,5,10 = 3.3, 16.7, 33.3; TR@1,5,10 = 3.3, 16.1, 30.8)
@@ -37,7 +39,8 @@ def test_each_loss_trains(runs, loss):
     assert [r["epoch"] for r in eval_log(out)] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-50", "checkpoint-60"]  # keep_last 2
     if loss == "isogclr_tempnet":
-        assert all(0.02 <= r[k] <= 0.1 for r in rows for k in ("tau_image", "tau_text"))
+        for key in ("tau_image", "tau_text"):  # the TempNets learn: their mean tau moves over training
+            assert abs(rows[-1][key] - rows[0][key]) > 1e-3, [r[key] for r in rows]
         assert rows[0]["lr_tempnet"] == pytest.approx(1e-3) and rows[-1]["lr_tempnet"] == pytest.approx(1e-3 * 0.9 ** 5)
         _, state = checkpoint(out, 60)
         assert bool(state["tempnets"]["initialised"]) and state["criterion"]["image_state.seen"].all()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from eval_runs import local_tasks, tiny_checkpoint, train_tokenizer
+from helpers import lm_eval_by_hand, load_module
 from lm_runs import ENV, REPO
 
 SEVEN = "piqa,hellaswag,arc_easy,arc_challenge,openbookqa,lambada_openai,wikitext"
@@ -136,6 +137,17 @@ def real(tmp_path_factory):
             done[script] = results / "llm" / LLM_SCRIPTS[script][0]
         return done[script]
 
+    def by_hand(apply_tempnet: bool):  # (acc, word_perplexity) of the checkpoint on the local tasks
+        from transformers import AutoTokenizer
+
+        from tempnet.integrations.hf import tempnet_model_from_pretrained
+
+        docs = [json.loads(line) for line in (root / "data" / "mc.jsonl").read_text().splitlines()]
+        lines = (root / "data" / "ppl.txt").read_text().splitlines()
+        return lm_eval_by_hand(tempnet_model_from_pretrained(ckpt).eval(), AutoTokenizer.from_pretrained(ckpt), docs,
+                               lines, apply_tempnet)
+
+    run.by_hand = by_hand
     return run, results
 
 
@@ -156,6 +168,9 @@ def test_llm_script_runs_lm_eval_into_the_layout(script, real):
     run, results = real
     data = _results(run(script))
     assert set(data["results"]) == {"toy_mc", "toy_ppl"}
+    acc, ppl = run.by_hand(LLM_SCRIPTS[script][2] == "true")
+    assert data["results"]["toy_mc"]["acc,none"] == pytest.approx(acc)
+    assert data["results"]["toy_ppl"]["word_perplexity,none"] == pytest.approx(ppl, rel=1e-4)
     assert data["config"]["model"] == "tempnet"
     args = data["config"]["model_args"]
     assert args["apply_tempnet"] is (LLM_SCRIPTS[script][2] == "true") and args["dtype"] == "float32"
@@ -165,17 +180,13 @@ def test_llm_script_runs_lm_eval_into_the_layout(script, real):
 @pytest.mark.slow
 def test_both_columns_from_one_checkpoint_make_a_table(real):
     """LLaMA-2 base (apply_tempnet=false) and TempNet rows of the same checkpoint -> make_tables' LLaMA-2 table."""
-    import importlib.util
-
     run, results = real
     base = _results(run("LLaMA-2/scripts/eval_frozen_7b_base.sh"))["results"]
     tempnet = _results(run("LLaMA-2/scripts/eval_frozen_7b_tempnet.sh"))["results"]
     assert base["toy_ppl"]["word_perplexity,none"] != pytest.approx(tempnet["toy_ppl"]["word_perplexity,none"],
                                                                      rel=1e-3)  # TempNet changes the scores
 
-    spec = importlib.util.spec_from_file_location("make_tables", REPO / "scripts" / "make_tables.py")
-    make_tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_tables)
+    make_tables = load_module("make_tables", REPO / "scripts" / "make_tables.py")
     tables = make_tables.build_tables(results)
     llama2 = next(t for t in tables if t.key == "llama2")
     assert [c.key for c in llama2.columns] == ["toy_mc", "avg", "toy_ppl"]
@@ -197,7 +208,6 @@ def test_both_columns_from_one_checkpoint_make_a_table(real):
 def test_clip_scripts_write_eval_json_that_make_tables_reads(tmp_path):
     """A 1-epoch Bimodal-CL debug run, then the Flickr30K and zero-shot eval scripts (pointed at the synthetic
     sets through "$@") write RESULTS_DIR/clip/ROW/<set>/eval.json; make_tables merges them into one row."""
-    from bimodal_runs import ENV as BIMODAL_ENV
     from bimodal_runs import run_main
 
     from tempnet.eval.tables import build_tables
@@ -206,7 +216,7 @@ def test_clip_scripts_write_eval_json_that_make_tables_reads(tmp_path):
     (ckpt,) = sorted((tmp_path / "train").glob("checkpoint-*"))
     data = tmp_path / "train" / "synthetic_data"
     results = tmp_path / "results"
-    env = {**BIMODAL_ENV, "PYTHONPATH": str(REPO), "CKPT": str(ckpt), "RESULTS_DIR": str(results),
+    env = {**ENV, "PYTHONPATH": str(REPO), "CKPT": str(ckpt), "RESULTS_DIR": str(results),
            "ROW": "isogclr_tempnet"}
     sets = {"flickr30k": f"eval.retrieval=[{{name: flickr30k, json: {data / 'retrieval.json'}, image_root: {data}}}]",
             "zeroshot": f"eval.zeroshot=[{{name: imagenet, kind: folder, root: {data / 'zeroshot'}}}]"}

@@ -3,7 +3,7 @@
 The multi-process comparisons live here only (tiny model, 8 steps): torchrun DDP with 2 processes,
 DeepSpeed ZeRO-2 (torchrun) and ZeRO-3 (the `deepspeed` launcher) with 2 processes, each against the
 1-process run with the same global batch (4 = 2 micro x 2 accumulation = 2 micro x 2 ranks).
-Tolerance: 1e-5 absolute on the logged loss and tau_mean (float32 reductions in another order; the
+Tolerance: 1e-5 absolute on the logged loss and tau_mean, 1e-5 relative on grad_norm (float32 reductions in another order; the
 runs measured here agree to ~2e-6 or exactly).
 """
 
@@ -15,7 +15,8 @@ import sys
 import pytest
 import torch
 
-from lm_runs import REPO, free_port, load_train_module, max_difference, metrics, run, train, train_cmd
+from helpers import deepspeed_launcher, torchrun
+from lm_runs import REPO, assert_runs_match, load_train_module, metrics, run, train, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,9 @@ def test_debug_run_trains_and_writes_everything(reference):
     for key in ("loss", "ce", "tau_mean", "tau_min", "tau_max", "lr", "lr_tempnet", "grad_norm", "tokens_per_s"):
         assert key in rows[0], key
     assert rows[-1]["loss"] < 0.95 * rows[0]["loss"], [r["loss"] for r in rows]
-    assert all(0.5 <= r["tau_min"] <= r["tau_mean"] <= r["tau_max"] <= 5.0 for r in rows)  # debug tau range
+    # a personal tau per position (not one value), and TempNet learns (its mean tau moves)
+    assert all(r["tau_min"] < r["tau_mean"] < r["tau_max"] for r in rows)
+    assert abs(rows[-1]["tau_mean"] - rows[0]["tau_mean"]) > 1e-3, [r["tau_mean"] for r in rows]
     # keep-last-2 of the checkpoints at steps 2, 4, 6, 8; each complete with model, optimizer, RNG, config
     ckpts = sorted(p.name for p in reference.glob("checkpoint-*"))
     assert ckpts == ["checkpoint-6", "checkpoint-8"]
@@ -73,7 +76,10 @@ def test_final_model_loads_with_the_hf_integration(reference):
     with torch.no_grad():
         out = model(input_ids=ids, labels=ids)
     assert torch.isfinite(out.loss) and out.tau.shape == (*ids.shape, 1)
-    assert ((out.tau >= 0.5) & (out.tau <= 5.0)).all()
+    # the loaded head reads the model's own logits: tau = TempNet(logits), and logits come back divided by it
+    raw = model.lm_head(model.transformer(input_ids=ids).last_hidden_state)
+    assert torch.allclose(out.tau, model.tempnet(raw), rtol=1e-5) and out.tau.std() > 0
+    assert torch.allclose(out.logits, raw / out.tau, rtol=1e-4, atol=1e-5)
 
 
 def test_objective_names_select_the_ablation_rows(tmp_path):
@@ -111,30 +117,29 @@ def test_mixed_precision_paths_run(reference, tmp_path):
 
 
 def test_torchrun_two_processes_match_one(reference, tmp_path):
-    run(["torchrun", "--nproc_per_node", "2", "--master_port", free_port(),
+    run([*torchrun(2),
          *train_cmd("GPT_2", tmp_path, f"train.max_steps={STEPS}")])
     a, b = metrics(reference), metrics(tmp_path)
-    assert max_difference(a, b, "loss") <= TOL and max_difference(a, b, "tau_mean") <= TOL
-    assert max_difference(a, b, "lr") == 0.0
+    assert_runs_match(a, b, TOL)
     assert (tmp_path / "checkpoint-8" / "rng_state_1.pt").exists()  # one RNG file per rank
 
 
 def test_deepspeed_zero2_two_processes_match_ddp(reference, tmp_path):
-    run(["torchrun", "--nproc_per_node", "2", "--master_port", free_port(),
+    run([*torchrun(2),
          *train_cmd("GPT_2", tmp_path, f"train.max_steps={STEPS}", "engine.name=deepspeed",
                     "engine.deepspeed_config=GPT_2/configs/ds_zero2.json")])
     a, b = metrics(reference), metrics(tmp_path)
-    assert max_difference(a, b, "loss") <= TOL and max_difference(a, b, "tau_mean") <= TOL
+    assert_runs_match(a, b, TOL)
     assert any(p.name.endswith("optim_states.pt") for p in (tmp_path / "checkpoint-8").iterdir())  # DeepSpeed's own
 
 
 def test_deepspeed_zero3_two_processes_match_ddp(reference, tmp_path):
     """The `deepspeed` launcher (it passes --local_rank), every parameter partitioned (persistence 0)."""
-    run(["deepspeed", "--num_gpus", "2", "--master_port", free_port(),
+    run([*deepspeed_launcher(2),
          *train_cmd("GPT_2", tmp_path, f"train.max_steps={STEPS}", "engine.name=deepspeed",
                     "engine.deepspeed_config=GPT_2/configs/ds_zero3.json")])
     a, b = metrics(reference), metrics(tmp_path)
-    assert max_difference(a, b, "loss") <= TOL and max_difference(a, b, "tau_mean") <= TOL
+    assert_runs_match(a, b, TOL)
     # the gathered ZeRO-3 weights written by save_pretrained equal the DDP run's
     from tempnet.integrations.hf import tempnet_model_from_pretrained
 

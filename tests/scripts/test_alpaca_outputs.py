@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,18 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, load_module
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-alpaca_outputs = _load("alpaca_outputs", REPO / "scripts" / "alpaca_outputs.py")
-eval_runs = _load("eval_runs_helpers", REPO / "tests" / "experiments" / "eval_runs.py")
+alpaca_outputs = load_module("alpaca_outputs", REPO / "scripts" / "alpaca_outputs.py")
+eval_runs = load_module("eval_runs_helpers", REPO / "tests" / "experiments" / "eval_runs.py")
 
 INSTRUCTIONS = [{"instruction": "How do you get water in the desert?", "dataset": "helpful_base"},
                 {"instruction": "Find shade.", "input": "the sun on the sand"},

@@ -1,20 +1,18 @@
 """scripts/bench_contrastive.py runs at a tiny size and writes every variant's median time and ratio."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
+
+from helpers import load_module
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_contrastive.py"
 VARIANTS = {"open_clip", "clip", "cyclip", "sogclr", "isogclr", "rgcl", "rgcl_tempnet", "tempnets"}
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_contrastive", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("bench_contrastive", SCRIPT)
 
 
 def test_bench_tiny_writes_json(tmp_path, capsys):

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, load_module
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_tables", REPO / "scripts" / "make_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_tables = _load_script()
+make_tables = load_module("make_tables", REPO / "scripts" / "make_tables.py")
 
 
 def _lm_eval_file(path: Path, results: dict, mtime: float | None = None) -> None:

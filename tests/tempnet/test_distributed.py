@@ -1,7 +1,6 @@
 """Two real gloo processes: the gathered losses see the global batch, update the state identically on
 every rank, and each rank's feature gradient equals a single process's on the concatenated batch."""
 
-import socket
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from helpers import free_port
 from tempnet.distributed import all_reduce_mean, gather_ids, gather_with_grad, world_size_and_rank
 from tempnet.losses import ClipLoss, CyClipLoss, ISogCLRLoss, RobustGCLoss, SogCLRLoss
 
@@ -76,15 +76,10 @@ def _worker(rank, port, path):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_two_process_losses_equal_single_process(tmp_path):
     assert world_size_and_rank() == (1, 0)
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     single, single_states = _run(_make_losses())
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)

@@ -47,7 +47,11 @@ def test_tempnet_matches_loop_reference():
     for idx in [(0, 0), (0, 2), (1, 1)]:
         expected = tempnet_reference(net, logits[idx].double().tolist())
         assert tau[idx].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    assert ((tau >= 0.05) & (tau <= 3.0)).all()
+    with torch.no_grad():  # the output squash: r -> +inf gives tau_max, r -> -inf gives tau_min
+        net.last.bias.fill_(1e4)
+        assert torch.allclose(net(logits), torch.full_like(tau, 3.0))
+        net.last.bias.fill_(-1e4)
+        assert torch.allclose(net(logits), torch.full_like(tau, 0.05))
 
 
 def test_tempnet_is_shift_invariant_and_dtype_agnostic():

@@ -9,7 +9,8 @@ pytest.importorskip("transformers")
 
 from transformers import GPT2Config, LlamaConfig  # noqa: E402
 
-VOCAB = 320  # > ~290, so a sentencepiece model with byte fallback fits
+from helpers import SP_VOCAB as VOCAB  # noqa: E402
+from helpers import train_llama_tokenizer  # noqa: E402
 
 
 def llama_config(vocab_size: int = VOCAB) -> LlamaConfig:
@@ -40,22 +41,9 @@ def tiny_llama():
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
-    """A LLaMA tokenizer (sentencepiece BPE, byte fallback, VOCAB pieces) trained here, saved HF-style."""
-    import random
-
-    import sentencepiece as spm
-    from transformers import LlamaTokenizer
-
+    """A LLaMA tokenizer (tests/helpers.py's train_llama_tokenizer) trained here, saved HF-style."""
     root = tmp_path_factory.mktemp("tokenizer")
-    rng = random.Random(0)
-    words = "the a cat dog sat on mat water desert how do you get in find shade sun sand camel drink well".split()
-    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)))
-    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"),
-                                   vocab_size=VOCAB, model_type="bpe", byte_fallback=True, pad_id=0, bos_id=1,
-                                   eos_id=2, unk_id=3, character_coverage=1.0, minloglevel=2)
-    tokenizer = LlamaTokenizer.from_pretrained(root, add_bos_token=True)
-    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
-    tokenizer.save_pretrained(root / "hf")
+    train_llama_tokenizer(root).save_pretrained(root / "hf")
     return root / "hf"
 
 

@@ -102,7 +102,7 @@ def test_released_layout_loads_with_its_tempnet(released_dir):
     tau = _reference_tau(z)
     assert torch.allclose(out.tau[0, :, 0].double(), tau, atol=1e-4)
     assert torch.allclose(out.logits[0].double(), z.double() / tau[:, None], rtol=1e-3, atol=1e-3)
-    assert tau.min() >= 0.01 and tau.max() <= 1.2 and tau.std() > 1e-3
+    assert tau.std() > 1e-3  # a tau per position: the comparison above is not of constants
 
 
 def test_released_0dim_scaler_gives_the_same_tau(released_dir, released_0dim_dir):

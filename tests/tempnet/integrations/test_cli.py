@@ -87,6 +87,7 @@ def test_prompt_file_and_text_output(tiny_llama_dir, tmp_path, capsys):
     assert (tmp_path / "p.png").is_file() and (tmp_path / "p-2.png").is_file()
 
 
+@pytest.mark.slow
 def test_console_script_runs(tiny_llama_dir, tmp_path):
     """The installed entry point (python -m for the same code when the script is not on PATH)."""
     cmd = [sys.executable, "-m", "tempnet.cli", "generate", str(tiny_llama_dir), "--prompt", PROMPT,

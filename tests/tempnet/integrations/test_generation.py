@@ -104,7 +104,12 @@ def test_beam_search_and_top_k_run_with_and_without_cache(tiny_llama, use_cache)
     two = model.generate(prompt, attention_mask=mask, max_new_tokens=STEPS, num_beams=3, num_return_sequences=2,
                          use_cache=use_cache, return_tau=True)
     assert two["tau"].shape == (4, STEPS) and torch.equal(two.sequences[::2], beams)
-    assert torch.allclose(two["tau"], model.sequence_tau(two.sequences, mask.repeat_interleave(2, 0)))
+    # tau of each generated token, independently: the head's tau at the last position of the prefix before it
+    prompt_len = prompt.shape[1]
+    with torch.no_grad():
+        by_prefix = torch.tensor([[model(input_ids=row[None, :prompt_len + j], use_cache=False).tau[0, -1, 0].item()
+                                   for j in range(STEPS)] for row in two.sequences])
+    assert by_prefix.std() > 1e-3 and torch.allclose(two["tau"], by_prefix, atol=1e-5)
     torch.manual_seed(0)
     sampled = model.generate(prompt, max_new_tokens=STEPS, do_sample=True, top_k=5, use_cache=use_cache)
     assert sampled.shape == (2, 4 + STEPS)

@@ -184,6 +184,53 @@ def test_tempnet_reads_detached_logits(tiny_llama):
     assert all(p.grad is None for n, p in tiny_llama.named_parameters() if not n.startswith("tempnet."))
 
 
+def _fused_options():
+    """fused_loss false and, once the wrapper has that option (a fused loss kernel), true."""
+    has = "fused_loss" in TempNetConfig.__dataclass_fields__
+    return [None] if not has else [False, True]
+
+
+@pytest.mark.parametrize("fused", _fused_options())
+@pytest.mark.parametrize("objective", ["tempnet_dro", "tempnet_ce"])
+def test_logits_gradient_is_the_one_with_tau_a_constant(tiny_llama, objective, fused):
+    """The training loss sends gradient into the LM's logits only through z / tau, never through tau = TempNet(z):
+    the logits' gradient equals the closed form (softmax(z / tau) - onehot(y)) [/ tau] / N with tau held fixed."""
+    model = tiny_llama.train()
+    if objective != "tempnet_dro" or fused is not None:
+        model.reset_tempnet(objective=objective, **({} if fused is None else {"fused_loss": fused}))
+        with torch.no_grad():
+            model.tempnet.proj[0].weight.mul_(20.0)
+            model.tempnet.last.weight.normal_(0.0, 20.0)
+    model.tempnet.eval()  # no dropout in the head: tau below is the one the loss used
+    captured = {}
+
+    def keep_logits(module, inputs, output):
+        output.retain_grad()
+        captured["z"] = output
+
+    handle = model.lm_head.register_forward_hook(keep_logits)
+    try:
+        x = torch.randint(3, VOCAB, (2, 9))
+        labels = x.clone()
+        labels[1, :4] = -100
+        model(input_ids=x, labels=labels).loss.backward()
+    finally:
+        handle.remove()
+    z = captured["z"].detach()[:, :-1].reshape(-1, VOCAB).double()  # [N, V]
+    y = labels[:, 1:].reshape(-1)
+    tau = model.tempnet(z.float()).detach().double()  # [N, 1]
+    assert tau.std() > 0.01
+    valid = y != -100
+    p = torch.softmax(z / tau, dim=-1)
+    p[valid, y[valid]] -= 1.0
+    expected = p * valid[:, None] / valid.sum()
+    if objective == "tempnet_ce":
+        expected = expected / tau
+    got = captured["z"].grad[:, :-1].reshape(-1, VOCAB).double()
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-8)
+    assert torch.all(captured["z"].grad[:, -1] == 0)  # the last position has no label
+
+
 def test_save_load_round_trip(tiny_llama, tmp_path):
     tiny_llama.save_pretrained(tmp_path)
     stored = json.loads((tmp_path / "config.json").read_text())

@@ -18,6 +18,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from tempnet.integrations.lm_eval import TempNetLM  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 
+from helpers import lm_eval_by_hand  # noqa: E402
 from test_checkpoints import write_released_checkpoint  # noqa: E402
 
 REQUESTS = [("the cat sat on", " the mat"), ("how do you get", " water in the desert"), ("find", " shade")]
@@ -178,8 +179,13 @@ metric_list:
         model="tempnet", model_args=f"pretrained={tiny_llama_dir},dtype=float32", tasks=["toy_mc", "toy_ppl"],
         device="cpu", batch_size=2, task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
         bootstrap_iters=0)["results"]
-    acc = results["toy_mc"]["acc,none"]
-    assert acc in (0.0, 1 / 3, 2 / 3, 1.0)
-    ppl = results["toy_ppl"]["word_perplexity,none"]
-    bpb = results["toy_ppl"]["bits_per_byte,none"]
-    assert math.isfinite(ppl) and ppl > 1.0 and bpb > 0
+    # the same numbers by hand from the model with its TempNet
+    from transformers import AutoTokenizer
+
+    from tempnet.integrations.hf import tempnet_model_from_pretrained
+
+    model = tempnet_model_from_pretrained(tiny_llama_dir).eval()
+    lines = (tmp_path / "ppl.txt").read_text().splitlines()
+    acc, ppl = lm_eval_by_hand(model, AutoTokenizer.from_pretrained(tiny_llama_dir), docs, lines)
+    assert results["toy_mc"]["acc,none"] == pytest.approx(acc)
+    assert results["toy_ppl"]["word_perplexity,none"] == pytest.approx(ppl, rel=1e-4)

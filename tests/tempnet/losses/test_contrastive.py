@@ -1,7 +1,6 @@
 """Contrastive losses against the float64 loop references in contrastive_reference.py."""
 
 import copy
-import importlib.util
 import math
 import pathlib
 
@@ -9,13 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import load_module
 from tempnet import checks
 from tempnet.losses import CONTRASTIVE_LOSSES, ClipLoss, CyClipLoss, ISogCLRLoss, RobustGCLoss, SogCLRLoss
 
-_spec = importlib.util.spec_from_file_location("contrastive_reference",
-                                               pathlib.Path(__file__).with_name("contrastive_reference.py"))
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+ref = load_module("contrastive_reference", pathlib.Path(__file__).with_name("contrastive_reference.py"))
 
 # Four steps over 10 dataset indices with revisits (the state must be reused and moved by gamma).
 ID_SCHEDULE = [[0, 1, 2, 3, 4], [5, 6, 2, 7, 0], [3, 8, 9, 1, 5], [0, 2, 4, 6, 8]]

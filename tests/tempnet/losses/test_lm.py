@@ -142,3 +142,38 @@ def test_objectives_table():
         out["loss"].backward()
         # the temperature source reads detached logits: the model gets the loss gradient only through z
         assert z.grad is not None and obj.temperature.last.weight.grad is not None
+
+
+def _logit_gradient_with_constant_tau(z, y, tau, robust: bool) -> torch.Tensor:
+    """d loss / d z in float64, closed form, tau held constant: per valid position (softmax(z/tau) - onehot(y))
+    for the robust loss (tau * CE(z/tau) + const), that divided by tau for CE(z/tau); averaged over valid ones."""
+    z, tau = z.double(), tau.double().reshape(-1, 1)
+    valid = y != -100
+    p = torch.softmax(z / tau, dim=-1)
+    onehot = torch.zeros_like(p)
+    onehot[valid, y[valid]] = 1.0
+    g = (p - onehot) * valid[:, None]
+    return (g if robust else g / tau) / valid.sum()
+
+
+@pytest.mark.parametrize("name", ["tempnet_dro", "tempnet_ce", "dro"])
+def test_objective_sends_no_gradient_from_tau_into_the_logits(name):
+    """LMObjective reads the logits detached: their gradient is the one with tau a constant of the same value."""
+    torch.manual_seed(3)
+    N, V = 10, 23
+    objective = build_objective(name, V, rho=1.5, tau_min=0.1, tau_max=3.0, hidden_size=8, dropout=0.0).eval()
+    if name != "dro":
+        with torch.no_grad():  # a TempNet whose tau depends strongly on the logits
+            objective.temperature.proj[0].weight.mul_(20.0)
+            objective.temperature.last.weight.normal_(0.0, 20.0)
+    z = (torch.randn(N, V) * 3).requires_grad_()
+    y = torch.randint(0, V, (N,))
+    y[4] = -100
+    out = objective(z, y)
+    out["loss"].backward()
+    tau = objective.temperature(z.detach())
+    assert tau.std() > 0.05 or name == "dro"  # the test would be blind to a constant tau
+    expected = _logit_gradient_with_constant_tau(z.detach(), y, tau.detach(), robust=name != "tempnet_ce")
+    assert torch.allclose(z.grad.double(), expected, rtol=1e-4, atol=1e-7)
+    # and TempNet itself is trained by the same loss
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.temperature.parameters())

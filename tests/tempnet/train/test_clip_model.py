@@ -67,7 +67,7 @@ def test_tempnet_pair_prototypes_and_detach():
     assert torch.equal(pair.image.prototypes.data, text[:3].detach())  # image TempNet <- texts
     assert torch.equal(pair.text.prototypes.data, image[:3].detach())
     tau_i, tau_t = pair(image, text)
-    assert tau_i.shape == tau_t.shape == (5,) and ((tau_i >= 0.01) & (tau_i <= 0.1)).all()
+    assert tau_i.shape == tau_t.shape == (5,) and tau_i.std() > 0 and not torch.equal(tau_i, tau_t)
     (tau_i.sum() + tau_t.sum()).backward()
     assert image.grad is None and text.grad is None  # TempNets read detached features
     assert pair.image.proj.weight.grad is not None
