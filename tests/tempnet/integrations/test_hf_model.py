@@ -204,11 +204,11 @@ def test_logits_gradient_is_the_one_with_tau_a_constant(tiny_llama, objective, f
     model.tempnet.eval()  # no dropout in the head: tau below is the one the loss used
     captured = {}
 
-    def keep_logits(module, inputs, output):
+    def keep(module, inputs, output):  # the final hidden states h; the logits are z = h W^T
         output.retain_grad()
-        captured["z"] = output
+        captured["h"] = output
 
-    handle = model.lm_head.register_forward_hook(keep_logits)
+    handle = model.model.norm.register_forward_hook(keep)
     try:
         x = torch.randint(3, VOCAB, (2, 9))
         labels = x.clone()
@@ -216,19 +216,22 @@ def test_logits_gradient_is_the_one_with_tau_a_constant(tiny_llama, objective, f
         model(input_ids=x, labels=labels).loss.backward()
     finally:
         handle.remove()
-    z = captured["z"].detach()[:, :-1].reshape(-1, VOCAB).double()  # [N, V]
+    weight = model.lm_head.weight.detach().double()  # [V, d]
+    h = captured["h"].detach()[:, :-1].reshape(-1, weight.shape[1]).double()  # [N, d]
+    z = h @ weight.t()  # [N, V]
     y = labels[:, 1:].reshape(-1)
     tau = model.tempnet(z.float()).detach().double()  # [N, 1]
     assert tau.std() > 0.01
     valid = y != -100
     p = torch.softmax(z / tau, dim=-1)
     p[valid, y[valid]] -= 1.0
-    expected = p * valid[:, None] / valid.sum()
+    expected = p * valid[:, None] / valid.sum()  # d loss / d z with tau held fixed
     if objective == "tempnet_ce":
         expected = expected / tau
-    got = captured["z"].grad[:, :-1].reshape(-1, VOCAB).double()
-    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-8)
-    assert torch.all(captured["z"].grad[:, -1] == 0)  # the last position has no label
+    got = captured["h"].grad[:, :-1].reshape(-1, weight.shape[1]).double()
+    # through z = h W^T (the fused path never materialises z, so the check is on h): d loss / d h = (d loss / d z) W
+    assert torch.allclose(got, expected @ weight, rtol=1e-4, atol=1e-8)
+    assert torch.all(captured["h"].grad[:, -1] == 0)  # the last position has no label
 
 
 def test_save_load_round_trip(tiny_llama, tmp_path):
