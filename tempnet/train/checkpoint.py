@@ -40,7 +40,8 @@ __all__ = ["rng_state", "set_rng_state", "checkpoint_dir", "list_checkpoints", "
 _PATTERN = re.compile(r"^checkpoint-(\d+)$")
 #: What a run writes at the top of its directory (besides checkpoint-<step>/): a directory holding any of
 #: them holds a run.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "final", "eval.json", "eval_log.jsonl")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "final", "eval.json", "eval_log.jsonl", "best.json",
+             "checkpoint-best")
 
 
 # ---- RNG ----------------------------------------------------------------------------------------------

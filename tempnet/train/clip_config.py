@@ -169,6 +169,10 @@ class OptimConfig:
     """The cosine schedule ends at this learning rate."""
     warmup_steps: int = 2000
     """Linear warm-up steps before the cosine decay."""
+    warmup_start_lr: float = 0.0
+    """The learning rate the warm-up starts from (the authors: 1e-5)."""
+    schedule_unit: str = "step"
+    """step: the cosine moves every step; epoch: once per epoch, constant within it (the authors' code)."""
     weight_decay: float = 0.02
     """AdamW weight decay of the model's matrices (biases and norms: 0)."""
     betas: tuple[float, ...] = (0.9, 0.999)
@@ -180,6 +184,10 @@ class OptimConfig:
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr or self.warmup_steps < 0:
             raise ValueError(f"need optim.lr > 0, 0 <= optim.min_lr <= optim.lr and optim.warmup_steps >= 0, got "
                              f"{self.lr}, {self.min_lr}, {self.warmup_steps}")
+        if self.schedule_unit not in ("step", "epoch"):
+            raise ValueError(f"optim.schedule_unit must be 'step' or 'epoch', got {self.schedule_unit!r}")
+        if not 0 <= self.warmup_start_lr <= self.lr:
+            raise ValueError(f"optim.warmup_start_lr must lie in [0, optim.lr], got {self.warmup_start_lr}")
         if self.grad_clip < 0 or self.weight_decay < 0 or len(self.betas) != 2:
             raise ValueError("need optim.grad_clip >= 0, optim.weight_decay >= 0 and two optim.betas")
 
@@ -256,6 +264,9 @@ class EvalConfig:
     """Zero-shot sets ({name, kind, root, templates}); the first one gives the unprefixed zeroshot_top1."""
     every_epoch: bool = True
     """Evaluate at the end of every epoch (else only after the last)."""
+    select_best: str = ""
+    """An eval.json key (e.g. "coco_val/r_mean"): after each evaluation that improves it, the epoch's checkpoint
+    is copied to OUTPUT_DIR/checkpoint-best (the authors evaluate the checkpoint best on COCO val). "" = off."""
     batch_size: int = 256
     """Images or texts per forward pass."""
     num_workers: int = 8

@@ -42,7 +42,7 @@ from tempnet.train.logging import MetricsLogger
 from tempnet.train.optim import decay_groups, warmup_cosine
 from tempnet.train.precision import autocast, grad_scaler
 
-__all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", "LOSS_KWARGS"]
+__all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", "keep_if_best", "LOSS_KWARGS"]
 
 # constructor arguments of each loss, from the config (num_samples = size of the per-sample state)
 LOSS_KWARGS = {
@@ -206,7 +206,9 @@ class ClipRun:
         self.opt = torch.optim.AdamW(decay_groups(self.model.named_parameters(), o.lr, o.weight_decay), lr=o.lr,
                                      betas=tuple(o.betas), foreach=True)
         total = self.cfg.train.epochs * steps_per_epoch
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(o.warmup_steps, total, o.min_lr / o.lr))
+        factor = warmup_cosine(o.warmup_steps, total, o.min_lr / o.lr, o.warmup_start_lr / o.lr,
+                               steps_per_epoch if o.schedule_unit == "epoch" else None)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
         self.opt_t = self.sched_t = None
         if self.tempnets is not None:
             self.opt_t = torch.optim.Adam(self.tempnets.parameters(), lr=self.cfg.tempnet.lr, foreach=True)
@@ -333,11 +335,33 @@ class ClipRun:
                     record = {"epoch": pos["epoch"], "step": pos["step"], **evals.run(self.model, self.tokenizer)}
                     write_eval(self.out, record)
                 tdist.barrier()
-            self.save()
+            path = self.save()
+            if cfg.eval.select_best and self.rank == 0 and record is not None:
+                keep_if_best(self.out, path, record, cfg.eval.select_best)
+            tdist.barrier()
             if t.stop_after_epochs and pos["epoch"] >= t.stop_after_epochs:
                 break
         logger.close()
         return record
+
+
+def keep_if_best(out: Path, checkpoint: Path, record: dict, key: str) -> bool:
+    """Copy `checkpoint` to OUT/checkpoint-best when record[key] beats best.json's (higher is better)."""
+    import json
+    import shutil
+
+    if key not in record:
+        raise ConfigError(f"eval.select_best={key!r} is not a key of eval.json; keys: {sorted(record)}")
+    best_file = out / "best.json"
+    best = json.loads(best_file.read_text()) if best_file.is_file() else None
+    if best is not None and best["value"] >= record[key]:
+        return False
+    target = out / "checkpoint-best"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(checkpoint, target)
+    best_file.write_text(json.dumps({"key": key, "value": record[key], "epoch": record["epoch"],
+                                     "step": record["step"], "checkpoint": str(checkpoint)}, indent=1) + "\n")
+    return True
 
 
 def train(cfg: BimodalConfig, output_dir: str | Path, device: torch.device, resume: bool = False,

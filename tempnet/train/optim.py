@@ -54,14 +54,19 @@ def build_lm_optimizer(model: nn.Module, optim, tempnet) -> torch.optim.AdamW:
                              eps=optim.eps)
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
-    """lr multiplier: linear warm-up from 0 to 1, then cosine from 1 to `min_ratio` at `total_steps`
-    (the shape of transformers' cosine-with-min-lr schedule, per parameter group here)."""
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float, start_ratio: float = 0.0,
+                  steps_per_epoch: int | None = None):
+    """lr multiplier: linear warm-up from `start_ratio` to 1, then cosine from 1 to `min_ratio` at `total_steps`
+    (the shape of transformers' cosine-with-min-lr schedule, per parameter group here). With `steps_per_epoch`
+    the cosine moves once per epoch (constant within an epoch, as the authors' CLIP code), over the epochs."""
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return step / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            return start_ratio + (1.0 - start_ratio) * step / warmup_steps
+        if steps_per_epoch:
+            progress = (step // steps_per_epoch) / max(1, total_steps // steps_per_epoch)
+        else:
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
 
 

@@ -30,7 +30,10 @@ def test_cc3m_is_the_paper_setting():
     assert (cfg.loss_args.gamma, cfg.loss_args.rho, cfg.loss_args.tau) == (0.8, 7.0, 0.01)
     assert (cfg.tempnet.tau_min, cfg.tempnet.tau_max, cfg.tempnet.lr, cfg.tempnet.lr_decay) == (0.005, 0.05, 3e-5, 0.9)
     assert cfg.tempnet.num_prototypes == 256 and cfg.train.precision == "fp16"
-    assert [s.name for s in cfg.eval.retrieval] == ["flickr30k", "mscoco"]
+    assert [s.name for s in cfg.eval.retrieval] == ["flickr30k", "mscoco", "coco_val"]
+    # where the paper is silent, the authors' code: warm-up from 1e-5, cosine per epoch, the best COCO-val checkpoint
+    assert (cfg.optim.warmup_start_lr, cfg.optim.schedule_unit, cfg.optim.min_lr) == (1e-5, "epoch", 1e-5)
+    assert cfg.eval.select_best == "coco_val/r_mean" and cfg.loss_args.isogclr_grad_clamp == 5.0
 
 
 @pytest.mark.parametrize("overrides, match", [

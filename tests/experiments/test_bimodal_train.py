@@ -114,3 +114,20 @@ def test_unreadable_json_and_bad_config_fail_clearly(tmp_path):
         run_main(tmp_path / "run", "loss=infonce")
     with pytest.raises(ValueError, match="global batch of at least 64"):
         run_main(tmp_path / "run", "tempnet.num_prototypes=64", "train.epochs=1")
+
+
+def test_select_best_keeps_the_best_epochs_checkpoint(tmp_path):
+    """eval.select_best: checkpoint-best/ is the checkpoint of the epoch whose evaluation was best, and a
+    second run into the directory without --resume is refused (checkpoint-best is part of the run)."""
+    out = tmp_path / "run"
+    run_main(out, "loss=clip", "train.epochs=3", "eval.select_best=synthetic/r_mean", "train.keep_last=1")
+    log = eval_log(out)
+    best = max(log, key=lambda r: r["synthetic/r_mean"])
+    info = json.loads((out / "best.json").read_text())
+    assert (info["epoch"], info["value"]) == (best["epoch"], best["synthetic/r_mean"])
+    assert (out / "checkpoint-best" / "model.safetensors").is_file()
+    assert json.loads((out / "checkpoint-best" / "trainer_state.json").read_text())["epoch"] == best["epoch"]
+    from tempnet.errors import UserError
+
+    with pytest.raises(UserError, match="already holds a run"):
+        run_main(out, "loss=clip", "train.epochs=3")
