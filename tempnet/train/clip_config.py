@@ -154,9 +154,15 @@ class ClipTempNetConfig:
     """Adam learning rate of the TempNets (their own optimizer)."""
     lr_decay: float = 0.9
     """The TempNet learning rate is multiplied by this after every epoch."""
+    prototype_init: str = "features"
+    """What the first global batch's prototypes are copied from: "features" (the L2-normalised embeddings) or
+    "projections" (the projections before normalisation, as the authors' code). PrototypeTempNet normalises its
+    prototypes in the forward, so both start from the same directions; their norms differ (how fast Adam turns them)."""
 
     def __post_init__(self):
         check_tau_range(self.tau_min, self.tau_max)
+        if self.prototype_init not in ("features", "projections"):
+            raise ValueError(f"tempnet.prototype_init must be 'features' or 'projections', got {self.prototype_init!r}")
         if self.num_prototypes < 1 or not self.lr > 0 or not 0 < self.lr_decay <= 1 or not 0 <= self.dropout < 1:
             raise ValueError("need tempnet.num_prototypes >= 1, lr > 0, 0 < lr_decay <= 1, 0 <= dropout < 1")
 

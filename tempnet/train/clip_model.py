@@ -138,16 +138,18 @@ class DualEncoder(nn.Module):
         self.text_proj = nn.Linear(text_dim, embed_dim)
         self.embed_dim = embed_dim
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] -> unit embeddings [B, E]."""
-        return F.normalize(self.vision_proj(self.visual(images)), dim=-1)
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """images [B, 3, H, W] -> unit embeddings [B, E] (the raw projections with normalize=False)."""
+        x = self.vision_proj(self.visual(images))
+        return F.normalize(x, dim=-1) if normalize else x
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """token ids [B, L] -> unit embeddings [B, E]."""
-        return F.normalize(self.text_proj(self.text(input_ids, attention_mask)), dim=-1)
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """token ids [B, L] -> unit embeddings [B, E] (the raw projections with normalize=False)."""
+        x = self.text_proj(self.text(input_ids, attention_mask))
+        return F.normalize(x, dim=-1) if normalize else x
 
-    def forward(self, images, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_image(images), self.encode_text(input_ids, attention_mask)
+    def forward(self, images, input_ids, attention_mask, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_image(images, normalize), self.encode_text(input_ids, attention_mask, normalize)
 
 
 class TempNetPair(nn.Module):

@@ -233,8 +233,12 @@ class ClipRun:
         taus = {}
         if self.tempnets is not None:
             if not bool(self.tempnets.initialised):  # the first batch of a fresh run, gathered over ranks
-                self.tempnets.init_prototypes(tdist.gather_with_grad(img.detach().float()),
-                                              tdist.gather_with_grad(txt.detach().float()))
+                first_i, first_t = img.detach(), txt.detach()
+                if self.cfg.tempnet.prototype_init == "projections":  # the same batch before normalisation
+                    with torch.no_grad(), autocast(dev, self.cfg.train.precision):
+                        first_i, first_t = self.model(images, ids, mask, normalize=False)
+                self.tempnets.init_prototypes(tdist.gather_with_grad(first_i.float()),
+                                              tdist.gather_with_grad(first_t.float()))
             taus = dict(zip(("tau_image", "tau_text"), self.ddp_tempnets(img, txt)))  # [B] each
         out = self.criterion(img, txt, image_ids, text_ids, **taus)
         loss = out["loss"]

@@ -34,6 +34,7 @@ def test_cc3m_is_the_paper_setting():
     # where the paper is silent, the authors' code: warm-up from 1e-5, cosine per epoch, the best COCO-val checkpoint
     assert (cfg.optim.warmup_start_lr, cfg.optim.schedule_unit, cfg.optim.min_lr) == (1e-5, "epoch", 1e-5)
     assert cfg.eval.select_best == "coco_val/r_mean" and cfg.loss_args.isogclr_grad_clamp == 5.0
+    assert cfg.tempnet.prototype_init == "projections"
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -38,3 +38,33 @@ def test_the_best_checkpoint_is_kept_and_a_bad_key_is_named(tmp_path):
     assert json.loads((tmp_path / "best.json").read_text())["epoch"] == 2
     with pytest.raises(ConfigError, match="select_best='coco/r1' is not a key"):
         keep_if_best(tmp_path, ckpts[2], {"epoch": 3, "step": 30, "r_mean": 1.0}, "coco/r1")
+
+
+@pytest.mark.parametrize("init", ["features", "projections"])
+def test_prototypes_come_from_the_first_batch_as_configured(tmp_path, init):
+    """The image TempNet's prototypes are the first global batch's text embeddings, normalised ("features")
+    or the raw projections ("projections", the authors'); TempNet's lr is tiny so one step keeps them."""
+    import torch
+
+    from helpers import REPO
+    from tempnet.config import load_config
+    from tempnet.train.clip_config import BimodalConfig
+    from tempnet.train.clip_trainer import ClipRun
+
+    cfg = load_config(BimodalConfig, REPO / "Bimodal-CL/configs/debug.yaml", [
+        "loss=isogclr_tempnet", "data.augment=false", "tempnet.dropout=0.0", "model.text.config_overrides.dropout=0.0",
+        "model.text.config_overrides.attention_dropout=0.0", "model.image.kwargs.proj_drop_rate=0.0",
+        "data.synthetic_pairs=64", f"tempnet.prototype_init={init}", "tempnet.lr=1e-9"])
+    run = ClipRun(cfg, tmp_path, torch.device("cpu"))
+    run.dataset.set_epoch(0)
+    run.sampler.set_epoch(0)
+    batch = next(iter(run.loader))
+    images, captions = batch[0], batch[1]
+    ids, mask = run.tokenizer(captions)
+    with torch.no_grad():
+        _, text = run.model(images, ids, mask, normalize=init == "features")
+    run.step(batch)
+    m = run.tempnets.image.num_prototypes
+    assert torch.allclose(run.tempnets.image.prototypes, text[:m], atol=1e-5)
+    norms = run.tempnets.image.prototypes.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones(m), atol=1e-5) is (init == "features")
