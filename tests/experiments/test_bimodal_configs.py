@@ -46,6 +46,7 @@ def test_cc3m_is_the_paper_setting():
     (["model.text.source=sentencepiece"], "model.text.source"),
     (["eval.retrieval=[{name: a, json: x, image_root: y}, {name: a, json: x, image_root: y}]"], "unique"),
     (["train.not_a_key=1"], "unknown config key"),
+    (["eval.select_best=coco_val/r_mean"], "names the eval set 'coco_val'"),
 ])
 def test_config_checks(overrides, match):
     with pytest.raises(ValueError, match=match):
