@@ -284,10 +284,6 @@ class EvalConfig:
         names = [s.name for s in self.retrieval] + [s.name for s in self.zeroshot]
         if any(not n for n in names) or len(set(names)) != len(names):
             raise ValueError(f"every eval set needs a unique, non-empty name, got {names}")
-        prefix = self.select_best.split("/", 1)[0] if "/" in self.select_best else None
-        if prefix is not None and prefix not in names:
-            raise ValueError(f"eval.select_best={self.select_best!r} names the eval set {prefix!r}, which is not one "
-                             f"of the configured sets {names}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("need eval.batch_size >= 1 and eval.num_workers >= 0")
 
@@ -314,3 +310,9 @@ class BimodalConfig:
     def __post_init__(self):
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSS_NAMES}")
+        best = self.eval.select_best
+        if "/" in best:  # the set must exist (data.synthetic replaces the sets by its own, named "synthetic")
+            names = ["synthetic"] if self.data.synthetic else [e.name for e in self.eval.retrieval + self.eval.zeroshot]
+            if best.split("/", 1)[0] not in names:
+                raise ValueError(f"eval.select_best={best!r} names the eval set {best.split('/', 1)[0]!r}, which is "
+                                 f"not one of the configured sets {names}")
