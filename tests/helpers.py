@@ -137,3 +137,46 @@ def train_llama_tokenizer(root: Path):
     tokenizer = LlamaTokenizer.from_pretrained(root, add_bos_token=True)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
     return tokenizer
+
+
+def local_tasks(root: Path) -> Path:
+    """lm-eval task YAMLs over local files (absolute paths): toy_mc (multiple choice: acc, acc_norm) and
+    toy_ppl (rolling log-likelihood: word_perplexity). Returns the directory for --include_path."""
+    root.mkdir(parents=True, exist_ok=True)
+    docs = [{"question": "where does the camel drink?", "choices": ["at the well", "on the mat"], "answer": 0},
+            {"question": "who sat on the mat?", "choices": ["the sand", "the cat"], "answer": 1},
+            {"question": "how do you find shade?", "choices": ["sun", "water"], "answer": 0},
+            {"question": "what is in the desert?", "choices": ["sand", "a well of water"], "answer": 0}]
+    (root / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "ppl.txt").write_text("the cat sat on the mat\nhow do you get water in the desert\nfind shade\n")
+    tasks = root / "tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "toy_mc.yaml").write_text(f"""task: toy_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {root / 'mc.jsonl'}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""")
+    (tasks / "toy_ppl.yaml").write_text(f"""task: toy_ppl
+dataset_path: text
+dataset_kwargs:
+  data_files:
+    test: {root / 'ppl.txt'}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+""")
+    return tasks

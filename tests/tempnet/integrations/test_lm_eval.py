@@ -18,7 +18,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from tempnet.integrations.lm_eval import TempNetLM  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 
-from helpers import lm_eval_by_hand  # noqa: E402
+from helpers import lm_eval_by_hand, local_tasks  # noqa: E402
 from test_checkpoints import write_released_checkpoint  # noqa: E402
 
 REQUESTS = [("the cat sat on", " the mat"), ("how do you get", " water in the desert"), ("find", " shade")]
@@ -141,40 +141,8 @@ def test_apply_tempnet_generation_and_bad_value(tiny_llama_dir, tokenizer):
 
 
 def test_simple_evaluate_on_local_tasks(tiny_llama_dir, tmp_path):
-    docs = [{"question": "where does the camel drink?", "choices": ["at the well", "on the mat"], "answer": 0},
-            {"question": "who sat on the mat?", "choices": ["the sand", "the cat"], "answer": 1},
-            {"question": "how do you find shade?", "choices": ["sun", "water"], "answer": 0}]
-    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tmp_path / "ppl.txt").write_text("the cat sat on the mat\nhow do you get water in the desert\n")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "toy_mc.yaml").write_text(f"""task: toy_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {tmp_path / 'mc.jsonl'}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-""")
-    (tasks / "toy_ppl.yaml").write_text(f"""task: toy_ppl
-dataset_path: text
-dataset_kwargs:
-  data_files:
-    test: {tmp_path / 'ppl.txt'}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-""")
+    tasks = local_tasks(tmp_path)
+    docs = [json.loads(line) for line in (tmp_path / "mc.jsonl").read_text().splitlines()]
     results = simple_evaluate(
         model="tempnet", model_args=f"pretrained={tiny_llama_dir},dtype=float32", tasks=["toy_mc", "toy_ppl"],
         device="cpu", batch_size=2, task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
