@@ -15,6 +15,7 @@ import math
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +24,8 @@ from tempnet import checks
 
 from tempnet.modules import FixedTemperature, GlobalTemperature, TempNet
 
-__all__ = ["dro_lm_loss", "tempered_ce_loss", "LMObjective", "OBJECTIVES", "build_objective", "check_rho_vocab"]
+__all__ = ["dro_lm_loss", "tempered_ce_loss", "LMObjective", "OBJECTIVES", "build_objective", "check_rho_vocab",
+           "dro_optimal_tau", "kl_to_uniform", "entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -187,3 +189,60 @@ def build_objective(name: str, vocab_size: int, **kwargs) -> LMObjective:
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
     return OBJECTIVES[name](vocab_size, **kwargs)
+
+
+# ---- the DRO optimum of fixed logits (float64 numpy): targets for tests, the synthetic language and the demo ----
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of float64 logits [..., V]; -inf entries stay -inf (probability 0)."""
+    top = z.max(axis=-1, keepdims=True)
+    shifted = z - top
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def entropy(logits: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of softmax(logits) row by row: [..., V] -> [...]. -inf logits allowed."""
+    logq = _log_softmax(np.asarray(logits, dtype=np.float64))
+    q = np.exp(logq)
+    return np.maximum(-np.where(q > 0, q * np.where(q > 0, logq, 0.0), 0.0).sum(axis=-1), 0.0)
+
+
+def kl_to_uniform(logits: np.ndarray, tau: np.ndarray | float) -> np.ndarray:
+    """KL(softmax(z / tau) || uniform over V) = log V - H(softmax(z / tau)). z [..., V], tau [...] -> [...]."""
+    z = np.asarray(logits, dtype=np.float64)
+    tau = np.asarray(tau, dtype=np.float64)
+    return math.log(z.shape[-1]) - entropy(z / tau[..., None])
+
+
+def dro_optimal_tau(logits: np.ndarray, rho: float, tau_min: float, tau_max: float, iters: int = 60) -> np.ndarray:
+    """The tau in [tau_min, tau_max] minimising the robust next-token loss of logits z, row by row.
+
+    KL(softmax(z/tau) || uniform) decreases in tau, and the loss's tau-derivative is rho - KL, so
+    the minimiser is the root of KL = rho, found by bisection in log tau; rows whose KL stays above
+    rho on the whole range get tau_max, rows whose KL stays below it get tau_min.
+
+    Args:
+        logits: [..., V] (float; -inf marks tokens outside the support); rho in (0, log V).
+        tau_min, tau_max: the clipping range, 0 < tau_min < tau_max.
+        iters: bisection steps (60 halvings of the log range: far below float64 resolution).
+    Returns:
+        tau [...] float64.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    v = z.shape[-1]
+    if not 0 < rho < math.log(v):
+        raise ValueError(f"rho must lie in (0, log V) = (0, {math.log(v):.4f}) for V={v}, got {rho}")
+    if not 0 < tau_min < tau_max:
+        raise ValueError(f"need 0 < tau_min < tau_max, got tau_min={tau_min}, tau_max={tau_max}")
+    if np.isnan(z).any():
+        raise ValueError("logits contain NaN")
+    shape = z.shape[:-1]
+    lo = np.full(shape, math.log(tau_min))
+    hi = np.full(shape, math.log(tau_max))
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        too_peaked = kl_to_uniform(z, np.exp(mid)) > rho  # KL above rho: tau must grow
+        lo = np.where(too_peaked, mid, lo)
+        hi = np.where(too_peaked, hi, mid)
+    tau = np.exp(0.5 * (lo + hi))
+    tau = np.where(kl_to_uniform(z, np.full(shape, tau_max)) >= rho, tau_max, tau)
+    return np.where(kl_to_uniform(z, np.full(shape, tau_min)) <= rho, tau_min, tau)
