@@ -157,7 +157,7 @@ def test_clip_and_cyclip_match_reference():
     out = CyClipLoss(tau=0.05, lambda_inmodal=0.3, lambda_crossmodal=0.2)(I, T, ids, ids)
     assert out["loss"].item() == pytest.approx(ref.cyclip_loss(I.tolist(), T.tolist(), 0.05, 0.3, 0.2), rel=1e-9)
     assert out["contrastive"].item() == pytest.approx(ref.clip_loss(I.tolist(), T.tolist(), 0.05), rel=1e-9)
-    assert out["loss"].item() == pytest.approx(out["contrastive"] + out["crossmodal"] + out["inmodal"], rel=1e-12)
+    assert out["loss"].item() == pytest.approx((out["contrastive"] + out["crossmodal"] + out["inmodal"]).item(), rel=1e-12)
     assert torch.autograd.gradcheck(lambda a, b: CyClipLoss(0.05)(a, b, ids, ids)["loss"],
                                     (I.requires_grad_(), T.requires_grad_()))
 
