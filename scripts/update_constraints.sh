@@ -14,6 +14,6 @@ TEMPNET_UNPINNED=1 bash .ci/run
 {
   echo "# Every package the suite last passed with (Python $(python -c 'import sys; print(*sys.version_info[:2], sep=".")'), $(date -u +%F))."
   echo "# Regenerate with: bash scripts/update_constraints.sh"
-  python -m pip freeze --exclude-editable | grep -v '^-e ' | LC_ALL=C sort -f
+  python -m pip freeze --all --exclude-editable | grep -v -e '^-e ' -e '^pip==' | LC_ALL=C sort -f
 } > .ci/constraints.txt
 echo "wrote .ci/constraints.txt ($(grep -c '==' .ci/constraints.txt) pins)"
