@@ -11,8 +11,8 @@ from tempnet.eval import calibration as C
 
 # ---- the exact measures, against a hand computation and Monte Carlo --------------------------------------------
 # Two positions over V = 3: a known truth p*, model logits z and a known tau per position.
-P = np.array([[0.7, 0.2, 0.1], [0.0, 0.5, 0.5]])
-Z = np.array([[2.0, 1.0, 0.0], [0.5, 1.5, -1.0]])
+P = np.array([[0.7, 0.2, 0.1], [0.0, 0.6, 0.4]])
+Z = np.array([[2.0, 1.0, 0.0], [0.5, -1.0, 1.5]])  # position 2: the model's top token is not the truth's
 TAU = np.array([0.5, 2.0])
 
 
@@ -30,7 +30,7 @@ def test_kl_ece_and_true_logprob_by_hand():
         assert kl[i] == pytest.approx(want, rel=1e-12)
         lp = C.expected_true_logprob(P, logq, floor=1e-3)[i]
         assert lp == pytest.approx(sum(qq * math.log(max(p, 1e-3)) for p, qq in zip(P[i], q)), rel=1e-12)
-    # top-1 ECE: each position is its own bin here (confidences 0.867 and 0.605 with 15 bins)
+    # top-1 ECE: each position is its own bin here (confidences 0.867 and 0.528 with 15 bins)
     q0, q1 = _q_by_hand(Z[0], TAU[0]), _q_by_hand(Z[1], TAU[1])
     want = 0.5 * abs(max(q0) - P[0][int(np.argmax(q0))]) + 0.5 * abs(max(q1) - P[1][int(np.argmax(q1))])
     assert C.top1_calibration_error(P, logq) == pytest.approx(want, rel=1e-12)

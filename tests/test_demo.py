@@ -164,6 +164,10 @@ def test_the_demo_deletes_nothing_it_did_not_create(tmp_path):
     (out / "runs" / "someone_elses").mkdir()
     (out / "runs" / "someone_elses" / "w.bin").write_bytes(b"x")
     prepare_output_dir(out)  # a rerun is accepted
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match=r"did not write \(notes.txt\)"):  # a demo directory with a foreign file
+        prepare_output_dir(out)
+    (out / "notes.txt").unlink()
     _remove_own_runs(out / "runs", [0], ROWS, ("clip",))
     assert not (out / "runs" / "lm_ce_seed0").exists() and (out / "runs" / "someone_elses" / "w.bin").read_bytes() == b"x"
 
