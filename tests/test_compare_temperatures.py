@@ -97,7 +97,8 @@ def test_every_rule_through_its_processor_and_the_optimum_below_all(tiny):
     res = T.compare_setting(model, rules, lang, valid, test, test.docs[:2, :1], 4, 0, head)
     assert set(res) == {"tau_1", "best_fixed", "dynatemp", "edt", "hidden_head", "oracle_per_position",
                         "dro_optimal_truth"}
-    assert T.oracle_excess(res) <= 1e-9  # the per-position optimum is the minimum on every position
+    # the per-position optimum is the minimum on every position (up to the float32 rounding of processor outputs)
+    assert T.oracle_excess(res) <= 1e-6
     assert res["best_fixed"]["valid_nll"] <= res["tau_1"]["valid_nll"] + 1e-12  # the grid holds tau = 1
     assert res["oracle_per_position"]["gap_closed"] == pytest.approx(1) and res["tau_1"]["gap_closed"] == 0
     # the dynatemp row is the processor with its chosen parameters, applied to the model's logits
@@ -157,7 +158,7 @@ def test_compare_temperatures_writes_the_contract(tmp_path):
         for method, rec in res[setting].items():
             for key in ("kl_to_truth", "test_ppl", "ece", "sample_true_logprob", "sample_entropy"):
                 assert rec[key] is not None and math.isfinite(rec[key]), (setting, method, key)
-    assert res["checks"]["oracle_excess_max"] <= 1e-9 and res["checks"]["best_fixed_minus_tau_1_valid_nll"] <= 1e-12
+    assert res["checks"]["oracle_excess_max"] <= 1e-6 and res["checks"]["best_fixed_minus_tau_1_valid_nll"] <= 1e-12
     assert (out / "temperatures.md").read_text().count("| tempnet_dro |") == 2
     assert (out / "temperatures.png").stat().st_size > 0
     assert (out / "runs" / "temperatures" / "frozen_tempnet_dro_seed0" / "final").is_dir()  # through the trainer

@@ -44,12 +44,15 @@ METHODS = ("tau_1", "best_fixed", "dynatemp", "edt", "tempnet_dro", "tempnet_ce"
 JOINT_METHODS = ("tau_1", "best_fixed", "dynatemp", "edt", "tempnet_dro", "oracle_per_position", "dro_optimal_truth")
 MEASURES = ("kl_to_truth", "test_ppl", "ece", "sample_true_logprob", "sample_entropy", "gap_closed",
             "tau_mean", "tau_std", "valid_nll")
-#: Fixed temperatures tried: 33 log-spaced values in [0.25, 4] (1.0 among them).
-FIXED_GRID = tuple(float(t) for t in np.round(np.geomspace(0.25, 4.0, 33), 6))
+#: Fixed temperatures tried: 41 log-spaced values in [0.1, 10] (1.0 among them; the jointly trained model's logits
+#: live on the scale of its own tau, up to tau_max = 5, so the grid reaches past it).
+FIXED_GRID = tuple(float(t) for t in np.round(np.geomspace(0.1, 10.0, 41), 6))
+#: The base temperatures of the two entropy rules (the same reach).
+BASE_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 4.0)
 #: llama.cpp dynatemp as (--temp T, --dynatemp-range R, exponent): t_min = max(0, T - R), t_max = T + R.
-DYNATEMP_GRID = tuple((t, r, e) for t in (0.6, 0.8, 1.0, 1.2, 1.5) for r in (0.25, 0.5, 1.0) for e in (0.5, 1.0, 2.0))
+DYNATEMP_GRID = tuple((t, r, e) for t in BASE_TEMPERATURES for r in (0.25, 0.5, 1.0) for e in (0.5, 1.0, 2.0))
 #: EDT as (t0, n, theta): T = t0 * n^(theta / H); only theta * log n matters, so n stays at the paper's 0.8.
-EDT_GRID = tuple((t0, 0.8, th) for t0 in (0.6, 0.8, 1.0, 1.2, 1.5, 2.0) for th in (0.05, 0.1, 0.25, 0.5, 1.0, 2.0))
+EDT_GRID = tuple((t0, 0.8, th) for t0 in BASE_TEMPERATURES for th in (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0))
 #: Sampling quality counts a token the source never emits as log p* = log of this.
 TRUE_LOGPROB_FLOOR = 1e-6
 #: Budgets: LM steps and documents, hidden-head steps, sampled prompts and tokens per prompt.

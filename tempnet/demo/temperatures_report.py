@@ -59,8 +59,8 @@ def render(result: dict) -> str:
         for method, rec in result[setting].items():
             params = rec.get("params")
             chosen = "" if params is None else "; ".join(str(p) for p in params)
-            lines.append(f"| {method} | {_cell(rec, 'kl_to_truth', '{:.4f}')} | {_cell(rec, 'gap_closed', '{:.2f}')} | "
-                         f"{_cell(rec, 'test_ppl', '{:.3f}')} | {_cell(rec, 'ece', '{:.4f}')} | "
+            lines.append(f"| {method} | {_cell(rec, 'kl_to_truth', '{:.4f}')} | {_cell(rec, 'gap_closed', '{:.3g}')} | "
+                         f"{_cell(rec, 'test_ppl', '{:.4g}')} | {_cell(rec, 'ece', '{:.4f}')} | "
                          f"{_cell(rec, 'sample_true_logprob', '{:.3f}')} | {_cell(rec, 'sample_entropy', '{:.3f}')} | "
                          f"{_cell(rec, 'tau_mean', '{:.3g}')} ({_cell(rec, 'tau_std', '{:.2g}')}) | {chosen} |")
         lines.append("")
@@ -70,9 +70,9 @@ def render(result: dict) -> str:
               f"sampled: {s['budget']['prompts']} continuations of {s['budget']['new_tokens']} tokens per method "
               f"(plain sampling through the method's logits processor), true log p = E_q[log max(p*, "
               f"{s['true_logprob_floor']:g})] per token, entropy = H(q) per token (nats). Tuned on the validation "
-              "NLL: best_fixed over 33 log-spaced tau in [0.25, 4]; dynatemp (T, range, exponent) over T in "
-              "{0.6, 0.8, 1, 1.2, 1.5} x range {0.25, 0.5, 1} x exponent {0.5, 1, 2}; EDT (t0, n, theta) over t0 in "
-              "{0.6, 0.8, 1, 1.2, 1.5, 2} x theta {0.05, 0.1, 0.25, 0.5, 1, 2}, n = 0.8. tempnet_*: a fresh "
+              "NLL: best_fixed over 41 log-spaced tau in [0.1, 10]; dynatemp (T, range, exponent) over T in "
+              "{0.6, 0.8, 1, 1.2, 1.5, 2, 3, 4} x range {0.25, 0.5, 1} x exponent {0.5, 1, 2}; EDT (t0, n, theta) over "
+              "t0 in the same T x theta {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2}, n = 0.8. tempnet_*: a fresh "
               "TempNet trained by the LLM trainer on the frozen model (joint_tempnet_dro: the model's own "
               "TempNet); references: oracle_per_position and dro_optimal_truth read the truth._", ""]
     return "\n".join(lines)
