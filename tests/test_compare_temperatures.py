@@ -93,7 +93,7 @@ def test_every_rule_through_its_processor_and_the_optimum_below_all(tiny):
     corpus = SimpleNamespace(rho=math.log(256) - 2)
     head = HiddenTemperatureHead(16, 8, 0.05, 5.0)
     torch.nn.init.normal_(head.mlp[2].weight, std=1.0)  # a head whose tau varies
-    rules = T._frozen_rules(lang, 258, corpus, setup, {"hidden_head": head}, model)
+    rules = T.rules_for(lang, 258, corpus, setup, {"hidden_head": head}, model)
     res = T.compare_setting(model, rules, lang, valid, test, test.docs[:2, :1], 4, 0, head)
     assert set(res) == {"tau_1", "best_fixed", "dynatemp", "edt", "hidden_head", "oracle_per_position",
                         "dro_optimal_truth"}

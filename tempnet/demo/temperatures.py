@@ -35,7 +35,7 @@ from tempnet.integrations.decoding import (EDTLogitsProcessor, EntropyDynamicTem
                                            FixedTemperatureLogitsProcessor, HiddenStateTemperatureLogitsProcessor,
                                            TemperatureLogitsProcessor, TempNetLogitsProcessor)
 
-__all__ = ["METHODS", "FIXED_GRID", "DYNATEMP_GRID", "EDT_GRID", "COMPARE_FULL", "COMPARE_QUICK", "Split",
+__all__ = ["METHODS", "JOINT_METHODS", "rules_for", "oracle_excess", "FIXED_GRID", "DYNATEMP_GRID", "EDT_GRID", "COMPARE_FULL", "COMPARE_QUICK", "Split",
            "TruthTemperatureLogitsProcessor", "make_split", "score_positions", "evaluate_method", "tune",
            "sample_measures", "compare_setting", "run_comparison", "MEASURES", "TRUE_LOGPROB_FLOOR"]
 
@@ -253,8 +253,9 @@ def oracle_excess(results: dict) -> float:
     return float(max((oracle - rec["kl"]).max() for rec in results.values()))
 
 
-def _frozen_rules(lang, vocab, corpus, setup, heads: dict, model) -> dict:
-    """The rules of both settings; `heads`: {name: TempNet module or hidden head} for the learned ones."""
+def rules_for(lang, vocab, corpus, setup, heads: dict, model) -> dict:
+    """{method: processor factory, or ("grid", factory, grid)} for one setting; `heads`: {name: TempNet module
+    or hidden head} for the learned rows present in it."""
     tau_ctx = lang.context_tau_star(corpus.rho, setup.tau_min, setup.tau_max)
     rules = {
         "tau_1": lambda: FixedTemperatureLogitsProcessor(1.0),
@@ -328,11 +329,11 @@ def run_seed(seed: int, budget: dict, setup, corpus, work: Path, log=print) -> d
     timings["train_hidden_head"] = time.time() - t0
     t0 = time.time()
     log(f"[temperatures] measure frozen_ce (seed {seed})")
-    frozen = compare_setting(plain_ce, _frozen_rules(lang, vocab, corpus, setup, heads, plain_ce), lang, valid, test,
+    frozen = compare_setting(plain_ce, rules_for(lang, vocab, corpus, setup, heads, plain_ce), lang, valid, test,
                              prompts, budget["new_tokens"], seed, heads["hidden_head"])
     plain_joint, own = _plain(runs["tempnet_dro"])
     log(f"[temperatures] measure joint_tempnet_dro (seed {seed})")
-    joint = compare_setting(plain_joint, _frozen_rules(lang, vocab, corpus, setup, {"tempnet_dro": own}, plain_joint),
+    joint = compare_setting(plain_joint, rules_for(lang, vocab, corpus, setup, {"tempnet_dro": own}, plain_joint),
                             lang, valid, test, prompts, budget["new_tokens"], seed)
     timings["measure"] = time.time() - t0
     checks = {"oracle_excess_max": max(oracle_excess(frozen), oracle_excess(joint)),
