@@ -140,7 +140,7 @@ def render_tables(table_root: Path, tau: dict, truth_row: dict | None, n_seeds: 
                    + "; the paper's ablation reports GPT-2 125M downstream accuracy, not perplexity, so its rows are "
                      "not shown (scripts/make_tables.py --paper prints them)"]
     if "clip" in tables:
-        tables["clip"].title = "Tiny CLIP (Bimodal-CL debug config, synthetic set): retrieval R@1 and zero-shot top-1"
+        tables["clip"].title = TITLES["clip"]
         tables["clip"].notes = [f"{spread} (means shown); IR@1 = text -> image, TR@1 = image -> text; the paper's "
                                 "CC3M-trained ResNet-50 + DistilBERT rows are on other sets (Flickr30K, MSCOCO, "
                                 "ImageNet), so they are not shown"]
