@@ -112,7 +112,7 @@ def test_every_rule_through_its_processor_and_the_optimum_below_all(tiny):
     with torch.no_grad():
         h = model(input_ids=torch.as_tensor(test.docs), output_hidden_states=True).hidden_states[-1][:, :-1]
     assert res["hidden_head"]["tau_std"] > 1e-3
-    tau_h = head(h)[..., 0].reshape(-1).double().numpy()
+    tau_h = head(h)[..., 0].reshape(-1).detach().double().numpy()
     assert res["hidden_head"]["tau_mean"] == pytest.approx(tau_h.mean(), rel=1e-5)
     kl_h = C.kl_to_truth(test.p, C.tempered_log_probs(z.double().numpy(), tau_h)).mean()
     assert res["hidden_head"]["kl_to_truth"] == pytest.approx(kl_h, rel=1e-5)
