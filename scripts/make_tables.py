@@ -14,9 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tempnet.errors import UserError, run_cli
 from tempnet.eval.tables import build_tables, to_json, to_markdown
+
+
+def _demo_hint(results_dir: str) -> str:
+    """Where the tiny demo's table inputs are: its DIR/tables/ (python -m tempnet.demo writes results/tiny/tables)."""
+    found = sorted(str(p) for p in Path(results_dir).glob("*/tables") if (p / "llm").is_dir() or (p / "clip").is_dir())
+    if found:
+        return "; the demo's tables are in " + ", ".join(found) + f" (python scripts/make_tables.py {found[0]})"
+    return ("; the tiny demo (python -m tempnet.demo) writes its table inputs to results/tiny/tables "
+            "(python scripts/make_tables.py results/tiny/tables)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         metrics[task] = metric
     try:
         tables = build_tables(args.results_dir, paper=args.paper, metrics=metrics)
+    except FileNotFoundError as e:
+        raise UserError(f"{e}{_demo_hint(args.results_dir)}") from None
     except ValueError as e:  # a results file that is not what the layout promises
         raise UserError(str(e)) from None
     if not tables:
         raise UserError(f"no results in {args.results_dir} (expected llm/<row>/, clip/<row>/ or alpaca/<row>/); "
-                        "--paper prints the paper's numbers alone")
+                        f"--paper prints the paper's numbers alone{_demo_hint(args.results_dir)}")
     print(json.dumps(to_json(tables), indent=2) if args.json else to_markdown(tables), end="" if not args.json else "\n")
     return 0
 

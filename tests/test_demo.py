@@ -56,7 +56,11 @@ def test_every_output_exists_and_is_finite(synthetic_run):
         assert _finite(rec["r1"]) and _finite(rec["zeroshot_top1"])
         assert rec["r1"] == pytest.approx((rec["img_r1"] + rec["txt_r1"]) / 2)
     tables = (out / "tables.md").read_text()
-    assert "tempnet_dro (paper)" in tables and "tempnet_dro+uncentred" in tables and "isogclr_tempnet (paper)" in tables
+    assert "tempnet_dro+uncentred" in tables and "isogclr_tempnet" in tables
+    assert "(paper)" not in tables and "Avg." not in tables  # no accuracies in a perplexity table
+    assert "GPT-2 from scratch" not in tables and "CC3M:" not in tables
+    clip_header = next(line for line in tables.splitlines() if line.startswith("| row | synthetic"))
+    assert clip_header.count("|") == 5  # row + our three columns: no empty paper columns
     run = json.loads((out / "run.json").read_text())
     assert run["lm"]["rho"] == pytest.approx(math.log(256) - 2) and run["lm"]["rho"] < run["lm"]["log_V"]
 
@@ -108,17 +112,81 @@ def test_data_path_on_a_text_file(tmp_path):
 
 
 def test_bad_data_path_is_named(tmp_path):
+    from tempnet.errors import UserError
+
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         main(["--output-dir", str(tmp_path / "x"), "--data", str(tmp_path / "nope.txt"), "--no-clip"])
     (tmp_path / "one.txt").write_text("only one line\n")
-    with pytest.raises(ValueError, match="at least 2 non-empty lines"):
+    with pytest.raises(UserError, match="at least 2 non-empty lines"):
         main(["--output-dir", str(tmp_path / "y"), "--data", str(tmp_path / "one.txt"), "--no-clip"])
 
 
-def test_bad_seed_count_exits_with_a_message():
-    r = subprocess.run([sys.executable, "-m", "tempnet.demo", "--seeds", "0"], capture_output=True, text=True,
-                       cwd=Path(__file__).resolve().parents[1])
-    assert r.returncode != 0 and "--seeds must be >= 1" in r.stderr
+def _demo_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "tempnet.demo", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world\nfoo bar\n"], ids=["empty", "20 bytes"])
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path, content):
+    (tmp_path / "in.txt").write_bytes(content)
+    r = _demo_cli("--data", str(tmp_path / "in.txt"), "--output-dir", str(tmp_path / "o"), "--no-clip", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: --data") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_seed_count_exits_with_a_message(tmp_path):
+    r = _demo_cli("--seeds", "0", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == "error: --seeds must be >= 1, got 0\n"
+
+
+def test_the_demo_deletes_nothing_it_did_not_create(tmp_path):
+    import hashlib
+
+    from tempnet.demo.run import MARKER, _remove_own_runs, prepare_output_dir
+
+    def digest(root):
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+    mine = tmp_path / "mine"  # a directory with the user's files: the README's training runs, notes
+    (mine / "runs" / "gpt2_debug").mkdir(parents=True)
+    (mine / "runs" / "gpt2_debug" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (mine / "README.md").write_text("my notes\n")
+    before = digest(mine)
+    r = _demo_cli("--output-dir", str(mine), "--steps", "1", cwd=tmp_path)
+    assert r.returncode == 2 and "holds files the demo did not write (README.md)" in r.stderr and "Traceback" not in r.stderr
+    assert digest(mine) == before  # nothing removed, nothing added
+    with pytest.raises(Exception, match="did not write"):  # only a folder of runs, no demo output: refused too
+        prepare_output_dir(mine / "runs")
+    # in a directory the demo wrote, a run folder it did not write survives the clean-up of its own
+    out = tmp_path / "demo"
+    prepare_output_dir(out)
+    assert (out / MARKER).is_file()
+    (out / "runs" / "lm_ce_seed0").mkdir(parents=True)
+    (out / "runs" / "someone_elses").mkdir()
+    (out / "runs" / "someone_elses" / "w.bin").write_bytes(b"x")
+    prepare_output_dir(out)  # a rerun is accepted
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match=r"did not write \(notes.txt\)"):  # a demo directory with a foreign file
+        prepare_output_dir(out)
+    (out / "notes.txt").unlink()
+    _remove_own_runs(out / "runs", [0], ROWS, ("clip",))
+    assert not (out / "runs" / "lm_ce_seed0").exists() and (out / "runs" / "someone_elses" / "w.bin").read_bytes() == b"x"
+
+
+def test_tiny_tables_carry_their_own_titles_in_make_tables(tmp_path):
+    from tempnet.demo.report import write_table_inputs
+
+    lm = {row: {"val_ppl": 10.0, "val_ppl_tau": 9.0, "true_entropy_ppl": 5.0} for row in ROWS}
+    clip = {"clip": {"img_r1": 10.0, "txt_r1": 20.0, "zeroshot_top1": 30.0}}
+    write_table_inputs(tmp_path / "tiny" / "tables", lm, clip)
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "scripts" / "make_tables.py"), str(tmp_path / "tiny" / "tables")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "synthetic language" in r.stdout and "synthetic image-text" in r.stdout
+    assert "GPT-2 from scratch" not in r.stdout and "CLIP on CC3M" not in r.stdout
+    r = subprocess.run([sys.executable, str(repo / "scripts" / "make_tables.py"), str(tmp_path)],
+                       capture_output=True, text=True)  # the parent: no results there, but it says where they are
+    assert r.returncode == 2 and f"the demo's tables are in {tmp_path / 'tiny' / 'tables'}" in r.stderr
 
 
 def test_a_variant_row_joins_the_ablation_table_after_the_papers_row(tmp_path):
@@ -139,3 +207,17 @@ def test_wrapper_script_reaches_the_demo():
     repo = Path(__file__).resolve().parents[1]
     r = subprocess.run(["bash", str(repo / "scripts" / "reproduce_tiny.sh"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--quick" in r.stdout and "--data" in r.stdout and "--seeds" in r.stdout
+
+
+def test_no_correlation_is_reported_for_a_tau_without_spread():
+    from tempnet.demo.lm import SPREAD_THRESHOLD, tau_stats
+
+    rng = np.random.default_rng(0)
+    entropy = rng.random(500)
+    truth = {"entropy": entropy, "tau_star": 1 - entropy}
+    plateau = {"tau": 2.0 - 0.1 * SPREAD_THRESHOLD * entropy, "tau_dro_optimal": 1 - entropy}  # std < threshold
+    stats = tau_stats(plateau, truth)
+    assert 0 < stats["tau_std"] <= SPREAD_THRESHOLD
+    assert stats["spearman"] is None and stats["spearman_dro_optimal"] is None and stats["spearman_true_tau_star"] is None
+    spread = {"tau": 2.0 - entropy, "tau_dro_optimal": 1 - entropy}
+    assert tau_stats(spread, truth)["spearman"] == pytest.approx(-1.0)

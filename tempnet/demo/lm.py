@@ -23,8 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tempnet.errors import UserError
+
 __all__ = ["LMSetup", "Corpus", "synthetic_corpus", "text_corpus", "lm_overrides", "train_objective",
-           "evaluate_lm", "tau_stats", "truth_stats", "generate_sample", "ROWS"]
+           "evaluate_lm", "tau_stats", "truth_stats", "generate_sample", "ROWS", "SPREAD_THRESHOLD"]
+
+#: A correlation of tau with anything is reported only when tau's std over the positions exceeds this; below it
+#: tau is one value plus numerical noise (e.g. TempNet still on its plateau) and a rank correlation is noise.
+SPREAD_THRESHOLD = 1e-3
 
 #: The rows of the LM comparison: the paper's four ablation objectives, then the studied pooling variant.
 ROWS = {
@@ -116,7 +122,7 @@ def text_corpus(path: Path, root: Path, setup: LMSetup, vocab_size: int = 512) -
         raise FileNotFoundError(f"--data: no such file {path}")
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     if len(lines) < 2:
-        raise ValueError(f"--data {path}: need at least 2 non-empty lines (training and validation), got {len(lines)}")
+        raise UserError(f"--data {path}: need at least 2 non-empty lines (training and validation), got {len(lines)}")
     n_valid = max(1, len(lines) // 10)
     train_lines, valid_lines = lines[:-n_valid], lines[-n_valid:]
     data = root / "data"
@@ -128,7 +134,7 @@ def text_corpus(path: Path, root: Path, setup: LMSetup, vocab_size: int = 512) -
     stream = [t for line in valid_lines for t in tok(line)["input_ids"] + [eos]]
     n_rows = len(stream) // width
     if n_rows == 0:
-        raise ValueError(f"--data {path}: the validation part ({n_valid} lines) has {len(stream)} tokens, fewer than "
+        raise UserError(f"--data {path}: the validation part ({n_valid} lines) has {len(stream)} tokens, fewer than "
                          f"one sequence of {width}; give a longer file")
     valid = np.asarray(stream[:n_rows * width], dtype=np.int64).reshape(n_rows, width)
     v = len(tok)
@@ -214,11 +220,14 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 def tau_stats(ev: dict, truth: dict | None) -> dict:
     """How the head's tau varies over the scored positions: spread, and (synthetic language) Spearman
     correlations with the true entropy, the DRO-optimal tau of the model's own logits
-    (`spearman_dro_optimal`) and the DRO-optimal tau of the true distribution (`spearman_true_tau_star`)."""
+    (`spearman_dro_optimal`) and the DRO-optimal tau of the true distribution (`spearman_true_tau_star`);
+    the correlations are None when tau's std is at most `SPREAD_THRESHOLD` (no spread to rank)."""
     t = ev["tau"]
     out = {"n_positions": int(t.size), "tau_mean": float(t.mean()), "tau_std": float(t.std()),
            "tau_p5": float(np.percentile(t, 5)), "tau_p95": float(np.percentile(t, 95))}
-    if truth is not None:
+    if truth is not None and out["tau_std"] <= SPREAD_THRESHOLD:
+        out.update(spearman=None, spearman_dro_optimal=None, spearman_true_tau_star=None)
+    elif truth is not None:
         out["spearman"] = _spearman(t, truth["entropy"])
         out["spearman_dro_optimal"] = (_spearman(t, ev["tau_dro_optimal"]) if "tau_dro_optimal" in ev else None)
         out["spearman_true_tau_star"] = _spearman(t, truth["tau_star"])

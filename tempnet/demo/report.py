@@ -63,9 +63,17 @@ def write_json(path: Path, data) -> None:
 _LM_COLUMNS = ("val_ppl", "val_ppl_tau", "true_entropy_ppl")
 
 
+#: The titles of the demo's tables, stored beside them (titles.json) so scripts/make_tables.py uses them too.
+TITLES = {"ablation": "Ablation, tiny GPT-2 on the demo's synthetic language: validation perplexity",
+          "clip": "Tiny CLIP (Bimodal-CL debug config, synthetic image-text set): retrieval R@1 and zero-shot top-1"}
+
+
 def write_table_inputs(root: Path, lm: dict, clip: dict | None) -> None:
     """The results in the layout of tempnet.eval.tables: perplexities as lm-eval `perplexity` entries
-    (their "stderr" slot holds the std over seeds), CLIP metrics as Bimodal-CL eval.json keys."""
+    (their "stderr" slot holds the std over seeds), CLIP metrics as Bimodal-CL eval.json keys, and the
+    tables' titles (titles.json)."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "titles.json", TITLES)
     for row, rec in lm.items():
         results = {}
         for key in _LM_COLUMNS:
@@ -100,10 +108,14 @@ def tau_table(tau: dict, truth_row: dict | None):
     rows = [Row(name, {f: _text(rec.get(f), rec.get(f"{f}_std")) for f in fields}) for name, rec in tau.items()]
     if truth_row is not None:
         rows.append(Row("source tau* (truth)", {f: _text(truth_row.get(f)) for f in fields}))
+    from tempnet.demo.lm import SPREAD_THRESHOLD
+
     notes = ["tau at every scored validation position" + (
         "; H = the true next-token entropy; tau* model = the DRO-optimal tau of the trained model's own logits at "
         "that position (dro_optimal_tau, same rho and range); tau* true = that of the true distribution; n/a = "
-        "undefined (a constant tau has no ranking)" if truth_row is not None else " (no true distribution: spread only)")]
+        f"not reported: tau's std is at most {SPREAD_THRESHOLD:g}, one value plus numerical noise, which has no "
+        "ranking (a short or --quick run can stop before TempNet spreads its tau)"
+        if truth_row is not None else " (no true distribution: spread only)")]
     return Table("tau", "How the temperature varies with the next token's uncertainty (validation positions)",
                  columns, rows, notes)
 
@@ -112,7 +124,7 @@ def render_tables(table_root: Path, tau: dict, truth_row: dict | None, n_seeds: 
     """Markdown of the LM ablation table, the tau table and the CLIP table (paper rows included)."""
     from tempnet.eval.tables import Cell, build_tables, to_markdown
 
-    tables = {t.key: t for t in build_tables(table_root, paper=True)}
+    tables = {t.key: t for t in build_tables(table_root)}  # our rows only: the paper's measure other things
     for t in tables.values():  # the floor is one number for every row: shown as text, so never bold as "best"
         for row in t.rows:
             floor = row.cells.get("true_entropy_ppl")
@@ -125,11 +137,13 @@ def render_tables(table_root: Path, tau: dict, truth_row: dict | None, n_seeds: 
         t.notes = [f"{spread}; val_ppl: raw logits (tau = 1), val_ppl_tau: logits / predicted tau"
                    + (", true_entropy_ppl: exp(mean true entropy) over the same positions (the floor)"
                       if truth_row is not None else "")
-                   + "; the paper's rows give its GPT-2 125M average accuracy (Avg.), a different measure"]
+                   + "; the paper's ablation reports GPT-2 125M downstream accuracy, not perplexity, so its rows are "
+                     "not shown (scripts/make_tables.py --paper prints them)"]
     if "clip" in tables:
-        tables["clip"].title = "Tiny CLIP (Bimodal-CL debug config, synthetic set): retrieval R@1 and zero-shot top-1"
-        tables["clip"].notes = [f"{spread} (means shown); IR@1 = text -> image, TR@1 = image -> text; the paper's rows "
-                                "are CC3M-trained ResNet-50 + DistilBERT on Flickr30K / ImageNet"]
+        tables["clip"].title = TITLES["clip"]
+        tables["clip"].notes = [f"{spread} (means shown); IR@1 = text -> image, TR@1 = image -> text; the paper's "
+                                "CC3M-trained ResNet-50 + DistilBERT rows are on other sets (Flickr30K, MSCOCO, "
+                                "ImageNet), so they are not shown"]
     ordered = [tables[k] for k in ("ablation",) if k in tables] + [tau_table(tau, truth_row)]
     ordered += [tables["clip"]] if "clip" in tables else []
     return to_markdown(ordered)
@@ -175,16 +189,19 @@ def plot_all(out: Path, scatter: dict, truth: dict | None, samples: dict, lm_run
         ax.set_xlabel("generated token")
         ax.set_ylabel("tau")
         first = next(iter(samples.values()))
+        handles, labels = ax.get_legend_handles_labels()
         if first.get("entropy") is not None:
             ax2 = ax.twinx()
             ent = [np.nan if e is None else e for e in first["entropy"]]
-            ax2.bar(range(1, len(ent) + 1), ent, color="0.85", zorder=0, label="true entropy of the step")
+            bars = ax2.bar(range(1, len(ent) + 1), ent, color="0.85", zorder=0, label="true entropy of the step")
             ax2.set_ylabel("true next-token entropy (nats)")
             ax.set_zorder(ax2.get_zorder() + 1)
             ax.patch.set_visible(False)
-            ax2.legend(loc="upper right", fontsize=7)
-        ax.legend(loc="upper left", fontsize=7)
-        ax.set_title("tau per token of a sampled continuation (logits / tau, plain sampling)")
+            handles, labels = handles + [bars], labels + ["true entropy of the step"]
+        # the legend sits above the axes, so no line runs through it
+        ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0, 1.02), ncol=len(labels), fontsize=7,
+                  frameon=False)
+        ax.set_title("tau per token of a sampled continuation (logits / tau, plain sampling)", pad=22)
         fig.tight_layout()
         written.append(out / "demo_tau_sample.png")
         fig.savefig(written[-1], dpi=120)
@@ -198,10 +215,12 @@ def plot_all(out: Path, scatter: dict, truth: dict | None, samples: dict, lm_run
         axes[0][0].axhline(float(truth["entropy"].mean()), c="k", ls="--", lw=1, label="mean true entropy")
     axes[0][0].legend(fontsize=7)
     if clip_runs:
-        for loss, run_dir in clip_runs.items():
+        for loss, run_dir in clip_runs.items():  # the losses live on different scales: each relative to its start
             m = _metrics(run_dir)
-            axes[0][1].plot([r["step"] for r in m], [r["loss"] for r in m], label=loss)
-        axes[0][1].set(xlabel="step", ylabel="training loss", title="tiny CLIP (each loss on its own scale)")
+            if m:
+                axes[0][1].plot([r["step"] for r in m], [r["loss"] / m[0]["loss"] for r in m], label=loss)
+        axes[0][1].set(xlabel="step", ylabel="training loss / its first logged value",
+                       title="tiny CLIP: each loss relative to its first value")
         axes[0][1].legend(fontsize=7)
     fig.tight_layout()
     written.append(out / "demo_loss_curves.png")

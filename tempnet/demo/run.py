@@ -1,6 +1,7 @@
 """`python -m tempnet.demo`: the whole method on a laptop, in minutes, on data whose truth is known.
 
     python -m tempnet.demo [--quick] [--output-dir DIR] [--data PATH] [--seeds N]
+    python -m tempnet.demo --compare-temperatures [--quick] [--seeds N] [--output-dir DIR]
 
 1. A tiny GPT-2 trained by the shared LLM trainer under the paper's four ablation objectives (ce, dro,
    tempnet_ce, tempnet_dro) plus the studied pooling variant (tempnet_dro+uncentred: tempnet.pooling=
@@ -13,6 +14,13 @@
 
 Writes DIR/lm.json, DIR/tau_entropy.json, DIR/clip.json, DIR/run.json (settings, timings, machine),
 DIR/tables.md and DIR/demo_*.png, and prints the tables (Qiu et al., ICML 2024, Tables: ablation, CLIP).
+
+--compare-temperatures runs `tempnet.demo.temperatures` instead: which temperature rule (fixed, llama.cpp's
+dynamic temperature, EDT, TempNet, a hidden-state head) brings the model's next-token distribution closest
+to the truth; DIR/temperatures.json, DIR/temperatures.md, DIR/temperatures.png.
+
+The demo writes only what it knows: DIR must be new, empty, or a directory it wrote before (it holds
+`.tempnet-demo`); training runs go below DIR/runs/, and only the run folders about to be rewritten are removed.
 """
 
 from __future__ import annotations
@@ -26,11 +34,18 @@ import sys
 import time
 from pathlib import Path
 
+from tempnet.errors import UserError
+
 __all__ = ["main", "QUICK", "FULL"]
 
 #: The full run and --quick: (LM steps, training documents, validation documents, CLIP epochs).
 FULL = {"steps": 1000, "train_docs": 4000, "valid_docs": 256, "clip_epochs": None}
 QUICK = {"steps": 120, "train_docs": 1000, "valid_docs": 32, "clip_epochs": 2}
+#: The file that marks a directory the demo wrote, and every name it writes there.
+MARKER = ".tempnet-demo"
+OUTPUTS = {MARKER, "lm.json", "tau_entropy.json", "clip.json", "run.json", "tables.md", "tables", "runs",
+           "temperatures.json", "temperatures.md", "temperatures.png", "demo_tau_entropy.png", "demo_tau_sample.png",
+           "demo_loss_curves.png"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, metavar="PATH", help="a local text file for the LM comparison instead of the synthetic "
                    "language (tokenizer trained on it; no true-entropy columns)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per row, reported as mean ± std (default 1)")
+    p.add_argument("--compare-temperatures", action="store_true", help="instead: which temperature (fixed, dynatemp, "
+                   "EDT, TempNet, a hidden-state head) gets closest to the true next-token distribution "
+                   "(temperatures.json / .md / .png)")
     hidden = argparse.SUPPRESS  # for tests and experiments: shorter or different budgets
     p.add_argument("--steps", type=int, help=hidden)
     p.add_argument("--train-docs", type=int, help=hidden)
@@ -49,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-epochs", type=int, help=hidden)
     p.add_argument("--no-clip", action="store_true", help=hidden)
     p.add_argument("--override", action="append", default=[], help=hidden)
+    p.add_argument("--budget", action="append", default=[], help=hidden)  # KEY=INT of the comparison's budget
     return p
 
 
@@ -60,27 +79,84 @@ def _machine() -> dict:
             "python": platform.python_version(), "load_average_at_start": os.getloadavg()}
 
 
+def prepare_output_dir(out: Path) -> None:
+    """Refuse a DIR holding anything the demo did not write (it would be overwritten or removed); then mark it."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out}: exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    unknown = [name for name in entries if name not in OUTPUTS]
+    ours = any(name in entries for name in (MARKER, "run.json", "temperatures.json"))
+    if unknown or (entries and not ours):
+        shown = ", ".join((unknown or entries)[:5]) + (" ..." if len(unknown or entries) > 5 else "")
+        raise UserError(f"--output-dir {out}: holds files the demo did not write ({shown}); choose a new or empty "
+                        "directory (the demo writes results and training runs there and replaces its own)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by python -m tempnet.demo; it replaces only its own files here\n")
+
+
+def _remove_own_runs(work: Path, seeds: list[int], rows, clip_losses) -> None:
+    """Remove the run folders this demo is about to rewrite (and its data / token cache), nothing else."""
+    names = ["lm_data", "token_cache"] + [f"lm_{row}_seed{s}" for row in rows for s in seeds]
+    names += [f"clip_{loss}_seed{s}" for loss in clip_losses for s in seeds]
+    for name in names:
+        shutil.rmtree(work / name, ignore_errors=True)
+
+
+def _budget(args) -> dict:
+    """The comparison's budget: COMPARE_QUICK / COMPARE_FULL, then --steps / --train-docs / --valid-docs and
+    the hidden --budget KEY=INT."""
+    from tempnet.demo.temperatures import COMPARE_FULL, COMPARE_QUICK
+
+    budget = {**(COMPARE_QUICK if args.quick else COMPARE_FULL)}
+    for key in ("steps", "train_docs", "valid_docs"):
+        if getattr(args, key) is not None:
+            budget[key] = getattr(args, key)
+    for item in args.budget:
+        key, _, value = item.partition("=")
+        if key not in budget or not value.isdigit() or int(value) < 1:
+            raise UserError(f"--budget {item!r}: expected KEY=N with N >= 1 and KEY one of {sorted(budget)}")
+        budget[key] = int(value)
+    return budget
+
+
 def main(argv=None) -> dict:
-    """Run the demo; returns {"lm", "tau", "clip", "run"} (what the JSON files hold)."""
+    """Run the demo; returns {"lm", "tau", "clip", "run"} (what the JSON files hold), or with
+    --compare-temperatures what temperatures.json holds."""
     args = _parser().parse_args(argv)
     if args.seeds < 1:
-        raise SystemExit("error: --seeds must be >= 1")
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    seeds = list(range(args.seeds))
+    out = args.output_dir
+    if args.compare_temperatures:
+        if args.data is not None:
+            raise UserError("--compare-temperatures needs the synthetic language's truth: drop --data")
+        budget = _budget(args)
+        prepare_output_dir(out)
+        from tempnet.demo import lm as L
+        from tempnet.demo.temperatures import run_comparison
+
+        setup = L.LMSetup(steps=budget["steps"], extra=list(args.override))
+        if args.quick:
+            print("[temperatures] --quick: a shorter run; the LM is less trained and the frozen TempNets may still sit "
+                  "on their plateau (one tau for every position)", flush=True)
+        return run_comparison(out, budget, seeds, setup, log=lambda m: print(m, flush=True))
     budget = {**(QUICK if args.quick else FULL)}
     for key in ("steps", "train_docs", "valid_docs", "clip_epochs"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
-    seeds = list(range(args.seeds))
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    if args.data is not None and not args.data.is_file():
+        raise FileNotFoundError(f"--data: no such file {args.data}")
+    prepare_output_dir(out)
     work = out / "runs"
-    shutil.rmtree(work, ignore_errors=True)
     t_start = time.time()
     run_info = {"command": "python -m tempnet.demo " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "machine": _machine(), "budget": budget, "seeds": seeds, "timings_s": {}}
 
     from tempnet.demo import lm as L
     from tempnet.demo import report as R
+    from tempnet.demo.clip import CLIP_LOSSES
 
+    _remove_own_runs(work, seeds, L.ROWS, CLIP_LOSSES)
     setup = L.LMSetup(steps=budget["steps"], extra=list(args.override))
     t0 = time.time()
     if args.data is None:
@@ -130,7 +206,8 @@ def main(argv=None) -> dict:
                     "entropy; spearman_dro_optimal: with the DRO-optimal tau computed by dro_optimal_tau on the "
                     "trained model's own logits at that position (the run's rho and tau range); "
                     "spearman_true_tau_star: with the DRO-optimal tau of the true distribution (support-restricted "
-                    "logits); None: undefined (a constant tau has no ranking)"}
+                    f"logits); None: not reported, tau's std is at most {L.SPREAD_THRESHOLD:g} (a constant tau, or one "
+                    "value plus numerical noise, has no ranking)"}
     truth_row = None
     if corpus.truth is not None:
         truth_row = tau["source_tau_star"] = L.truth_stats(corpus.truth)
@@ -172,6 +249,9 @@ def main(argv=None) -> dict:
     run_info["figures"] = [str(f) for f in figures]
     R.write_json(out / "run.json", run_info)
     print("\n" + markdown)
+    if args.quick:
+        print(f"[demo] --quick stops early: tempnet_dro may still sit on its plateau (one tau for every position, "
+              f"std <= {L.SPREAD_THRESHOLD:g}), so its correlations read n/a; the full run reaches the spread", flush=True)
     print(f"[demo] done in {run_info['timings_s']['total']:.0f} s; results in {out} (lm.json, tau_entropy.json, "
           f"{'clip.json, ' if clip else ''}tables.md, run.json, " + ", ".join(f.name for f in figures) + ")")
     return {"lm": lm, "tau": tau, "clip": clip, "run": run_info}

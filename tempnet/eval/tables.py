@@ -333,12 +333,16 @@ def build_tables(results_dir: str | Path, paper: bool = False, metrics: dict[str
     """Every table that has rows: LLM tables (GPT-2, ablation, LLaMA-1, LLaMA-2, other), AlpacaEval, CLIP.
 
     paper: add the paper's rows (marked "(paper)"); metrics: {task: lm-eval metric} overriding TASK_METRICS.
+    An optional RESULTS_DIR/titles.json ({table key: title}) replaces the default titles.
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"results directory {results_dir} does not exist")
     tables = _llm_tables(results_dir, paper, {**TASK_METRICS, **(metrics or {})})
     tables += [t for t in (_alpaca_table(results_dir, paper), _clip_table(results_dir, paper)) if t is not None]
+    titles = _load_json(results_dir / "titles.json") if (results_dir / "titles.json").is_file() else {}
+    for t in tables:  # a results directory may name its own tables (the tiny demo's are not the paper's setting)
+        t.title = titles.get(t.key, t.title)
     return tables
 
 

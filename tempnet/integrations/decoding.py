@@ -9,6 +9,9 @@ scores, so one `generate` harness compares them on equal terms:
                                            T = t_min + (t_max - t_min) * (H / log n)^exponent
                                            (llama.cpp's dynatemp; n = number of candidate tokens)
     EDTLogitsProcessor(t0, n, theta)       T = t0 * n^(theta / H)      (EDT, Zhang et al. 2024)
+    HiddenStateTemperatureLogitsProcessor(head, model)
+                                           tau = head(h), h the model's last hidden state at the step
+                                           (AutoDeco's temperature head, tempnet.integrations.hidden_head)
 
 H is the entropy (nats) of softmax(scores). Pass them in `generate(logits_processor=[...])`:
 transformers runs them after its own penalties/masks and before temperature/top-k/top-p.
@@ -29,7 +32,8 @@ from tempnet.modules import FixedTemperature
 
 __all__ = [
     "TemperatureLogitsProcessor", "TempNetLogitsProcessor", "FixedTemperatureLogitsProcessor",
-    "EntropyDynamicTemperatureLogitsProcessor", "EDTLogitsProcessor", "entropy_of_scores", "MIN_TEMPERATURE",
+    "EntropyDynamicTemperatureLogitsProcessor", "EDTLogitsProcessor", "HiddenStateTemperatureLogitsProcessor",
+    "entropy_of_scores", "MIN_TEMPERATURE",
 ]
 
 #: The smallest temperature the dynamic baselines return (their formulas reach 0 for a one-hot distribution).
@@ -138,3 +142,50 @@ class EDTLogitsProcessor(TemperatureLogitsProcessor):
         entropy, _ = entropy_of_scores(scores)
         exponent = self.theta / entropy.clamp(min=1e-12)
         return (self.t0 * torch.exp(exponent * math.log(self.n))).clamp(min=MIN_TEMPERATURE)
+
+
+class HiddenStateTemperatureLogitsProcessor(TemperatureLogitsProcessor):
+    """tau from the model's last hidden state (AutoDeco's head), not from the scores.
+
+    The processor hooks the model's LM head (`capture_last_hidden`) and, at each step, applies `head` to the
+    hidden state of the row's last position, the one whose logits are the scores. Use it as a context
+    manager around `generate` (or teacher-forced forwards) so the hook is removed afterwards:
+
+        with HiddenStateTemperatureLogitsProcessor(head, model) as proc:
+            model.generate(ids, logits_processor=[proc], do_sample=True)
+
+    Teacher-forced: `temperature_of_positions()` gives tau at every position of the latest forward [B, T, 1].
+    """
+
+    def __init__(self, head: nn.Module, model: nn.Module, record: bool = False):
+        super().__init__(record)
+        from tempnet.integrations.hidden_head import capture_last_hidden
+
+        self.head = head.eval()
+        self._capture = capture_last_hidden(model)
+        self._store = None
+
+    def __enter__(self):
+        self._store = self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._store = None
+        return self._capture.__exit__(*exc)
+
+    def _hidden(self) -> torch.Tensor:
+        if self._store is None or "hidden" not in self._store:
+            raise RuntimeError("HiddenStateTemperatureLogitsProcessor: use it inside `with` around the model's calls")
+        return self._store["hidden"]
+
+    @torch.no_grad()
+    def temperature_of_positions(self) -> torch.Tensor:
+        """tau at every position of the model's latest forward: [B, T, 1]."""
+        return self.head(self._hidden())
+
+    @torch.no_grad()
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:
+        hidden = self._hidden()[:, -1]  # [B, d]: the position whose logits are the scores
+        if hidden.shape[0] != scores.shape[0]:
+            raise ValueError(f"hidden states of {hidden.shape[0]} rows for scores of {scores.shape[0]} rows")
+        return self.head(hidden).to(scores.device)

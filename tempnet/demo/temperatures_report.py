@@ -1,0 +1,110 @@
+"""The outputs of `--compare-temperatures`: seed aggregation, the markdown tables and the quality-diversity figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["aggregate_seeds", "render", "plot", "SETTINGS", "LABELS"]
+
+SETTINGS = {"frozen_ce": "a model trained with plain CE, temperature rules applied to its frozen logits",
+            "joint_tempnet_dro": "the model trained jointly with TempNet under the robust loss"}
+LABELS = {"tau_1": "tau = 1", "best_fixed": "best fixed tau", "dynatemp": "dynatemp (llama.cpp)", "edt": "EDT",
+          "tempnet_dro": "TempNet, robust loss", "tempnet_ce": "TempNet, plain CE",
+          "hidden_head": "hidden-state head (AutoDeco)", "oracle_per_position": "per-position optimum (truth)",
+          "dro_optimal_truth": "truth's DRO-optimal tau"}
+_KEYS = ("kl_to_truth", "gap_closed", "test_ppl", "ece", "sample_true_logprob", "sample_true_logprob_mc",
+         "sample_true_logprob_mc_se", "sample_entropy", "tau_mean", "tau_std", "valid_nll")
+
+
+def aggregate_seeds(per_seed: list[dict]) -> dict:
+    """{setting: {method: {measure: mean, measure_std, params (per seed), per_seed}}, "checks": ...}; the
+    per-position arrays and tuning curves stay out of the JSON."""
+    from tempnet.demo.report import aggregate
+
+    out = {}
+    for setting in SETTINGS:
+        out[setting] = {}
+        for method in per_seed[0][setting]:
+            recs = [{k: s[setting][method].get(k) for k in _KEYS} | {"seed": i} for i, s in enumerate(per_seed)]
+            agg = aggregate(recs, _KEYS)
+            params = [s[setting][method].get("params") for s in per_seed]
+            if any(p is not None for p in params):
+                agg["params"] = params
+            out[setting][method] = agg
+    out["source_entropy"] = float(np.mean([s["source_entropy"] for s in per_seed]))
+    out["checks"] = {k: max(s["checks"][k] for s in per_seed) for k in per_seed[0]["checks"]}
+    out["hidden_head_loss_first_last"] = [s["hidden_head_loss"] for s in per_seed]
+    return out
+
+
+def _cell(rec: dict, key: str, fmt: str) -> str:
+    v = rec.get(key)
+    if v is None:
+        return "n/a"
+    std = rec.get(f"{key}_std")
+    return fmt.format(v) + ("" if std is None else " ± " + fmt.format(std))
+
+
+def render(result: dict) -> str:
+    """One markdown table per setting, methods as rows, then the grids and how to read them."""
+    n = len(result["settings"]["seeds"])
+    spread = f"mean ± sample std over {n} seeds" if n > 1 else "one seed"
+    lines = []
+    for setting, what in SETTINGS.items():
+        lines += [f"### Which temperature gets closest to the truth: {setting} ({what})", "",
+                  "| method | KL(p* \\|\\| q) (nats) | gap closed | test ppl | top-1 ECE | sampled: true log p | "
+                  "sampled: entropy | tau mean (std) | chosen on validation |", "|---|---|---|---|---|---|---|---|---|"]
+        for method, rec in result[setting].items():
+            params = rec.get("params")
+            chosen = "" if params is None else "; ".join(str(p) for p in params)
+            lines.append(f"| {method} | {_cell(rec, 'kl_to_truth', '{:.4f}')} | {_cell(rec, 'gap_closed', '{:.3g}')} | "
+                         f"{_cell(rec, 'test_ppl', '{:.4g}')} | {_cell(rec, 'ece', '{:.4f}')} | "
+                         f"{_cell(rec, 'sample_true_logprob', '{:.3f}')} | {_cell(rec, 'sample_entropy', '{:.3f}')} | "
+                         f"{_cell(rec, 'tau_mean', '{:.3g}')} ({_cell(rec, 'tau_std', '{:.2g}')}) | {chosen} |")
+        lines.append("")
+    s = result["settings"]
+    lines += [f"_{spread}; KL, perplexity and ECE exact on {s['budget']['test_docs']} test documents (the truth p* known "
+              "at every position); gap closed = (KL(tau = 1) - KL) / (KL(tau = 1) - KL(per-position optimum)); "
+              f"sampled: {s['budget']['prompts']} continuations of {s['budget']['new_tokens']} tokens per method "
+              f"(plain sampling through the method's logits processor), true log p = E_q[log max(p*, "
+              f"{s['true_logprob_floor']:g})] per token, entropy = H(q) per token (nats). Tuned on the validation "
+              "NLL: best_fixed over 41 log-spaced tau in [0.1, 10]; dynatemp (T, range, exponent) over T in "
+              "{0.6, 0.8, 1, 1.2, 1.5, 2, 3, 4} x range {0.25, 0.5, 1} x exponent {0.5, 1, 2}; EDT (t0, n, theta) over "
+              "t0 in the same T x theta {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2}, n = 0.8. tempnet_*: a fresh "
+              "TempNet trained by the LLM trainer on the frozen model (joint_tempnet_dro: the model's own "
+              "TempNet); references: oracle_per_position and dro_optimal_truth read the truth._", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Quality (true log-probability of sampled tokens) against diversity (their entropy), one point per method,
+    one panel per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), squeeze=False)
+    colours = {m: f"C{i}" for i, m in enumerate(LABELS)}
+    for ax, setting in zip(axes[0], SETTINGS):
+        for method, rec in result[setting].items():
+            x, y = rec.get("sample_entropy"), rec.get("sample_true_logprob")
+            if x is None or y is None:
+                continue
+            ax.errorbar(x, y, xerr=rec.get("sample_entropy_std") or 0, yerr=rec.get("sample_true_logprob_std") or 0,
+                        fmt="o", c=colours.get(method, "0.5"), label=LABELS.get(method, method), ms=6, capsize=2)
+        h = result.get("source_entropy")
+        if h is not None:  # sampling from the source itself: entropy H(p*), true log p = -H(p*)
+            ax.plot([h], [-h], marker="*", ms=12, c="k", ls="none", label="the source itself (p*)")
+        ax.set(xlabel="entropy of the sampling distribution (nats per token)",
+               ylabel="true log-probability of the sampled token", title=setting)
+        ax.grid(alpha=0.3)
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes[0]), key=lambda hl: len(hl[0]))
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle("Sampling quality against diversity, one point per method (higher = tokens the source finds likelier)")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
