@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from helpers import deepspeed_launcher, torchrun
+from helpers import ActivationDtypes, deepspeed_launcher, torchrun
 from lm_runs import REPO, assert_runs_match, load_train_module, metrics, run, train, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -106,14 +106,22 @@ def test_objective_names_select_the_ablation_rows(tmp_path):
 
 
 def test_mixed_precision_paths_run(reference, tmp_path):
-    """fp16 (autocast + GradScaler) and bf16 (autocast) through the real main(argv), 2 steps in-process;
-    on CPU only finiteness and closeness to float32 are checked (bf16 is slow here)."""
+    """fp16 (autocast + GradScaler) and bf16 (autocast) through the real main(argv), 2 steps in-process: the
+    model's matmuls (GPT-2's Conv1D) run in the autocast dtype, TempNet and its loss in float32, the saved
+    weights stay float32 (master weights), and the first loss is within 1% of the float32 run's."""
+    from safetensors.torch import load_file
+
     main = load_train_module("GPT_2").main
     fp32 = metrics(reference)[0]["loss"]
-    for precision in ("fp16", "bf16"):
+    for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         out = tmp_path / precision
-        main(["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir", str(out),
-              f"train.precision={precision}", "train.max_steps=2"])
+        with ActivationDtypes() as activations:
+            main(["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir", str(out),
+                  f"train.precision={precision}", "train.max_steps=2"])
+        assert activations.seen["Conv1D"] == {dtype} and activations.seen["GPT2MLP"] == {dtype}, activations.seen
+        assert activations.seen["TempNet"] == {torch.float32}, activations.seen
+        weights = load_file(out / "final" / "model.safetensors")
+        assert {v.dtype for v in weights.values()} == {torch.float32} and any(k.startswith("tempnet.") for k in weights)
         rows = metrics(out)
         assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in rows)
         assert abs(rows[0]["loss"] - fp32) < 1e-2 * fp32, (precision, rows[0]["loss"], fp32)
@@ -125,6 +133,24 @@ def test_torchrun_two_processes_match_one(reference, tmp_path):
     a, b = metrics(reference), metrics(tmp_path)
     assert_runs_match(a, b, TOL)
     assert (tmp_path / "checkpoint-8" / "rng_state_1.pt").exists()  # one RNG file per rank
+
+
+def test_two_processes_with_accumulation_match_one_with_more(tmp_path):
+    """World 2 x accumulation 2 = world 1 x accumulation 4 (micro-batch 1, global batch 4, 4 steps): rank 1's
+    micro-batches beyond the first and the 1 / accum scaling on a rank > 0 are only exercised here. The
+    logged metrics agree to TOL and the final weights to float32 rounding."""
+    from safetensors.torch import load_file
+
+    micro = ("train.max_steps=4", "train.micro_batch_size=1", "train.global_batch_size=4", "train.save_every=4")
+    run([*torchrun(2), *train_cmd("GPT_2", tmp_path / "two", *micro)])
+    train("GPT_2", tmp_path / "one", *micro)
+    a, b = metrics(tmp_path / "two"), metrics(tmp_path / "one")
+    assert [r["step"] for r in a] == [1, 2, 3, 4]
+    assert_runs_match(a, b, TOL)
+    wa, wb = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("two", "one"))
+    assert wa.keys() == wb.keys() and any(k.startswith("tempnet.") for k in wa)
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst < 1e-5, f"final weights differ by {worst:.2e}"
 
 
 def test_deepspeed_zero2_two_processes_match_ddp(reference, tmp_path):
