@@ -192,7 +192,9 @@ class ActivationDtypes:
     def _hook(self, module, args, output):
         import torch
 
-        for t in (output if isinstance(output, (tuple, list)) else [output]):
+        outputs = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) \
+            else [output]
+        for t in outputs:
             if torch.is_tensor(t) and t.is_floating_point():
                 self.seen.setdefault(type(module).__name__, set()).add(t.dtype)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bimodal_runs import checkpoint, eval_log, metrics, run_main, tensors
+from helpers import ActivationDtypes, order_agreement, record_indices
 
 pytestmark = pytest.mark.slow  # real training runs of the Bimodal-CL trainer
 
@@ -68,6 +69,18 @@ def test_resume_reproduces_the_uninterrupted_run(runs, tmp_path):
         assert torch.equal(a[key], b[key]), f"{key} differs after resuming"
 
 
+def test_second_epoch_reads_every_pair_in_a_new_order(tmp_path, monkeypatch):
+    """2 epochs of 10 global batches of 32 over the 320 synthetic pairs: every pair once per epoch, and the
+    second epoch's order is not the first's (the trainer moves the sampler to each epoch)."""
+    from tempnet.data.image_text import ImageTextPairs
+
+    seen = record_indices(monkeypatch, ImageTextPairs)
+    run_main(tmp_path, "loss=clip", "train.epochs=2")
+    first, second = seen[:320], seen[320:]
+    assert len(seen) == 640 and sorted(first) == sorted(second) == list(range(320))
+    assert order_agreement(first, second) < 0.1
+
+
 def test_evaluate_only(runs, tmp_path):
     out, record = runs["clip"]
     again = run_main(tmp_path / "eval", evaluate=out / "checkpoint-60")
@@ -79,10 +92,18 @@ def test_evaluate_only(runs, tmp_path):
         run_main(tmp_path / "eval3", evaluate=tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_steps(tmp_path, precision):
-    """Autocast runs (on CPU the fp16 GradScaler is off; losses and TempNets still compute in float32)."""
-    run_main(tmp_path, f"train.precision={precision}", "train.stop_after_steps=2")
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_steps(tmp_path, precision, dtype):
+    """Autocast runs (on CPU the fp16 GradScaler is off): the towers' matmuls and the features run in the
+    autocast dtype, the TempNets and the loss in float32, and the saved weights stay float32."""
+    with ActivationDtypes() as activations:
+        run_main(tmp_path, f"train.precision={precision}", "train.stop_after_steps=2")
+    seen = activations.seen
+    assert seen["Linear"] == seen["DistilBertSelfAttention"] == seen["DualEncoder"] == {dtype}, seen
+    assert seen["PrototypeTempNet"] == seen["RobustGCLoss"] == {torch.float32}, seen
+    model, state = checkpoint(tmp_path, 2)
+    assert {v.dtype for v in model.values()} == {torch.float32}
+    assert {v.dtype for v in state["tempnets"].values() if v.is_floating_point()} == {torch.float32}
     rows = metrics(tmp_path)
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ActivationDtypes, deepspeed_launcher, torchrun
+from helpers import ActivationDtypes, deepspeed_launcher, order_agreement, record_indices, torchrun
 from lm_runs import REPO, assert_runs_match, load_train_module, metrics, run, train, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -125,6 +125,21 @@ def test_mixed_precision_paths_run(reference, tmp_path):
         rows = metrics(out)
         assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in rows)
         assert abs(rows[0]["loss"] - fp32) < 1e-2 * fp32, (precision, rows[0]["loss"], fp32)
+
+
+def test_a_run_past_one_epoch_reads_each_epoch_in_a_new_order(tmp_path, monkeypatch):
+    """12 documents pack into 8 blocks: 6 steps of 4 are 3 epochs. The trainer reads every block once per
+    epoch, and each epoch in another order than the one before."""
+    from tempnet.data.lm import PackedBlocks
+
+    seen = record_indices(monkeypatch, PackedBlocks)
+    load_train_module("GPT_2").main(["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir",
+                                     str(tmp_path), "data.synthetic_documents=12", "train.max_steps=6"])
+    n = len(set(seen))
+    assert n == 8 and len(seen) == 6 * 4
+    epochs = [seen[k:k + n] for k in range(0, len(seen), n)]
+    assert all(sorted(e) == list(range(n)) for e in epochs), epochs
+    assert all(order_agreement(a, b) < 0.5 for a, b in zip(epochs, epochs[1:])), epochs
 
 
 def test_torchrun_two_processes_match_one(reference, tmp_path):
