@@ -330,13 +330,26 @@ def test_no_cuda_sync_on_the_hot_path(name):
             torch.cuda.set_sync_debug_mode("default")
 
 
-def test_half_precision_features_small_tau_finite():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_features_small_tau_are_computed_in_float32(dtype):
+    """fp16 / bf16 features (what autocast hands the loss) with tau 0.005: the loss is float32 and equals the
+    float64 loops on the same rounded features; the features' gradients come back in their dtype and
+    equal the loops' gradients."""
     I, T, _, _ = _features(1)
-    I, T = I.half().requires_grad_(), T.half().requires_grad_()
+    I, T = I.to(dtype).requires_grad_(), T.to(dtype).requires_grad_()
     tau = torch.full((5,), 0.005, requires_grad=True)
     out = RobustGCLoss(num_samples=5)(I, T, torch.arange(5), torch.arange(5), tau, tau)
     out["loss"].backward()
-    assert torch.isfinite(out["loss"]) and torch.isfinite(I.grad).all() and torch.isfinite(tau.grad).all()
+    assert out["loss"].dtype == torch.float32 and I.grad.dtype == T.grad.dtype == dtype
+    assert tau.grad.dtype == torch.float32
+    I64, T64 = I.detach().double().requires_grad_(), T.detach().double().requires_grad_()
+    r_con, r_temp, _ = ref.moving_average_step(I64, T64, list(range(5)), list(range(5)), [0.005] * 5, [0.005] * 5,
+                                               {"image": {}, "text": {}}, 0.8, 7.0)
+    r_con.backward()
+    assert out["contrastive"].item() == pytest.approx(r_con.item(), rel=1e-4, abs=1e-6)
+    assert out["temperature"].item() == pytest.approx(r_temp, rel=1e-4, abs=1e-6)
+    for got, want in ((I.grad, I64.grad), (T.grad, T64.grad)):  # to the gradient's own rounding
+        assert torch.allclose(got.double(), want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
