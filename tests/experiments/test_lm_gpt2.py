@@ -63,6 +63,37 @@ def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_dro_checkpoint_holds_all_state_and_resumes_exactly(tmp_path):
+    """objective=dro (one learned tau, its own optimizer group): the checkpoint's weights are the whole state
+    dict of a freshly built model, optimizer.pt holds Adam state for every trainable parameter, and a run
+    stopped after step 1 and resumed ends with the uninterrupted run's weights and metrics, bit for bit."""
+    from safetensors.torch import load_file
+
+    from tempnet.config import load_config
+    from tempnet.train.lm_config import LMTrainConfig
+    from tempnet.train.lm_model import build_model, load_tokenizer
+
+    main = load_train_module("GPT_2").main
+    common = ["objective=dro", "train.max_steps=2", "train.save_every=1", "train.keep_last=2"]
+    argv = lambda out, *extra: ["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir", str(out),  # noqa: E731
+                                *common, *extra]
+    main(argv(tmp_path / "full"))
+    main(argv(tmp_path / "crashed", "train.stop_after_steps=1"))
+    main(argv(tmp_path / "crashed", "--resume"))
+    cfg = load_config(LMTrainConfig, tmp_path / "full" / "config.yaml")
+    fresh = build_model(cfg, load_tokenizer(cfg))
+    saved = load_file(tmp_path / "full" / "checkpoint-1" / "model.safetensors")
+    assert set(saved) == set(fresh.state_dict()) and "tempnet.logit" in saved
+    adam = torch.load(tmp_path / "full" / "checkpoint-1" / "optimizer.pt", weights_only=True)["optimizer"]
+    trainable = [p for p in fresh.parameters() if p.requires_grad]
+    assert len(adam["state"]) == len(trainable) == sum(len(g["params"]) for g in adam["param_groups"])
+    assert all(set(st) >= {"exp_avg", "exp_avg_sq"} for st in adam["state"].values())
+    a, b = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("full", "crashed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    assert strip(metrics(tmp_path / "crashed")) == strip(metrics(tmp_path / "full"))
+
+
 def test_final_model_loads_with_the_hf_integration(reference):
     from tempnet.integrations.hf import GPT2TempNetForCausalLM, tempnet_model_from_pretrained
     from transformers import AutoTokenizer
