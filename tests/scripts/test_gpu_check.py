@@ -101,3 +101,13 @@ def test_key_numbers_of_each_kind_of_check(tmp_path):
     assert gpu_check.key_numbers(by_name["bench_contrastive"], "") == {"clip": 1.235}
     log = 'noise\n{"new_tokens": 24}\n'
     assert gpu_check.key_numbers(by_name["generate_released"], log) == {"new_tokens": 24}
+
+
+def test_the_runner_records_status_seconds_and_logs(tmp_path):
+    """run_checks on two trivial commands: one passes, one outruns its limit; both are in the summary."""
+    fast = gpu_check.Check("fast", [gpu_check.PY, "-c", "print('hello')"], 30)
+    slow = gpu_check.Check("slow", [gpu_check.PY, "-c", "import time; print('start', flush=True); time.sleep(30)"], 2)
+    summary = gpu_check.run_checks([fast, slow], tmp_path / "out", REPO)
+    assert [(r["name"], r["status"]) for r in summary] == [("fast", "passed"), ("slow", "timeout")]
+    assert summary[1]["seconds"] < 10 and summary[0]["command"] == " ".join(fast.argv)
+    assert (tmp_path / "out" / "fast.log").read_text().strip() == "hello"
