@@ -2,7 +2,8 @@
 
 The multi-process comparisons live here only (tiny model, 8 steps): torchrun DDP with 2 processes,
 DeepSpeed ZeRO-2 (torchrun) and ZeRO-3 (the `deepspeed` launcher) with 2 processes, each against the
-1-process run with the same global batch (4 = 2 micro x 2 accumulation = 2 micro x 2 ranks).
+1-process run with the same global batch (4 = 2 micro x 2 accumulation = 2 micro x 2 ranks), and DDP with
+2 processes x accumulation 2 against 1 process x accumulation 4 (micro-batch 1).
 Tolerance: 1e-5 absolute on the logged loss and tau_mean, 1e-5 relative on grad_norm (float32 reductions in another order; the
 runs measured here agree to ~2e-6 or exactly).
 """
