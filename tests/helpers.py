@@ -180,3 +180,49 @@ metric_list:
   - metric: bits_per_byte
 """)
     return tasks
+
+
+class ActivationDtypes:
+    """Every module's output dtype during a block, by module class name (a global forward hook): the
+    mixed-precision tests check what autocast did, not only that the numbers are finite."""
+
+    def __init__(self):
+        self.seen: dict[str, set] = {}
+
+    def _hook(self, module, args, output):
+        import torch
+
+        outputs = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) \
+            else [output]
+        for t in outputs:
+            if torch.is_tensor(t) and t.is_floating_point():
+                self.seen.setdefault(type(module).__name__, set()).add(t.dtype)
+
+    def __enter__(self):
+        import torch
+
+        self._handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def record_indices(monkeypatch, dataset_class) -> list[int]:
+    """The indices a run reads from `dataset_class`, in order (num_workers=0: the main process reads them)."""
+    seen: list[int] = []
+    original = dataset_class.__getitem__
+
+    def getitem(self, index):
+        seen.append(int(index))
+        return original(self, index)
+
+    monkeypatch.setattr(dataset_class, "__getitem__", getitem)
+    return seen
+
+
+def order_agreement(a: list[int], b: list[int]) -> float:
+    """The fraction of positions where two orders hold the same index (about 1 / n for independent
+    permutations of n, 1 for the same order)."""
+    assert len(a) == len(b) and a, (len(a), len(b))
+    return sum(x == y for x, y in zip(a, b)) / len(a)

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from bimodal_runs import checkpoint, eval_log, metrics, run_main, tensors
+from bimodal_runs import DEBUG, checkpoint, eval_log, metrics, run_main, tensors
+from helpers import ActivationDtypes, order_agreement, record_indices
 
 pytestmark = pytest.mark.slow  # real training runs of the Bimodal-CL trainer
 
@@ -68,6 +69,55 @@ def test_resume_reproduces_the_uninterrupted_run(runs, tmp_path):
         assert torch.equal(a[key], b[key]), f"{key} differs after resuming"
 
 
+@pytest.mark.parametrize("loss", ["sogclr", "isogclr", "isogclr_tempnet"])
+def test_per_sample_state_round_trips_through_the_trainer_checkpoint(loss, tmp_path):
+    """Every loss with per-sample state: 2 steps, the trainer's save, a fresh trainer's load; the criterion's
+    whole state (key set typed here) and the TempNets come back equal, and the next step is the same."""
+    from tempnet.config import load_config
+    from tempnet.train.clip_config import BimodalConfig
+    from tempnet.train.clip_trainer import ClipRun
+
+    keys = {f"{side}_state.{k}" for side in ("image", "text") for k in ("s", "b", "seen")}
+    keys |= {"tau_image", "tau_text", "u_image", "u_text"} if loss == "isogclr" else set()
+    cfg = load_config(BimodalConfig, DEBUG, [f"loss={loss}", "data.augment=false", "tempnet.dropout=0.0"])
+    trainers = []
+    for name in ("saved", "restored"):
+        r = ClipRun(cfg, tmp_path, torch.device("cpu"))
+        r.dataset.set_epoch(0)
+        r.sampler.set_epoch(0, 2 if trainers else 0)
+        trainers.append((r, iter(r.loader)))
+    saved, batches = trainers[0]
+    for _ in range(2):
+        saved.step(next(batches))
+        saved.pos["step"] += 1
+        saved.pos["step_in_epoch"] += 1
+    path = saved.save()
+    a = {k: v.clone() for k, v in saved.criterion.state_dict().items()}
+    ta = {k: v.clone() for k, v in saved.tempnets.state_dict().items()} if saved.tempnets is not None else {}
+    after_save = saved.step(next(batches))["loss"]
+    restored, restored_batches = trainers[1]
+    restored.load(path)  # also the RNG state of the save (dropout), which the step above consumed
+    b = restored.criterion.state_dict()
+    assert set(a) == set(b) == keys and int(a["image_state.seen"].sum()) == 64
+    assert all(torch.equal(a[k], b[k]) for k in keys)
+    if loss == "isogclr_tempnet":
+        tb = restored.tempnets.state_dict()
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta) and bool(tb["initialised"])
+    assert restored.step(next(restored_batches))["loss"] == after_save
+
+
+def test_second_epoch_reads_every_pair_in_a_new_order(tmp_path, monkeypatch):
+    """2 epochs of 10 global batches of 32 over the 320 synthetic pairs: every pair once per epoch, and the
+    second epoch's order is not the first's (the trainer moves the sampler to each epoch)."""
+    from tempnet.data.image_text import ImageTextPairs
+
+    seen = record_indices(monkeypatch, ImageTextPairs)
+    run_main(tmp_path, "loss=clip", "train.epochs=2")
+    first, second = seen[:320], seen[320:]
+    assert len(seen) == 640 and sorted(first) == sorted(second) == list(range(320))
+    assert order_agreement(first, second) < 0.1
+
+
 def test_evaluate_only(runs, tmp_path):
     out, record = runs["clip"]
     again = run_main(tmp_path / "eval", evaluate=out / "checkpoint-60")
@@ -79,10 +129,18 @@ def test_evaluate_only(runs, tmp_path):
         run_main(tmp_path / "eval3", evaluate=tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_steps(tmp_path, precision):
-    """Autocast runs (on CPU the fp16 GradScaler is off; losses and TempNets still compute in float32)."""
-    run_main(tmp_path, f"train.precision={precision}", "train.stop_after_steps=2")
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_steps(tmp_path, precision, dtype):
+    """Autocast runs (on CPU the fp16 GradScaler is off): the towers' matmuls and the features run in the
+    autocast dtype, the TempNets and the loss in float32, and the saved weights stay float32."""
+    with ActivationDtypes() as activations:
+        run_main(tmp_path, f"train.precision={precision}", "train.stop_after_steps=2")
+    seen = activations.seen
+    assert seen["Linear"] == seen["DistilBertSelfAttention"] == seen["DualEncoder"] == {dtype}, seen
+    assert seen["PrototypeTempNet"] == seen["RobustGCLoss"] == {torch.float32}, seen
+    model, state = checkpoint(tmp_path, 2)
+    assert {v.dtype for v in model.values()} == {torch.float32}
+    assert {v.dtype for v in state["tempnets"].values() if v.is_floating_point()} == {torch.float32}
     rows = metrics(tmp_path)
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 

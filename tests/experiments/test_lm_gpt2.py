@@ -2,7 +2,8 @@
 
 The multi-process comparisons live here only (tiny model, 8 steps): torchrun DDP with 2 processes,
 DeepSpeed ZeRO-2 (torchrun) and ZeRO-3 (the `deepspeed` launcher) with 2 processes, each against the
-1-process run with the same global batch (4 = 2 micro x 2 accumulation = 2 micro x 2 ranks).
+1-process run with the same global batch (4 = 2 micro x 2 accumulation = 2 micro x 2 ranks), and DDP with
+2 processes x accumulation 2 against 1 process x accumulation 4 (micro-batch 1).
 Tolerance: 1e-5 absolute on the logged loss and tau_mean, 1e-5 relative on grad_norm (float32 reductions in another order; the
 runs measured here agree to ~2e-6 or exactly).
 """
@@ -15,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from helpers import deepspeed_launcher, torchrun
+from helpers import ActivationDtypes, deepspeed_launcher, order_agreement, record_indices, torchrun
 from lm_runs import REPO, assert_runs_match, load_train_module, metrics, run, train, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -63,6 +64,37 @@ def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_dro_checkpoint_holds_all_state_and_resumes_exactly(tmp_path):
+    """objective=dro (one learned tau, its own optimizer group): the checkpoint's weights are the whole state
+    dict of a freshly built model, optimizer.pt holds Adam state for every trainable parameter, and a run
+    stopped after step 1 and resumed ends with the uninterrupted run's weights and metrics, bit for bit."""
+    from safetensors.torch import load_file
+
+    from tempnet.config import load_config
+    from tempnet.train.lm_config import LMTrainConfig
+    from tempnet.train.lm_model import build_model, load_tokenizer
+
+    main = load_train_module("GPT_2").main
+    common = ["objective=dro", "train.max_steps=2", "train.save_every=1", "train.keep_last=2"]
+    argv = lambda out, *extra: ["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir", str(out),  # noqa: E731
+                                *common, *extra]
+    main(argv(tmp_path / "full"))
+    main(argv(tmp_path / "crashed", "train.stop_after_steps=1"))
+    main(argv(tmp_path / "crashed", "--resume"))
+    cfg = load_config(LMTrainConfig, tmp_path / "full" / "config.yaml")
+    fresh = build_model(cfg, load_tokenizer(cfg))
+    saved = load_file(tmp_path / "full" / "checkpoint-1" / "model.safetensors")
+    assert set(saved) == set(fresh.state_dict()) and "tempnet.logit" in saved
+    adam = torch.load(tmp_path / "full" / "checkpoint-1" / "optimizer.pt", weights_only=True)["optimizer"]
+    trainable = [p for p in fresh.parameters() if p.requires_grad]
+    assert len(adam["state"]) == len(trainable) == sum(len(g["params"]) for g in adam["param_groups"])
+    assert all(set(st) >= {"exp_avg", "exp_avg_sq"} for st in adam["state"].values())
+    a, b = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("full", "crashed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    assert strip(metrics(tmp_path / "crashed")) == strip(metrics(tmp_path / "full"))
+
+
 def test_final_model_loads_with_the_hf_integration(reference):
     from tempnet.integrations.hf import GPT2TempNetForCausalLM, tempnet_model_from_pretrained
     from transformers import AutoTokenizer
@@ -106,17 +138,40 @@ def test_objective_names_select_the_ablation_rows(tmp_path):
 
 
 def test_mixed_precision_paths_run(reference, tmp_path):
-    """fp16 (autocast + GradScaler) and bf16 (autocast) through the real main(argv), 2 steps in-process;
-    on CPU only finiteness and closeness to float32 are checked (bf16 is slow here)."""
+    """fp16 (autocast + GradScaler) and bf16 (autocast) through the real main(argv), 2 steps in-process: the
+    model's matmuls (GPT-2's Conv1D) run in the autocast dtype, TempNet and its loss in float32, the saved
+    weights stay float32 (master weights), and the first loss is within 1% of the float32 run's."""
+    from safetensors.torch import load_file
+
     main = load_train_module("GPT_2").main
     fp32 = metrics(reference)[0]["loss"]
-    for precision in ("fp16", "bf16"):
+    for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         out = tmp_path / precision
-        main(["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir", str(out),
-              f"train.precision={precision}", "train.max_steps=2"])
+        with ActivationDtypes() as activations:
+            main(["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir", str(out),
+                  f"train.precision={precision}", "train.max_steps=2"])
+        assert activations.seen["Conv1D"] == {dtype} and activations.seen["GPT2MLP"] == {dtype}, activations.seen
+        assert activations.seen["TempNet"] == {torch.float32}, activations.seen
+        weights = load_file(out / "final" / "model.safetensors")
+        assert {v.dtype for v in weights.values()} == {torch.float32} and any(k.startswith("tempnet.") for k in weights)
         rows = metrics(out)
         assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in rows)
         assert abs(rows[0]["loss"] - fp32) < 1e-2 * fp32, (precision, rows[0]["loss"], fp32)
+
+
+def test_a_run_past_one_epoch_reads_each_epoch_in_a_new_order(tmp_path, monkeypatch):
+    """12 documents pack into 8 blocks: 6 steps of 4 are 3 epochs. The trainer reads every block once per
+    epoch, and each epoch in another order than the one before."""
+    from tempnet.data.lm import PackedBlocks
+
+    seen = record_indices(monkeypatch, PackedBlocks)
+    load_train_module("GPT_2").main(["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir",
+                                     str(tmp_path), "data.synthetic_documents=12", "train.max_steps=6"])
+    n = len(set(seen))
+    assert n == 8 and len(seen) == 6 * 4
+    epochs = [seen[k:k + n] for k in range(0, len(seen), n)]
+    assert all(sorted(e) == list(range(n)) for e in epochs), epochs
+    assert all(order_agreement(a, b) < 0.5 for a, b in zip(epochs, epochs[1:])), epochs
 
 
 def test_torchrun_two_processes_match_one(reference, tmp_path):
@@ -125,6 +180,24 @@ def test_torchrun_two_processes_match_one(reference, tmp_path):
     a, b = metrics(reference), metrics(tmp_path)
     assert_runs_match(a, b, TOL)
     assert (tmp_path / "checkpoint-8" / "rng_state_1.pt").exists()  # one RNG file per rank
+
+
+def test_two_processes_with_accumulation_match_one_with_more(tmp_path):
+    """World 2 x accumulation 2 = world 1 x accumulation 4 (micro-batch 1, global batch 4, 4 steps): rank 1's
+    micro-batches beyond the first and the 1 / accum scaling on a rank > 0 are only exercised here. The
+    logged metrics agree to TOL and the final weights to float32 rounding."""
+    from safetensors.torch import load_file
+
+    micro = ("train.max_steps=4", "train.micro_batch_size=1", "train.global_batch_size=4", "train.save_every=4")
+    run([*torchrun(2), *train_cmd("GPT_2", tmp_path / "two", *micro)])
+    train("GPT_2", tmp_path / "one", *micro)
+    a, b = metrics(tmp_path / "two"), metrics(tmp_path / "one")
+    assert [r["step"] for r in a] == [1, 2, 3, 4]
+    assert_runs_match(a, b, TOL)
+    wa, wb = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("two", "one"))
+    assert wa.keys() == wb.keys() and any(k.startswith("tempnet.") for k in wa)
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst < 1e-5, f"final weights differ by {worst:.2e}"
 
 
 def test_deepspeed_zero2_two_processes_match_ddp(reference, tmp_path):

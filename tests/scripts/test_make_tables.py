@@ -128,31 +128,93 @@ def test_known_numbers_give_the_golden_markdown(results, capsys):
     assert capsys.readouterr().out == GOLDEN
 
 
+def _with_paper_rows(golden: str, rows: dict[str, str]) -> str:
+    """GOLDEN with each paper row inserted after the line that follows it (or ends the table) and the paper's
+    LLaMA-2 table (paper rows only) before AlpacaEval."""
+    lines = golden.splitlines()
+    for after, row in rows.items():
+        lines.insert(lines.index(after) + 1, row)
+    at = lines.index("### AlpacaEval (vs. the reference outputs), percent")
+    lines[at:at] = ["### LLaMA-2, LLM frozen, TempNet trained (lm-eval, zero-shot)", "",
+                    "| row | Avg. | LAMBADA (ppl) |", "|---|---|---|",
+                    "| llama2_7b (paper) | 57.20 | 4.01 |", "| llama2_7b_tempnet (paper) | 59.44 | 3.21 |", "",
+                    "_metrics: LAMBADA perplexity_", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _row(golden: str, name: str) -> str:
+    return next(line for line in golden.splitlines() if line.startswith(f"| {name} |"))
+
+
+# The paper's numbers (Tables 1-4 of Qiu et al., ICML 2024), typed from the paper, in the row order of the output.
+GOLDEN_PAPER = _with_paper_rows(GOLDEN, {
+    _row(GOLDEN, "gpt2_scratch_baseline"): "| gpt2_scratch_baseline (paper) |  |  |  |  |  | 31.44 |  | 49.86 |",
+    _row(GOLDEN, "gpt2_scratch_tempnet"): "| gpt2_scratch_tempnet (paper) |  |  |  |  |  | 32.24 |  | 47.32 |",
+    _row(GOLDEN, "ce"): "| ce (paper) |  | 31.44 |\n| dro (paper) |  | 31.78 |\n| tempnet_ce (paper) |  | 31.76 |",
+    _row(GOLDEN, "tempnet_dro"): "| tempnet_dro (paper) |  | 32.24 |",
+    _row(GOLDEN, "llama2_chat_7b_tau0.7"): "| llama2_chat_7b_tau0.7 (paper) | 5.35 |  |",
+    _row(GOLDEN, "llama2_chat_7b_tempnet"): "| llama2_chat_7b_tempnet (paper) | 5.74 |  |",
+    _row(GOLDEN, "clip"): "| clip (paper) | 40.98 | 50.90 |  | 36.27 |\n| isogclr (paper) | 44.36 | 60.20 |  | 40.72 |",
+    _row(GOLDEN, "isogclr_tempnet"): "| isogclr_tempnet (paper) | 46.17 | 62.51 |  | 42.28 |",
+})
+
+
 def test_paper_rows_sit_beside_ours(results, capsys):
+    """Every cell of every table with --paper; the paper's rows are never bold and do not take the bold from
+    ours (the paper's WikiText 47.32 is lower, but 47.50 stays bold as the best of our rows)."""
     assert make_tables.main([str(results), "--paper"]) == 0
     out = capsys.readouterr().out
-    lines = out.splitlines()
-    ours = lines.index(next(line for line in lines if line.startswith("| gpt2_scratch_tempnet |")))
-    assert lines[ours + 1] == "| gpt2_scratch_tempnet (paper) |  |  |  |  |  | 32.24 |  | 47.32 |"
-    assert "| gpt2_scratch_baseline (paper) |  |  |  |  |  | 31.44 |  | 49.86 |" in lines
-    assert "| dro (paper) |  | 31.78 |" in lines and "| tempnet_ce (paper) |  | 31.76 |" in lines
-    assert "| llama2_chat_7b_tempnet (paper) | 5.74 |  |" in lines
-    assert "| llama2_7b_tempnet (paper) | 59.44 | 3.21 |" in lines  # a table of the paper's rows alone
-    assert "| isogclr (paper) | 44.36 | 60.20 |  | 40.72 |" in lines
-    # the paper's rows are never bold and do not take the bold from ours
-    assert "**47.50**" in out  # the paper's 47.32 is lower, but bold marks the best of our rows
-    assert not any("(paper)" in line and "**" in line for line in lines)
+    assert out == GOLDEN_PAPER
+    assert "**47.50**" in out and not any("(paper)" in line and "**" in line for line in out.splitlines())
+
+
+def _cell(value=None, stderr=None, text=None):
+    return {"value": value, "stderr": stderr, "text": text}
+
+
+# Every cell of the fixture's tables in percent, from the numbers written into the fixture (lm-eval fractions
+# times 100; the average is the mean of the five accuracy columns, only where all five are present).
+EXPECTED_CELLS = {
+    "gpt2": {
+        "gpt2_finetune_tempnet": {"piqa": _cell(63.0)},
+        "gpt2_scratch_baseline": {
+            "piqa": _cell(61.23, 1.10), "hellaswag": _cell(28.91, 0.45), "arc_easy": _cell(40.12, 1.01),
+            "arc_challenge": _cell(22.10, 1.21), "openbookqa": _cell(27.40, 2.00),
+            "avg": _cell((61.23 + 28.91 + 40.12 + 22.10 + 27.40) / 5), "lambada_openai": _cell(40.5, 1.5),
+            "wikitext": _cell(49.0)},
+        "gpt2_scratch_tempnet": {  # piqa and wikitext from the newer and the older file, arc_easy has no acc_norm
+            "piqa": _cell(62.00, 1.13), "hellaswag": _cell(28.50, 0.45), "arc_easy": _cell(41.00, 1.01),
+            "arc_challenge": _cell(23.00, 1.23), "openbookqa": _cell(27.40, 2.00),
+            "avg": _cell((62.00 + 28.50 + 41.00 + 23.00 + 27.40) / 5), "lambada_openai": _cell(38.25, 1.4),
+            "wikitext": _cell(47.5)},
+    },
+    "ablation": {"ce": {"piqa": _cell(60.0), "avg": _cell(60.0)},
+                 "tempnet_dro": {"piqa": _cell(61.0), "avg": _cell(61.0)}},
+    "alpaca": {"llama2_chat_7b_tau0.7": {"lc_win_rate": _cell(text="not scored"), "win_rate": _cell(text="not scored")},
+               "llama2_chat_7b_tempnet": {"lc_win_rate": _cell(5.8, 0.2), "win_rate": _cell(4.9, 0.75)}},
+    "clip": {"clip": {"flickr30k/img_r1": _cell(40.0), "flickr30k/txt_r1": _cell(50.5),
+                      "imagenet/zeroshot_top1": _cell(36.0)},
+             "isogclr_tempnet": {"flickr30k/img_r1": _cell(46.0), "flickr30k/txt_r1": _cell(62.0),
+                                 "cifar10/zeroshot_top1": _cell(70.25), "imagenet/zeroshot_top1": _cell(42.5)}},
+}
 
 
 def test_json_output(results, capsys):
+    """Every row and every cell of every table (value, stderr, text), and no cell beyond them."""
     assert make_tables.main([str(results), "--json"]) == 0
     tables = {t["key"]: t for t in json.loads(capsys.readouterr().out)}
     assert list(tables) == ["gpt2", "ablation", "alpaca", "clip"]
-    row = next(r for r in tables["gpt2"]["rows"] if r["name"] == "gpt2_scratch_baseline")
-    assert row["cells"]["hellaswag"]["value"] == pytest.approx(28.91)
-    assert row["cells"]["hellaswag"]["stderr"] == pytest.approx(0.45)
-    assert row["cells"]["avg"]["value"] == pytest.approx((61.23 + 28.91 + 40.12 + 22.10 + 27.40) / 5)
-    assert row["cells"]["wikitext"] == {"value": 49.0, "stderr": None, "text": None}
+    for key, rows in EXPECTED_CELLS.items():
+        got = {r["name"]: r for r in tables[key]["rows"]}
+        assert list(got) == list(rows) and all(r["source"] == "ours" for r in got.values())
+        for name, cells in rows.items():
+            assert got[name]["cells"].keys() == cells.keys(), (key, name)
+            for column, want in cells.items():
+                cell = got[name]["cells"][column]
+                for field in ("value", "stderr"):
+                    assert cell[field] == (None if want[field] is None else pytest.approx(want[field], abs=1e-9)), \
+                        (key, name, column, field)
+                assert cell["text"] == want["text"], (key, name, column)
 
 
 def test_metric_override_and_bad_input(results, tmp_path, capsys):

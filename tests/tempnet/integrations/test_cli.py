@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -63,14 +64,31 @@ def test_export_attach_and_processor_paths_agree(tiny_llama_dir, plain_dir, tmp_
         assert torch.allclose(torch.tensor(other["tau"]), torch.tensor(own["tau"]), atol=1e-5)
 
 
-def test_generate_with_the_baselines(tiny_llama_dir, plain_dir, tmp_path, capsys):
+def _entropies(model_dir, tokenizer, result) -> torch.Tensor:
+    """float64 entropy of the plain model's next-token distribution before each generated token (a forward
+    over the prompt and the tokens generated so far, no cache)."""
+    model = LlamaForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.tensor([tokenizer(PROMPT).input_ids + result["token_ids"]])
+    start = ids.shape[1] - len(result["token_ids"])
+    with torch.no_grad():
+        z = model(input_ids=ids).logits[0, start - 1:-1].double()
+    p = torch.softmax(z, dim=-1)
+    return -(p * torch.log(p)).sum(-1)
+
+
+def test_generate_with_the_baselines(tiny_llama_dir, plain_dir, tokenizer, tmp_path, capsys):
+    """Each baseline's printed taus are its formula of the plain model's logits at each generated token
+    (a model with its own TempNet generates from the untempered logits under a baseline)."""
     [fixed] = _run(capsys, "generate", str(plain_dir), "--prompt", PROMPT, "--tau", "0.5", "--do-sample")
     assert fixed["tau"] == [0.5] * len(fixed["tokens"])
     [dyn] = _run(capsys, "generate", str(tiny_llama_dir), "--prompt", PROMPT, "--dynatemp", "0.2", "1.5",
-                 "--do-sample", "--plot", str(tmp_path / "dyn.png"))
-    assert all(0.2 <= t <= 1.5 for t in dyn["tau"]) and (tmp_path / "dyn.png").read_bytes()[:8] == PNG_MAGIC
+                 "--plot", str(tmp_path / "dyn.png"))
+    assert (tmp_path / "dyn.png").read_bytes()[:8] == PNG_MAGIC and len(dyn["tau"]) == len(dyn["token_ids"]) > 0
+    expected = 0.2 + 1.3 * _entropies(plain_dir, tokenizer, dyn) / math.log(llama_config().vocab_size)
+    assert torch.allclose(torch.tensor(dyn["tau"], dtype=torch.float64), expected, rtol=1e-4), (dyn["tau"], expected)
     [edt] = _run(capsys, "generate", str(plain_dir), "--prompt", PROMPT, "--edt", "1.0", "0.8", "1.0")
-    assert all(0 < t <= 1.0 for t in edt["tau"])
+    expected = 1.0 * 0.8 ** (1.0 / _entropies(plain_dir, tokenizer, edt))
+    assert torch.allclose(torch.tensor(edt["tau"], dtype=torch.float64), expected, rtol=1e-4), (edt["tau"], expected)
     [none] = _run(capsys, "generate", str(tiny_llama_dir), "--prompt", PROMPT, "--no-tempnet", "--do-sample")
     [plain] = _run(capsys, "generate", str(plain_dir), "--prompt", PROMPT, "--do-sample")
     assert none["method"] == plain["method"] == "tau = 1" and none["tau"] == [1.0] * len(none["tokens"])

@@ -170,16 +170,24 @@ def test_baseline_processors_follow_their_formulas():
 
 
 def test_baseline_processors_in_generate(tiny_llama):
+    """Inside generate, each step's recorded temperature is the formula of the base model's logits at that
+    step (recomputed here in float64 from a forward over the generated prefix, no cache)."""
     base = _base_of(tiny_llama)
     prompt = torch.randint(3, VOCAB, (2, 4))
-    for processor in (FixedTemperatureLogitsProcessor(0.5, record=True),
-                      EntropyDynamicTemperatureLogitsProcessor(0.2, 1.2, record=True),
-                      EDTLogitsProcessor(1.0, 0.8, 1.0, record=True)):
+    formulas = {"fixed": lambda h: torch.full_like(h, 0.5), "dynatemp": lambda h: 0.2 + 1.0 * h / math.log(VOCAB),
+                "edt": lambda h: 1.0 * 0.8 ** (1.0 / h)}
+    for name, processor in (("fixed", FixedTemperatureLogitsProcessor(0.5, record=True)),
+                            ("dynatemp", EntropyDynamicTemperatureLogitsProcessor(0.2, 1.2, record=True)),
+                            ("edt", EDTLogitsProcessor(1.0, 0.8, 1.0, record=True))):
         torch.manual_seed(0)
         out = base.generate(prompt, max_new_tokens=STEPS, do_sample=True, top_k=0,
                             logits_processor=LogitsProcessorList([processor]))
         assert out.shape == (2, 4 + STEPS) and len(processor.history) == STEPS
-        assert all(((t > 0) & torch.isfinite(t)).all() for t in processor.history)
+        for k, recorded in enumerate(processor.history):
+            with torch.no_grad():
+                z = base(input_ids=out[:, :4 + k]).logits[:, -1]
+            expected = formulas[name](_entropy_float64(z))
+            assert torch.allclose(recorded.double().reshape(-1), expected, rtol=1e-4), (name, k)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])

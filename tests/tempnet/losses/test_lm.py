@@ -10,9 +10,12 @@ from tempnet.modules import GlobalTemperature, TempNet
 
 
 def dro_reference(z: list[float], y: int, tau: float, rho: float) -> float:
-    """tau * log((1/V) sum_k exp((z_k - z_y)/tau)) + tau * rho, in float64, by a loop."""
-    acc = sum(math.exp((zk - z[y]) / tau) for zk in z)
-    return tau * math.log(acc / len(z)) + tau * rho
+    """tau * log((1/V) sum_k exp((z_k - z_y)/tau)) + tau * rho, in float64, by a loop (shifted by the
+    largest exponent, so logits of 1e4 over tau 0.01 do not overflow)."""
+    x = [(zk - z[y]) / tau for zk in z]
+    m = max(x)
+    acc = sum(math.exp(xk - m) for xk in x)
+    return tau * (m + math.log(acc / len(z))) + tau * rho
 
 
 def test_dro_loss_matches_reference_and_ignores_positions():
@@ -85,16 +88,27 @@ def test_dro_identity_optimal_tau_gives_kl_rho():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_large_logits_stay_finite(dtype):
-    z = (torch.randn(8, 32) * 1e4).to(dtype).requires_grad_()
-    y = torch.randint(0, 32, (8,))
-    tau = torch.full((8,), 0.01, requires_grad=True)
-    loss = dro_lm_loss(z, y, tau, rho=8.0)
+def test_half_precision_large_logits_are_computed_in_float32(dtype):
+    """Logits of 1e4 in fp16 / bf16 with tau 0.01: the loss is float32 and equals the float64 loop on the
+    same (rounded) logits; the logits' gradient comes back in their dtype and equals the float64 closed form
+    (softmax((z - z_y) / tau) - onehot(y)) / N; TempNet reads half logits as their float32 values."""
+    torch.manual_seed(5)
+    N, V, rho = 8, 32, 8.0
+    z = (torch.randn(N, V) * 1e4).to(dtype).requires_grad_()
+    y = torch.randint(0, V, (N,))
+    tau = torch.full((N,), 0.01, requires_grad=True)
+    loss = dro_lm_loss(z, y, tau, rho=rho)
     loss.backward()
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert torch.isfinite(z.grad).all() and torch.isfinite(tau.grad).all()
-    net = TempNet(32, hidden_size=8, tau_min=0.01)
-    assert torch.isfinite(net(z.detach())).all()
+    assert loss.dtype == torch.float32 and z.grad.dtype == dtype and tau.grad.dtype == torch.float32
+    z64 = z.detach().double()
+    expected = sum(dro_reference(z64[i].tolist(), int(y[i]), 0.01, rho) for i in range(N)) / N
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    p = torch.softmax((z64 - z64.gather(1, y[:, None])) / 0.01, dim=1)
+    onehot = torch.nn.functional.one_hot(y, V).double()
+    assert torch.allclose(z.grad.double(), (p - onehot) / N, atol=2e-3)
+    net = TempNet(V, hidden_size=8, tau_min=0.01).eval()
+    tau_half = net(z.detach())
+    assert tau_half.dtype == torch.float32 and torch.equal(tau_half, net(z.detach().float()))
 
 
 def test_bad_inputs_are_named():
@@ -137,7 +151,10 @@ def test_objectives_table():
         tau = obj.temperature(z.detach())
         expected = dro_lm_loss(z, y, tau, 8.0) if robust else tempered_ce_loss(z, y, tau)
         assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-        assert out["tau_min"] <= out["tau_mean"] <= out["tau_max"]
+        t64 = tau.detach().double().reshape(-1)  # the logged statistics of tau, in float64
+        assert [out[k].item() for k in ("tau_mean", "tau_min", "tau_max")] == \
+            pytest.approx([t64.mean().item(), t64.min().item(), t64.max().item()], rel=1e-6)
+        assert t64.max() - t64.min() > 1e-3  # the statistics would not tell mean, min and max apart otherwise
         z.grad = None
         out["loss"].backward()
         # the temperature source reads detached logits: the model gets the loss gradient only through z
