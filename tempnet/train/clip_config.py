@@ -99,10 +99,32 @@ class DataConfig:
     """Captions are cut to this many words before tokenising."""
     num_workers: int = 8
     """Data loader worker processes (0 = load in the training process)."""
+    format: str = "json"
+    """json (train_json + image_root) or webdataset (img2dataset shards: KEY.jpg|png|webp + KEY.txt)."""
+    train_shards: str = ""
+    """webdataset: the shards as a brace pattern, e.g. /cc12m/{00000..01242}.tar."""
+    train_index: str = ""
+    """webdataset: the shard index of scripts/index_shards.py ("" = rank 0 indexes the shards at start into
+    OUTPUT_DIR/shard_index.json)."""
+    sample_ids: str = "index"
+    """webdataset: the per-sample state slot of a sample: index (its position in the index: dense) or key
+    (img2dataset's integer key; the state is sized max key + 1)."""
+    shard_window: int = 32
+    """webdataset: the epoch's order permutes the shards, then the samples within windows of this many shards
+    (reads stay within them; 0 = one window: a full permutation)."""
+    resampled: bool = False
+    """webdataset: stream shards drawn with replacement (no exact order; see README for its resume guarantee)."""
+    shuffle_buffer: int = 2000
+    """webdataset with resampled: samples in each worker's seeded shuffle buffer."""
 
     def __post_init__(self):
         if self.num_workers < 0 or self.max_words < 1 or self.synthetic_pairs < 2:
             raise ValueError("need data.num_workers >= 0, data.max_words >= 1 and data.synthetic_pairs >= 2")
+        if self.format not in ("json", "webdataset") or self.sample_ids not in ("index", "key"):
+            raise ValueError(f"need data.format json | webdataset and data.sample_ids index | key, got "
+                             f"{self.format!r}, {self.sample_ids!r}")
+        if self.shard_window < 0 or self.shuffle_buffer < 1:
+            raise ValueError("need data.shard_window >= 0 and data.shuffle_buffer >= 1")
 
 
 @dataclass
