@@ -151,8 +151,19 @@ class LossConfig:
     """iSogCLR: momentum of the per-sample temperature updates."""
     isogclr_grad_clamp: Optional[float] = 5.0
     """iSogCLR: clamp of the tau-gradient weight before its moving average (the authors' [-5, 5]; null = off)."""
+    gamma_schedule: str = "constant"
+    """constant: gamma throughout; cosine: from 1 in the first epoch down to gamma at gamma_decay_epochs, per
+    epoch (FastCLIP, DistTempNet)."""
+    gamma_decay_epochs: int = 0
+    """cosine: the epochs the decay takes (0 = all of train.epochs)."""
+    state_on_host: bool = False
+    """Keep the per-sample state in (pinned) host memory and move only the batch's rows each step (web scale:
+    18 bytes per sample for sogclr / isogclr_tempnet, 34 for isogclr, none on the GPU)."""
 
     def __post_init__(self):
+        if self.gamma_schedule not in ("constant", "cosine") or self.gamma_decay_epochs < 0:
+            raise ValueError(f"need loss_args.gamma_schedule constant | cosine and gamma_decay_epochs >= 0, got "
+                             f"{self.gamma_schedule!r}, {self.gamma_decay_epochs}")
         if not self.tau > 0 or not 0 < self.gamma <= 1 or not self.rho >= 0:
             raise ValueError(f"need loss_args.tau > 0, 0 < gamma <= 1, rho >= 0; got {self.tau}, {self.gamma}, "
                              f"{self.rho}")

@@ -30,6 +30,7 @@ from tempnet.data.synthetic_image_text import make_synthetic_image_text
 from tempnet.data.zeroshot_sets import build_zeroshot_set
 from tempnet.errors import ConfigError, run_cli
 from tempnet.losses import CONTRASTIVE_LOSSES
+from tempnet.losses.sample_state import cosine_gamma, set_gamma
 from tempnet.train import checkpoint as ckpt
 from tempnet.train.cli import build_parser, parse
 from tempnet.train.clip_data import build_train_data
@@ -47,11 +48,11 @@ __all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", 
 LOSS_KWARGS = {
     "clip": lambda a, n: dict(tau=a.tau),
     "cyclip": lambda a, n: dict(tau=a.tau, lambda_inmodal=a.lambda_inmodal, lambda_crossmodal=a.lambda_crossmodal),
-    "sogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, tau=a.tau),
+    "sogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, tau=a.tau, state_on_host=a.state_on_host),
     "isogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho, tau_init=a.isogclr_tau_init,
                                  tau_min=a.isogclr_tau_min, tau_max=a.isogclr_tau_max, eta=a.isogclr_eta,
-                                 beta=a.isogclr_beta, grad_clamp=a.isogclr_grad_clamp),
-    "isogclr_tempnet": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho),
+                                 beta=a.isogclr_beta, grad_clamp=a.isogclr_grad_clamp, state_on_host=a.state_on_host),
+    "isogclr_tempnet": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho, state_on_host=a.state_on_host),
 }
 
 
@@ -216,7 +217,7 @@ class ClipRun:
     def step(self, batch) -> dict:
         """One optimisation step on a local batch; returns the step's metrics (global-batch values)."""
         images, captions, image_ids, text_ids = batch
-        ids, mask = captions if isinstance(captions, tuple) else self.tokenizer(captions)  # tuple: by the workers
+        ids, mask = captions if torch.is_tensor(captions[0]) else self.tokenizer(captions)  # tokenised by workers?
         dev = self.device
         images, ids, mask = images.to(dev, non_blocking=True), ids.to(dev), mask.to(dev)
         image_ids, text_ids = image_ids.to(dev), text_ids.to(dev)
@@ -308,6 +309,9 @@ class ClipRun:
         record = None
         for epoch in range(pos["epoch"], t.epochs):
             self.data.set_epoch(epoch, pos["step_in_epoch"])
+            if cfg.loss_args.gamma_schedule == "cosine":
+                set_gamma(self.criterion, cosine_gamma(cfg.loss_args.gamma, epoch,
+                                                       cfg.loss_args.gamma_decay_epochs or t.epochs))
             tic, first = time.time(), pos["step_in_epoch"]
             for batch in self.loader:
                 metrics = self.step(batch)
