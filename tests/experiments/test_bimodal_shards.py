@@ -63,3 +63,40 @@ def test_a_changed_shard_list_is_refused_on_resume(shards, tmp_path):
             run_main(out, *RUN, *data, resume=True)
     finally:
         shard.write_bytes(backup)
+
+
+TINY = ["model.image.source=timm", "model.image.name=vit_tiny_patch16_224", "model.image.pretrained=false",
+        "model.image.kwargs={img_size: 32, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2, global_pool: avg}",
+        "model.text.source=hf", "model.text.name=distilbert", "model.text.pretrained=false",
+        "model.text.tokenizer=open_clip", "model.text.max_length=16",
+        "model.text.config_overrides={dim: 32, n_layers: 1, n_heads: 2, hidden_dim: 64, vocab_size: 49408, "
+        "max_position_embeddings: 32}",
+        "model.embed_dim=16", "model.image_size=32", "data.num_workers=0", "train.epochs=1", "train.batch_size=16",
+        "train.precision=fp32", "train.progress_bar=false", "train.tensorboard=false", "train.log_every=1",
+        "tempnet.num_prototypes=8",
+        "loss_args.rho=2.0", "eval.batch_size=64", "eval.num_workers=0", "eval.zeroshot=[]"]
+
+
+def test_cc12m_launch_script(shards, tmp_path):
+    """Bimodal-CL/scripts/cc12m_vitb32_isogclr_tempnet.sh as a user runs it (NPROC, OUT, DATA = the shard folder),
+    its config's sizes shrunk, on the first 2 shards: it trains on them and writes the evaluation and checkpoint."""
+    import os
+    import sys
+
+    from helpers import free_port, run
+
+    root, _, _ = shards
+    pairs = root / "pairs"
+    retrieval = f"eval.retrieval=[{{name: synthetic, json: {pairs / 'retrieval.json'}, image_root: {pairs}}}]"
+    out = tmp_path / "run"
+    env = {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MASTER_PORT": str(free_port()), "NPROC": "1", "OUT": str(out), "DATA": str(root / "shards"),
+           "LAST_SHARD": "00001"}
+    run(["bash", "Bimodal-CL/scripts/cc12m_vitb32_isogclr_tempnet.sh", *TINY, retrieval,
+         "eval.select_best=synthetic/r_mean"], env=env)
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5]  # 80 pairs of 2 shards, global batch 16
+    index = json.loads((out / "shard_index.json").read_text())
+    assert [s["url"].rsplit("/", 1)[1] for s in index["shardlist"]] == ["00000.tar", "00001.tar"]
+    assert json.loads((out / "eval.json").read_text())["epoch"] == 1 and (out / "checkpoint-best").is_dir()
+    _, state = checkpoint(out, 5)
+    assert state["criterion"]["image_state.s"].shape == (80,) and state["shard_list_hash"] == index["shard_list_hash"]
