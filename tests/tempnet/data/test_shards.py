@@ -127,17 +127,22 @@ def test_index_script_and_a_changed_shard_list(shards, tmp_path):
     assert exc.value.code == 2
 
 
+def _keep_captions(items):
+    images, captions, image_ids, _ = zip(*items)
+    return torch.stack(images), list(captions), torch.tensor(image_ids)
+
+
 def test_resampled_stream_ids_match_captions_and_late_samples_start_their_averages(shards):
     _, _, keys, captions, index = shards
     dense = ShardIndex(index)
-    collate = TokenizingCollate(lambda c: (torch.zeros(len(c), 2), torch.ones(len(c), 2)))
-    stream = ResampledShardStream(dense, train_transform(32, augment=False), collate, batch_size=16, num_batches=6,
-                                  seed=1, shuffle_buffer=64, on_bad_sample="skip")
+    stream = ResampledShardStream(dense, train_transform(32, augment=False), _keep_captions, batch_size=16,
+                                  num_batches=6, seed=1, shuffle_buffer=64, on_bad_sample="skip")
     stream.set_epoch(0)
     batches = list(DataLoader(stream, batch_size=None, num_workers=2))
     assert len(batches) == 6
     ids = [b[2] for b in batches]
-    assert all(keys[int(i)] != CORRUPT for b in ids for i in b)
+    assert all(keys[int(i)] != CORRUPT for b in ids for i in b)  # dropped, not given another's id
+    assert all(captions[int(i)] == c for b in batches for c, i in zip(b[1], b[2]))  # each id is its sample's
     stream.set_epoch(0, start_step=3)  # a resume: a fresh draw of the remaining batches
     assert len(list(DataLoader(stream, batch_size=None, num_workers=0))) == 3
     # the first-visit rule: a sample first drawn in step k starts from its own inner sum, whatever came before
