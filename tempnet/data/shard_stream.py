@@ -2,7 +2,7 @@
 
 Each loader worker draws shards with replacement from a generator seeded by (seed, epoch, start step,
 rank, worker), reads each drawn tar sequentially (webdataset's tar iterator: no random reads, any URL
-webdataset opens), mixes samples in a seeded shuffle buffer and yields ready local batches. The ids
+webdataset opens), mixes the raw samples in a seeded shuffle buffer, then decodes and yields ready local batches. The ids
 are the index's (tempnet.data.shards.ShardIndex: shard start + offset in the shard, or the key), so
 the per-sample state stays one slot per sample: a sample first drawn late in training still finds
 `seen` false and its moving averages start from its own first value.
@@ -45,7 +45,7 @@ class ResampledShardStream(IterableDataset):
         self.epoch, self.start_step = int(epoch), int(start_step)
 
     def _samples(self, rng: np.random.Generator):
-        """(image, caption, id) of the samples of shards drawn with replacement, each tar read in order."""
+        """(raw sample, where, id) of shards drawn with replacement, each tar read in order (nothing decoded yet)."""
         import webdataset as wds
 
         while True:
@@ -53,14 +53,18 @@ class ResampledShardStream(IterableDataset):
             url = self.index.urls[shard]
             for offset, sample in enumerate(wds.tariterators.tarfile_samples([{"url": url}])):
                 key = sample["__key__"].split("/")[-1]
-                sid = self.index.sample_id(shard, offset, key)
-                try:
-                    image, caption = decode_pair(sample, f"shard {url}, key {key!r}", self.max_words)
-                except ValueError as err:
-                    if self.on_bad_sample == "error":
-                        raise UserError(f"{err} (data.on_bad_sample=skip drops bad samples)") from None
-                    continue
-                yield image, caption, sid
+                yield sample, f"shard {url}, key {key!r}", self.index.sample_id(shard, offset, key)
+
+    def _decoded(self, stream):
+        """(image, caption, id) of the shuffled raw samples; bad ones raise or are dropped (on_bad_sample)."""
+        for sample, where, sid in stream:
+            try:
+                image, caption = decode_pair(sample, where, self.max_words)
+            except ValueError as err:
+                if self.on_bad_sample == "error":
+                    raise UserError(f"{err} (data.on_bad_sample=skip drops bad samples)") from None
+                continue
+            yield image, caption, sid
 
     def __iter__(self):
         import webdataset.filters as wf
@@ -73,8 +77,9 @@ class ResampledShardStream(IterableDataset):
         seed = [self.seed, self.epoch, self.start_step, self.rank, worker]
         rng = np.random.default_rng(seed)
         mix = random.Random(int(rng.integers(2 ** 62)))
-        stream = wf._shuffle(self._samples(rng), bufsize=self.shuffle_buffer, initial=self.shuffle_buffer // 2,
-                             rng=mix)
+        # the buffer holds raw samples (bytes), as open_clip's: decoding happens after it, once per sample
+        stream = self._decoded(wf._shuffle(self._samples(rng), bufsize=self.shuffle_buffer,
+                                           initial=self.shuffle_buffer // 2, rng=mix))
         torch.manual_seed(int(rng.integers(2 ** 62)))  # this worker's augmentation stream
         for _ in mine:
             items = []
