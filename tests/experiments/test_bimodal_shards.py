@@ -100,3 +100,22 @@ def test_cc12m_launch_script(shards, tmp_path):
     assert json.loads((out / "eval.json").read_text())["epoch"] == 1 and (out / "checkpoint-best").is_dir()
     _, state = checkpoint(out, 5)
     assert state["criterion"]["image_state.s"].shape == (80,) and state["shard_list_hash"] == index["shard_list_hash"]
+
+
+def test_resampled_run_resumes_its_step_count(shards, tmp_path):
+    _, pattern, _ = shards
+    data = [f"data.train_shards={pattern}", "train.epochs=1", "data.num_workers=0", "data.resampled=true",
+            "data.shuffle_buffer=16"]
+    out = tmp_path / "stream"
+    run_main(out, *RUN, *data, "train.stop_after_steps=2")
+    run_main(out, *RUN, *data, resume=True)
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5]  # 160 samples, global batch 32: a nominal epoch
+    _, state = checkpoint(out, 5)
+    seen = state["criterion"]["image_state.seen"]
+    assert seen.shape == (160,) and 32 <= int(seen.sum()) < 160  # drawn with replacement: not every sample
+
+
+def test_a_corrupt_sample_fails_in_one_line_naming_shard_and_key(tmp_path):
+    pattern, _ = write_pair_shards(tmp_path / "data", num=64, per_shard=32, corrupt=("000010004",))
+    with pytest.raises(UserError, match=r"^shard \S+00001\.tar, key '000010004': cannot decode[^\n]*$"):
+        run_main(tmp_path / "run", *RUN, f"data.train_shards={pattern}", "data.num_workers=2", "data.shard_window=0")

@@ -143,8 +143,13 @@ def test_resampled_stream_ids_match_captions_and_late_samples_start_their_averag
     ids = [b[2] for b in batches]
     assert all(keys[int(i)] != CORRUPT for b in ids for i in b)  # dropped, not given another's id
     assert all(captions[int(i)] == c for b in batches for c, i in zip(b[1], b[2]))  # each id is its sample's
-    stream.set_epoch(0, start_step=3)  # a resume: a fresh draw of the remaining batches
-    assert len(list(DataLoader(stream, batch_size=None, num_workers=0))) == 3
+    stream.set_epoch(0)
+    uninterrupted = [b[2] for b in DataLoader(stream, batch_size=None, num_workers=0)]
+    stream.set_epoch(0, start_step=3)  # a resume: a fresh draw of the remaining batches, not a replay
+    resumed = [b[2] for b in DataLoader(stream, batch_size=None, num_workers=0)]
+    assert len(resumed) == 3
+    for part in (uninterrupted[:3], uninterrupted[3:]):  # neither a replay nor the uninterrupted run's tail
+        assert all(not torch.equal(a, b) for a, b in zip(resumed, part))
     # the first-visit rule: a sample first drawn in step k starts from its own inner sum, whatever came before
     torch.manual_seed(0)
     loss, fresh = SogCLRLoss(dense.num_samples, gamma=0.5, tau=0.1), SogCLRLoss(dense.num_samples, gamma=0.5, tau=0.1)
