@@ -2,8 +2,8 @@
 
 Each loader worker draws shards with replacement from a generator seeded by (seed, epoch, start step,
 rank, worker), reads each drawn tar sequentially (webdataset's tar iterator: no random reads, any URL
-webdataset opens), mixes the raw samples in a seeded shuffle buffer, then decodes and yields ready local batches. The ids
-are the index's (tempnet.data.shards.ShardIndex: shard start + offset in the shard, or the key), so
+webdataset opens), mixes the raw samples in a seeded shuffle buffer, then decodes and yields ready local
+batches. The ids are the index's (tempnet.data.shards.ShardIndex: shard start + offset in the shard, or the key), so
 the per-sample state stays one slot per sample: a sample first drawn late in training still finds
 `seen` false and its moving averages start from its own first value.
 

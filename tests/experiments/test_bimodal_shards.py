@@ -14,8 +14,8 @@ from tempnet.errors import UserError
 
 pytestmark = pytest.mark.slow
 
-RUN = ["data.format=webdataset", "train.epochs=2", "eval.every_epoch=false", "train.tensorboard=false",
-       "train.progress_bar=false", "loss=isogclr_tempnet", "loss_args.gamma_schedule=cosine"]
+RUN = ["data.format=webdataset", "data.synthetic=false", "train.epochs=2", "eval.every_epoch=false",
+       "train.tensorboard=false", "train.progress_bar=false", "loss=isogclr_tempnet", "loss_args.gamma_schedule=cosine"]
 
 
 @pytest.fixture(scope="module")

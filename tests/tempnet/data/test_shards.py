@@ -2,9 +2,7 @@
 tars written with webdataset's own TarWriter: 200 pairs in 5 shards, sparse keys, one corrupt image."""
 
 import json
-import sys
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader

@@ -13,7 +13,7 @@ from tempnet.data.image_text import RetrievalSet
 from tempnet.data.image_transforms import center_crop_transform
 from tempnet.data.synthetic_image_text import make_synthetic_image_text
 from tempnet.data.zeroshot_sets import build_zeroshot_set
-from tempnet.eval.clip_benchmark import ClipBenchmarkModel, PackedTokenizer, average, run_task, write_results
+from tempnet.eval.clip_benchmark import ClipBenchmarkModel, PackedTokenizer, average, run_task
 from tempnet.eval.tables import build_tables, to_markdown
 from tempnet.train import checkpoint as ckpt
 from tempnet.train.clip_config import BimodalConfig
