@@ -111,7 +111,7 @@ class DataConfig:
     (img2dataset's integer key; the state is sized max key + 1)."""
     shard_window: int = 32
     """webdataset: the epoch's order permutes the shards, then the samples within windows of this many shards
-    (reads stay within them; 0 = one window: a full permutation)."""
+    (reads stay within them; 0 = one window: a full permutation, for small sets: reads then jump between all shards)."""
     resampled: bool = False
     """webdataset: stream shards drawn with replacement (no exact order; see README for its resume guarantee)."""
     shuffle_buffer: int = 2000

@@ -138,7 +138,9 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
                                       d.shuffle_buffer, on_bad)
         loader = DataLoader(stream, batch_size=None, num_workers=d.num_workers, pin_memory=pin)
         return TrainData(_WorkerErrors(loader), index.num_samples, steps, [(stream, True)], identity)
-    dataset = ShardedPairs(index, transform, d.max_words, t.seed, on_bad, max_bad, open_shards=max(8, d.shard_window))
+    # a worker keeps the window's shards open (window 0: up to 256, then reads may reopen a shard's index)
+    open_shards = max(8, d.shard_window) if d.shard_window else min(len(index.urls), 256)
+    dataset = ShardedPairs(index, transform, d.max_words, t.seed, on_bad, max_bad, open_shards=open_shards)
     sampler = ShardWindowSampler(index.counts, t.batch_size, world, rank, t.seed, d.shard_window)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin, collate_fn=collate,
                         generator=torch.Generator().manual_seed(t.seed))
