@@ -12,6 +12,14 @@ The variants take turns within each round, in an order rotated every round (mach
 rounds of its time divided by open_clip's time in the same round.
 
     python scripts/bench_contrastive.py --batch 1024 --dim 256 --device cpu --repeats 30 --json OUT.json
+
+With --num-samples N1 N2 ... it measures the per-sample state instead (web scale): for each state size N,
+the step time of the robust loss (rgcl, the TempNet loss) and iSogCLR with ids drawn uniformly from [0, N)
+(every step touches cold rows), their ratio to the smallest N's (the goal: flat), the bytes per sample and
+in all, the same for N = 4e8 by arithmetic, and the time of a checkpoint save (torch.save of the state) of
+the largest N. --state-on-host keeps the state in host memory (loss_args.state_on_host).
+
+    python scripts/bench_contrastive.py --num-samples 10000 1000000 100000000 --batch 1024 --save-dir /tmp/s
 """
 
 from __future__ import annotations
@@ -42,7 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prototypes", type=int, default=256, help="TempNet prototypes M (at most B)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--num-samples", type=int, nargs="+", help="measure the per-sample state at these sizes N")
+    parser.add_argument("--state-on-host", action="store_true", help="with --num-samples: the state in host memory")
+    parser.add_argument("--save-dir", help="with --num-samples: time a save of the largest state into this folder")
     args = parser.parse_args(argv)
+    if args.num_samples and min(args.num_samples) < args.batch:
+        parser.error("--num-samples: every N must be at least --batch")
     if args.batch < 2 or args.dim < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("need --batch >= 2, --dim >= 1, --repeats >= 1, --warmup >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -123,6 +136,84 @@ def run(args) -> dict:
             "reference": REFERENCE, "results": results}
 
 
+WEB_SCALE = 400_000_000  # LAION-400M
+
+
+def run_state_sweep(args) -> dict:
+    """Step time and memory of the per-sample state against its size N (see the module docstring)."""
+    from tempnet.losses.sample_state import state_bytes_per_sample
+
+    torch.manual_seed(args.seed)
+    dev, n = torch.device(args.device), args.batch
+    image = F.normalize(torch.randn(n, args.dim), dim=1).to(dev)
+    text = F.normalize(image + 0.5 * torch.randn(n, args.dim, device=dev), dim=1)
+    tau = torch.full((n,), 0.02, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sizes = sorted(args.num_samples)
+    losses = {size: {"rgcl": RobustGCLoss(size, state_on_host=args.state_on_host).to(dev),
+                     "isogclr": ISogCLRLoss(size, state_on_host=args.state_on_host).to(dev)} for size in sizes}
+    cells = [(size, name) for size in sizes for name in ("rgcl", "isogclr")]
+    times = {cell: [] for cell in cells}
+    g = torch.Generator().manual_seed(args.seed)
+    for round_ in range(args.warmup + args.repeats):
+        shift = round_ % len(cells)  # the sizes take turns, in an order rotated every round (noisy machines)
+        for size, name in cells[shift:] + cells[:shift]:
+            ids = torch.randint(size, (n,), generator=g).to(dev)
+            I, T = image.clone().requires_grad_(), text.clone().requires_grad_()
+            taus = {"tau_image": tau.clone().requires_grad_(), "tau_text": tau.clone().requires_grad_()} \
+                if name == "rgcl" else {}
+            sync()
+            tic = time.perf_counter()
+            losses[size][name](I, T, ids, ids, **taus)["loss"].backward()
+            sync()
+            if round_ >= args.warmup:
+                times[size, name].append(time.perf_counter() - tic)
+    rows = {str(size): {name: {"median_ms": 1e3 * statistics.median(times[size, name]),
+                               "bytes_per_sample": state_bytes_per_sample(losses[size][name]),
+                               "state_gb": state_bytes_per_sample(losses[size][name]) * size / 1e9}
+                        for name in ("rgcl", "isogclr")} for size in sizes}
+    biggest = (sizes[-1], losses[sizes[-1]])
+    base = rows[str(min(args.num_samples))]
+    for row in rows.values():
+        for name, cell in row.items():
+            cell["ratio_to_smallest_n"] = cell["median_ms"] / base[name]["median_ms"]
+    report = {"config": {"batch": n, "dim": args.dim, "device": str(dev), "repeats": args.repeats,
+                         "warmup": args.warmup, "state_on_host": args.state_on_host,
+                         "threads": torch.get_num_threads(), "torch": torch.__version__},
+              "num_samples": rows,
+              "web_scale": {name: {"num_samples": WEB_SCALE, "state_gb": cell["bytes_per_sample"] * WEB_SCALE / 1e9,
+                                   "gpu_gb": 0.0 if args.state_on_host else cell["bytes_per_sample"] * WEB_SCALE / 1e9}
+                            for name, cell in base.items()}}
+    if args.save_dir:
+        size, losses = biggest
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(args.save_dir) / "criterion.pt"
+        tic = time.perf_counter()
+        torch.save(losses["rgcl"].state_dict(), path)
+        seconds = time.perf_counter() - tic
+        report["save"] = {"loss": "rgcl", "num_samples": size, "bytes": path.stat().st_size, "seconds": seconds,
+                          "gb_per_s": path.stat().st_size / 1e9 / seconds}
+        path.unlink()
+    return report
+
+
+def state_markdown(report: dict) -> str:
+    c = report["config"]
+    lines = [f"B={c['batch']}, d={c['dim']}, {c['device']}, state on {'host' if c['state_on_host'] else 'device'}, "
+             f"median of {c['repeats']} rounds", "",
+             "| N | loss | bytes / sample | state GB | median ms | x smallest N |", "|---:|---|---:|---:|---:|---:|"]
+    for size, row in report["num_samples"].items():
+        lines += [f"| {int(size):.0e} | {k} | {v['bytes_per_sample']} | {v['state_gb']:.3f} | {v['median_ms']:.2f} | "
+                  f"{v['ratio_to_smallest_n']:.2f} |" for k, v in row.items()]
+    lines += [f"| {WEB_SCALE:.0e} | {k} (arithmetic) | | {v['state_gb']:.1f} (GPU {v['gpu_gb']:.1f}) | | |"
+              for k, v in report["web_scale"].items()]
+    if "save" in report:
+        s = report["save"]
+        lines += ["", f"save of the {s['loss']} state, N={s['num_samples']:.0e}: {s['bytes'] / 1e9:.2f} GB in "
+                      f"{s['seconds']:.2f} s ({s['gb_per_s']:.2f} GB/s)"]
+    return "\n".join(lines)
+
+
 def markdown(report: dict) -> str:
     c = report["config"]
     lines = [f"B={c['batch']}, d={c['dim']}, {c['device']}, {c['threads']} thread(s), median of {c['repeats']} rounds",
@@ -133,8 +224,8 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    report = run(args)
-    print(markdown(report), flush=True)
+    report = run_state_sweep(args) if args.num_samples else run(args)
+    print(state_markdown(report) if args.num_samples else markdown(report), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -6,6 +6,7 @@
     python scripts/make_tables.py results --metric hellaswag=acc   # another lm-eval metric for a task
 
 Layout: RESULTS_DIR/llm/<row>/ (lm-eval --output_path), RESULTS_DIR/clip/<row>/eval.json (Bimodal-CL),
+RESULTS_DIR/clip_benchmark/<row>/eval_results.jsonl (scripts/eval_clip_benchmark.py),
 RESULTS_DIR/alpaca/<row>/ (model_outputs.json + alpaca_eval's leaderboard.csv); see tempnet.eval.tables.
 """
 

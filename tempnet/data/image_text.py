@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 __all__ = ["pre_caption", "load_annotations", "load_image", "ImageTextPairs", "RetrievalImages", "RetrievalSet",
-           "sample_seed"]
+           "sample_seed", "seeded_transform"]
 
 
 def pre_caption(caption: str, max_words: int = 30) -> str:
@@ -73,6 +73,13 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def seeded_transform(transform: Callable, image, seed: int):
+    """transform(image) with the global torch RNG (which torchvision draws from) seeded by `seed`, restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # CPU only: cheap
+        return transform(image)
+
+
 class ImageTextPairs(Dataset):
     """Training pairs: item i -> (image [3, H, W], caption str, image_id int, text_id int).
 
@@ -104,9 +111,7 @@ class ImageTextPairs(Dataset):
     def __getitem__(self, index: int):
         where = f"entry {index} of {self.ann_file}"
         image = load_image(self.image_root / self.images[index], where)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))  # CPU only: cheap
-            image = self.transform(image)
+        image = seeded_transform(self.transform, image, sample_seed(self.seed, self.epoch, index))
         return image, self.captions[index], int(self.image_ids[index]), index
 
 

@@ -7,6 +7,8 @@ Layout read (every `<row>` folder is one row of a table, named as the paper's se
     RESULTS_DIR/clip/<row>/**/eval.json         Bimodal-CL's evaluation; several are merged (keys
                                                 `<set>/img_r1` = IR@1, `<set>/txt_r1` = TR@1,
                                                 `<set>/zeroshot_top1`)
+    RESULTS_DIR/clip_benchmark/<row>/**/eval_results.jsonl   scripts/eval_clip_benchmark.py (DataComp's form:
+                                                one task a line; the main metric of each and their mean)
     RESULTS_DIR/alpaca/<row>/model_outputs.json + alpaca_eval's `leaderboard.csv` (or
                                                 `annotations.json`) at any depth; else "not scored"
 
@@ -340,6 +342,9 @@ def build_tables(results_dir: str | Path, paper: bool = False, metrics: dict[str
         raise FileNotFoundError(f"results directory {results_dir} does not exist")
     tables = _llm_tables(results_dir, paper, {**TASK_METRICS, **(metrics or {})})
     tables += [t for t in (_alpaca_table(results_dir, paper), _clip_table(results_dir, paper)) if t is not None]
+    from tempnet.eval.clip_benchmark import clip_benchmark_table  # it builds on this module's Table
+
+    tables += [t for t in (clip_benchmark_table(results_dir),) if t is not None]
     titles = _load_json(results_dir / "titles.json") if (results_dir / "titles.json").is_file() else {}
     for t in tables:  # a results directory may name its own tables (the tiny demo's are not the paper's setting)
         t.title = titles.get(t.key, t.title)

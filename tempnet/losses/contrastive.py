@@ -38,9 +38,12 @@ from torch import nn
 
 from tempnet import checks
 from tempnet.distributed import gather_ids, gather_with_grad
+from tempnet.losses.sample_state import (CompositionalState, _PerSampleBuffers, _put, _rows, cosine_gamma, set_gamma,
+                                         state_bytes_per_sample)
 from tempnet.modules import check_tau_range
 
-__all__ = ["ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss", "CompositionalState"]
+__all__ = ["ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss", "CompositionalState",
+           "cosine_gamma", "set_gamma", "state_bytes_per_sample"]
 
 
 def _check_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
@@ -92,53 +95,6 @@ def _no_taus(name: str, tau_image, tau_text) -> None:
 def _fixed_tau_stats(tau: float, like: torch.Tensor) -> dict[str, torch.Tensor]:
     t = torch.full((), tau, dtype=like.dtype, device=like.device)
     return {"tau_image": t, "tau_text": t}
-
-
-class CompositionalState(nn.Module):
-    """Per-dataset-index moving averages s and running maxima b (stochastic compositional optimisation).
-
-    For a batch of anchors with row maxima m_i = max_{j != i} A_ij and inner sums
-    g_i = sum_{j != i} exp(A_ij - b_i) (A detached):
-        running_max(ids, m): b_i = max(b_old_i, m_i), or m_i on the index's first visit
-        update(ids, b, g):   s_i = g_i on the first visit, else (1 - gamma) * s_old_i * exp(b_old_i - b_i) + gamma * g_i
-    update stores s, b and marks the ids seen. The state lives in buffers, so it is checkpointed and moved by .to().
-    """
-
-    def __init__(self, num_samples: int, gamma: float):
-        super().__init__()
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be positive, got {num_samples}")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
-        self.num_samples, self.gamma = num_samples, float(gamma)
-        self.register_buffer("s", torch.zeros(num_samples))
-        self.register_buffer("b", torch.zeros(num_samples))
-        self.register_buffer("seen", torch.zeros(num_samples, dtype=torch.bool))
-
-    def check_ids(self, ids: torch.Tensor) -> None:
-        """ids must be [B] (always checked) and inside [0, num_samples) (checked when tempnet.checks is on)."""
-        if ids.dim() != 1:
-            raise ValueError(f"dataset ids must be [B], got shape {tuple(ids.shape)}")
-        if not checks.enabled():
-            return
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= self.num_samples:
-            bad = low if low < 0 else high
-            raise IndexError(f"dataset id {bad} is outside the per-sample state [0, {self.num_samples})")
-
-    @torch.no_grad()
-    def running_max(self, ids: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
-        """b [B] for the batch, in row_max's dtype (not stored until update)."""
-        b_old = self.b[ids].to(row_max.dtype)
-        return torch.where(self.seen[ids], torch.maximum(b_old, row_max), row_max)
-
-    @torch.no_grad()
-    def update(self, ids: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Move s towards g (both relative to b), store s and b; returns s [B] in g's dtype."""
-        seen, b_old, s_old = self.seen[ids], self.b[ids].to(g.dtype), self.s[ids].to(g.dtype)
-        s = torch.where(seen, (1 - self.gamma) * s_old * torch.exp(b_old - b) + self.gamma * g, g)
-        self.s[ids], self.b[ids], self.seen[ids] = s.to(self.s.dtype), b.to(self.b.dtype), True
-        return s
 
 
 def _exp_off_diagonal(x: torch.Tensor) -> torch.Tensor:
@@ -280,12 +236,13 @@ class SogCLRLoss(nn.Module):
        loss = mean_i sum_j w_ij d_ij + mean_j sum_i w'_ji e_ij   (w from the moving averages, detached)
     """
 
-    def __init__(self, num_samples: int, gamma: float = 0.8, tau: float = 0.01):
+    def __init__(self, num_samples: int, gamma: float = 0.8, tau: float = 0.01, state_on_host: bool = False):
         super().__init__()
         if not tau > 0:
             raise ValueError(f"tau must be positive, got {tau}")
         self.tau = float(tau)
-        self.image_state, self.text_state = CompositionalState(num_samples, gamma), CompositionalState(num_samples, gamma)
+        self.image_state = CompositionalState(num_samples, gamma, state_on_host)
+        self.text_state = CompositionalState(num_samples, gamma, state_on_host)
 
     def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
                 tau_text=None) -> dict[str, torch.Tensor]:
@@ -301,7 +258,7 @@ class SogCLRLoss(nn.Module):
         return {"loss": loss, "contrastive": loss.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
-class ISogCLRLoss(nn.Module):
+class ISogCLRLoss(_PerSampleBuffers):
     """iSogCLR (Qiu et al., 2023): SogCLR with one learned temperature per dataset index.
 
     The temperatures are buffers updated inside forward by momentum SGD on the DRO objective:
@@ -316,7 +273,7 @@ class ISogCLRLoss(nn.Module):
 
     def __init__(self, num_samples: int, gamma: float = 0.8, rho: float = 8.0, tau_init: float = 0.01,
                  tau_min: float = 0.005, tau_max: float = 0.05, eta: float = 0.03, beta: float = 0.5,
-                 grad_clamp: float | None = 5.0):
+                 grad_clamp: float | None = 5.0, state_on_host: bool = False):
         super().__init__()
         check_tau_range(tau_min, tau_max)
         if not tau_min <= tau_init <= tau_max:
@@ -327,19 +284,21 @@ class ISogCLRLoss(nn.Module):
             raise ValueError(f"grad_clamp must be positive (or None for no clamp), got {grad_clamp}")
         self.rho, self.tau_min, self.tau_max, self.eta, self.beta = float(rho), tau_min, tau_max, eta, beta
         self.grad_clamp = None if grad_clamp is None else float(grad_clamp)
-        self.image_state, self.text_state = CompositionalState(num_samples, gamma), CompositionalState(num_samples, gamma)
+        self.on_host = bool(state_on_host)
+        self.image_state = CompositionalState(num_samples, gamma, state_on_host)
+        self.text_state = CompositionalState(num_samples, gamma, state_on_host)
         for name in ("tau_image", "tau_text"):
-            self.register_buffer(name, torch.full((num_samples,), float(tau_init)))
+            self._per_sample(name, torch.full((num_samples,), float(tau_init)))
         for name in ("u_image", "u_text"):
-            self.register_buffer(name, torch.zeros(num_samples))
+            self._per_sample(name, torch.zeros(num_samples))
 
     @torch.no_grad()
     def _step_tau(self, ids, tau, tau_weight, u_buf, tau_buf) -> None:
         if self.grad_clamp is not None:
             tau_weight = tau_weight.clamp(-self.grad_clamp, self.grad_clamp)
-        u = (1 - self.beta) * u_buf[ids].to(tau_weight.dtype) + self.beta * tau_weight
-        u_buf[ids] = u.to(u_buf.dtype)
-        tau_buf[ids] = (tau - self.eta * u).clamp(self.tau_min, self.tau_max).to(tau_buf.dtype)
+        u = (1 - self.beta) * _rows(u_buf, ids).to(tau_weight.dtype) + self.beta * tau_weight
+        _put(u_buf, ids, u)
+        _put(tau_buf, ids, (tau - self.eta * u).clamp(self.tau_min, self.tau_max))
 
     def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
                 tau_text=None) -> dict[str, torch.Tensor]:
@@ -348,7 +307,7 @@ class ISogCLRLoss(nn.Module):
         image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image_features.shape[0])
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
-        tau_i, tau_t = self.tau_image[image_ids].to(image.dtype), self.tau_text[text_ids].to(image.dtype)  # copies
+        tau_i, tau_t = _rows(self.tau_image, image_ids).to(image.dtype), _rows(self.tau_text, text_ids).to(image.dtype)
         loss, tw_i, tw_t = _moving_average_terms(image, text, tau_i, tau_t, image_ids, text_ids, self.image_state,
                                                  self.text_state, self.rho)
         self._step_tau(image_ids, tau_i, tw_i, self.u_image, self.tau_image)
@@ -368,12 +327,13 @@ class RobustGCLoss(nn.Module):
     mean_i [tau_i * log(mean_{j != i} exp(d_ij / tau_i)) + tau_i * rho] (Qiu et al., ICML 2024, Sec. 4).
     """
 
-    def __init__(self, num_samples: int, gamma: float = 0.8, rho: float = 7.0):
+    def __init__(self, num_samples: int, gamma: float = 0.8, rho: float = 7.0, state_on_host: bool = False):
         super().__init__()
         if not rho >= 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         self.rho = float(rho)
-        self.image_state, self.text_state = CompositionalState(num_samples, gamma), CompositionalState(num_samples, gamma)
+        self.image_state = CompositionalState(num_samples, gamma, state_on_host)
+        self.text_state = CompositionalState(num_samples, gamma, state_on_host)
 
     def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
                 tau_text=None) -> dict[str, torch.Tensor]:

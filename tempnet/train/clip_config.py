@@ -99,10 +99,32 @@ class DataConfig:
     """Captions are cut to this many words before tokenising."""
     num_workers: int = 8
     """Data loader worker processes (0 = load in the training process)."""
+    format: str = "json"
+    """json (train_json + image_root) or webdataset (img2dataset shards: KEY.jpg|png|webp + KEY.txt)."""
+    train_shards: str = ""
+    """webdataset: the shards as a brace pattern, e.g. /cc12m/{00000..01242}.tar."""
+    train_index: str = ""
+    """webdataset: the shard index of scripts/index_shards.py ("" = rank 0 indexes the shards at start into
+    OUTPUT_DIR/shard_index.json)."""
+    sample_ids: str = "index"
+    """webdataset: the per-sample state slot of a sample: index (its position in the index: dense) or key
+    (img2dataset's integer key; the state is sized max key + 1)."""
+    shard_window: int = 32
+    """webdataset: the epoch's order permutes the shards, then the samples within windows of this many shards
+    (reads stay within them; 0 = one window: a full permutation, for small sets: reads then jump between all shards)."""
+    resampled: bool = False
+    """webdataset: stream shards drawn with replacement (no exact order; see README for its resume guarantee)."""
+    shuffle_buffer: int = 2000
+    """webdataset with resampled: samples in each worker's seeded shuffle buffer."""
 
     def __post_init__(self):
         if self.num_workers < 0 or self.max_words < 1 or self.synthetic_pairs < 2:
             raise ValueError("need data.num_workers >= 0, data.max_words >= 1 and data.synthetic_pairs >= 2")
+        if self.format not in ("json", "webdataset") or self.sample_ids not in ("index", "key"):
+            raise ValueError(f"need data.format json | webdataset and data.sample_ids index | key, got "
+                             f"{self.format!r}, {self.sample_ids!r}")
+        if self.shard_window < 0 or self.shuffle_buffer < 1:
+            raise ValueError("need data.shard_window >= 0 and data.shuffle_buffer >= 1")
 
 
 @dataclass
@@ -129,8 +151,19 @@ class LossConfig:
     """iSogCLR: momentum of the per-sample temperature updates."""
     isogclr_grad_clamp: Optional[float] = 5.0
     """iSogCLR: clamp of the tau-gradient weight before its moving average (the authors' [-5, 5]; null = off)."""
+    gamma_schedule: str = "constant"
+    """constant: gamma throughout; cosine: from 1 in the first epoch down to gamma at gamma_decay_epochs, per
+    epoch (FastCLIP, DistTempNet)."""
+    gamma_decay_epochs: int = 0
+    """cosine: the epochs the decay takes (0 = all of train.epochs)."""
+    state_on_host: bool = False
+    """Keep the per-sample state in (pinned) host memory and move only the batch's rows each step (web scale:
+    18 bytes per sample for sogclr / isogclr_tempnet, 34 for isogclr, none on the GPU)."""
 
     def __post_init__(self):
+        if self.gamma_schedule not in ("constant", "cosine") or self.gamma_decay_epochs < 0:
+            raise ValueError(f"need loss_args.gamma_schedule constant | cosine and gamma_decay_epochs >= 0, got "
+                             f"{self.gamma_schedule!r}, {self.gamma_decay_epochs}")
         if not self.tau > 0 or not 0 < self.gamma <= 1 or not self.rho >= 0:
             raise ValueError(f"need loss_args.tau > 0, 0 < gamma <= 1, rho >= 0; got {self.tau}, {self.gamma}, "
                              f"{self.rho}")

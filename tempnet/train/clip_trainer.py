@@ -21,19 +21,19 @@ from typing import Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader
 
 from tempnet import distributed as tdist
 from tempnet.config import config_to_dict, save_config
-from tempnet.data.image_text import ImageTextPairs, RetrievalSet
-from tempnet.data.image_transforms import center_crop_transform, eval_transform, train_transform
-from tempnet.data.sampler import GlobalBatchSampler
+from tempnet.data.image_text import RetrievalSet
+from tempnet.data.image_transforms import center_crop_transform, eval_transform
 from tempnet.data.synthetic_image_text import make_synthetic_image_text
 from tempnet.data.zeroshot_sets import build_zeroshot_set
 from tempnet.errors import ConfigError, run_cli
 from tempnet.losses import CONTRASTIVE_LOSSES
+from tempnet.losses.sample_state import cosine_gamma, set_gamma
 from tempnet.train import checkpoint as ckpt
 from tempnet.train.cli import build_parser, parse
+from tempnet.train.clip_data import build_train_data
 from tempnet.train.clip_config import (RESUME_SAFE, BimodalConfig, ImageTowerConfig, ModelConfig, RetrievalSetConfig,
                                        TextTowerConfig, ZeroShotSetConfig)
 from tempnet.train.clip_eval import evaluate_retrieval, evaluate_zeroshot
@@ -48,11 +48,11 @@ __all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", 
 LOSS_KWARGS = {
     "clip": lambda a, n: dict(tau=a.tau),
     "cyclip": lambda a, n: dict(tau=a.tau, lambda_inmodal=a.lambda_inmodal, lambda_crossmodal=a.lambda_crossmodal),
-    "sogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, tau=a.tau),
+    "sogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, tau=a.tau, state_on_host=a.state_on_host),
     "isogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho, tau_init=a.isogclr_tau_init,
                                  tau_min=a.isogclr_tau_min, tau_max=a.isogclr_tau_max, eta=a.isogclr_eta,
-                                 beta=a.isogclr_beta, grad_clamp=a.isogclr_grad_clamp),
-    "isogclr_tempnet": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho),
+                                 beta=a.isogclr_beta, grad_clamp=a.isogclr_grad_clamp, state_on_host=a.state_on_host),
+    "isogclr_tempnet": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho, state_on_host=a.state_on_host),
 }
 
 
@@ -177,23 +177,16 @@ class ClipRun:
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         if cfg.data.synthetic:
             use_synthetic_data(cfg, out)
-        if not cfg.data.train_json:
-            raise ConfigError("data.train_json is empty: give the training pairs (or data.synthetic=true)")
-        transform = train_transform(cfg.model.image_size, cfg.data.augment, randaugment_ops=cfg.data.randaugment_ops,
-                                    randaugment_magnitude=cfg.data.randaugment_magnitude)
-        self.dataset = ImageTextPairs(cfg.data.train_json, cfg.data.image_root, transform, cfg.data.max_words,
-                                      seed=t.seed)
-        self.sampler = GlobalBatchSampler(len(self.dataset), t.batch_size, self.world, self.rank, seed=t.seed)
-        # an own generator: creating the loader's iterator must not draw from the global RNG (exact resume)
-        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
-                                 pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(t.seed))
         self.model, self.tokenizer = build_model(cfg.model, device)
+        self.data = build_train_data(cfg, self.rank, self.world, device, self.tokenizer, self.out)
+        self.loader = self.data.loader  # (json: .dataset ImageTextPairs, .batch_sampler GlobalBatchSampler)
+        self.dataset, self.sampler = self.loader.dataset, self.loader.batch_sampler
         tc = cfg.tempnet
         self.tempnets = (TempNetPair(cfg.model.embed_dim, tc.num_prototypes, tc.tau_min, tc.tau_max, tc.dropout)
                          .to(device) if cfg.loss == "isogclr_tempnet" else None)
-        self.criterion = CONTRASTIVE_LOSSES[cfg.loss](**LOSS_KWARGS[cfg.loss](cfg.loss_args, len(self.dataset)))
+        self.criterion = CONTRASTIVE_LOSSES[cfg.loss](**LOSS_KWARGS[cfg.loss](cfg.loss_args, self.data.num_samples))
         self.criterion.to(device)
-        self._build_optimizers(len(self.sampler))
+        self._build_optimizers(self.data.steps_per_epoch)
         self.scaler = grad_scaler(device, t.precision)
         self.ddp_model = DDP(self.model, find_unused_parameters=t.find_unused_parameters) if self.world > 1 \
             else self.model
@@ -224,7 +217,7 @@ class ClipRun:
     def step(self, batch) -> dict:
         """One optimisation step on a local batch; returns the step's metrics (global-batch values)."""
         images, captions, image_ids, text_ids = batch
-        ids, mask = self.tokenizer(captions)
+        ids, mask = captions if torch.is_tensor(captions[0]) else self.tokenizer(captions)  # tokenised by workers?
         dev = self.device
         images, ids, mask = images.to(dev, non_blocking=True), ids.to(dev), mask.to(dev)
         image_ids, text_ids = image_ids.to(dev), text_ids.to(dev)
@@ -274,7 +267,7 @@ class ClipRun:
             if self.tempnets is not None:
                 ckpt.save_weights(self.tempnets.state_dict(), path / "tempnets.safetensors")
             ckpt.save_state({k: v.state_dict() for k, v in self._stateful().items()}, path / "optimizer.pt")
-            ckpt.write_trainer_state(path, {**self.pos, "world_size": self.world})
+            ckpt.write_trainer_state(path, {**self.pos, **self.data.state(), "world_size": self.world})
             save_config(self.cfg, path / "config.yaml")
         tdist.barrier()
         ckpt.save_rng(path, self.rank)
@@ -288,6 +281,7 @@ class ClipRun:
     def load(self, path: Path) -> None:
         """Restore everything `save` wrote (the data position into self.pos)."""
         state = ckpt.read_trainer_state(path, self.world)
+        self.data.check_state(state, path)
         self.model.load_state_dict(ckpt.load_weights(path / "model.safetensors", self.device))
         if self.tempnets is not None:
             self.tempnets.load_state_dict(ckpt.load_weights(path / "tempnets.safetensors", self.device))
@@ -309,13 +303,15 @@ class ClipRun:
         if self.rank == 0:
             save_config(cfg, self.out / "config.yaml")
         logger = MetricsLogger(self.out, tensorboard=t.tensorboard, resume_step=pos["step"] if resume else None,
-                               total_steps=t.epochs * len(self.sampler), progress_bar=t.progress_bar,
+                               total_steps=t.epochs * self.data.steps_per_epoch, progress_bar=t.progress_bar,
                                description=f"{cfg.loss} [ddp x{self.world}]")
         evals = EvalSets(cfg, self.device) if self.rank == 0 else None
         record = None
         for epoch in range(pos["epoch"], t.epochs):
-            self.dataset.set_epoch(epoch)
-            self.sampler.set_epoch(epoch, pos["step_in_epoch"])
+            self.data.set_epoch(epoch, pos["step_in_epoch"])
+            if cfg.loss_args.gamma_schedule == "cosine":
+                set_gamma(self.criterion, cosine_gamma(cfg.loss_args.gamma, epoch,
+                                                       cfg.loss_args.gamma_decay_epochs or t.epochs))
             tic, first = time.time(), pos["step_in_epoch"]
             for batch in self.loader:
                 metrics = self.step(batch)

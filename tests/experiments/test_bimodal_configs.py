@@ -70,5 +70,5 @@ def test_launch_script(path):
 
 
 def test_a_script_per_method_and_evaluation():
-    names = {p.stem for p in SCRIPTS}
+    names = {p.stem for p in SCRIPTS if not p.stem.startswith("cc12m_")}  # the web-scale settings beyond the paper
     assert {f"cc3m_{loss}" for loss in LOSS_NAMES} | {"eval_flickr30k", "eval_mscoco", "eval_zeroshot"} == names

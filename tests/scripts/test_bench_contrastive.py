@@ -34,3 +34,15 @@ def test_bench_tiny_writes_json(tmp_path, capsys):
 def test_bench_rejects_bad_sizes():
     with pytest.raises(SystemExit):
         _load().main(["--batch", "1"])
+
+
+def test_state_sweep_reports_bytes_ratios_web_scale_and_save(tmp_path, capsys):
+    report = _load().main(["--num-samples", "64", "4096", "--batch", "16", "--dim", "8", "--repeats", "2",
+                           "--warmup", "1", "--save-dir", str(tmp_path)])
+    assert set(report["num_samples"]) == {"64", "4096"}
+    big = report["num_samples"]["4096"]
+    assert big["rgcl"]["bytes_per_sample"] == 18 and big["isogclr"]["bytes_per_sample"] == 34
+    assert report["num_samples"]["64"]["rgcl"]["ratio_to_smallest_n"] == 1.0 and big["rgcl"]["ratio_to_smallest_n"] > 0
+    assert report["web_scale"]["rgcl"]["state_gb"] == pytest.approx(7.2)
+    assert report["save"]["num_samples"] == 4096 and report["save"]["bytes"] > 18 * 4096
+    assert "| 4e+08 | rgcl (arithmetic) |" in capsys.readouterr().out

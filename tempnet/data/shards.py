@@ -1,0 +1,287 @@
+"""Image-text pairs from webdataset shards (img2dataset's layout), with a stable id per sample.
+
+    SHARD.tar:  KEY.jpg|jpeg|png|webp  KEY.txt  [KEY.json]   (one sample per KEY, in tar order)
+
+A shard index (`build_index`, `scripts/index_shards.py`) lists every shard with its sample count and
+key range, in the order of the brace pattern, plus a hash of that list. It is also a valid `wids`
+dataset descriptor ("shardlist" of {"url", "nsamples"}). From it:
+
+  * the id of a sample (its slot in the losses' per-sample state) is either its global position in the
+    index (`ids="index"`: shard start + offset in the shard, a dense remap, so failed downloads leave no
+    empty slots) or its integer key (`ids="key"`: img2dataset's key, the state sized max key + 1);
+  * global position p -> (shard, offset) by a binary search over the shard starts, so a seeded order of
+    positions (`ShardWindowSampler`) fixes which sample every step of every rank sees, resumable at any
+    step without reading a byte of the skipped data;
+  * a changed shard list (a shard added, removed, rewritten with other samples) changes the hash, and a
+    resumed run refuses it.
+
+`ShardedPairs` reads a sample by (shard, offset) with wids' indexed tar reader (mmap of the tar,
+random access to its members); `ShardWindowSampler` keeps those reads inside a window of a few shards
+at a time. The streaming mode without an exact order is tempnet.data.shard_stream.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from tempnet.data.image_text import pre_caption, sample_seed, seeded_transform
+from tempnet.data.sampler import GlobalBatchSampler
+from tempnet.errors import UserError
+
+__all__ = ["INDEX_FORMAT", "IMAGE_EXTENSIONS", "expand_shards", "build_index", "write_index", "read_index",
+           "ShardIndex", "decode_pair", "ShardedPairs", "ShardWindowSampler", "BAD_SAMPLE_MODES"]
+
+INDEX_FORMAT = "tempnet-shard-index/1"
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+BAD_SAMPLE_MODES = ("error", "skip")
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """A brace pattern ("/cc12m/{00000..01242}.tar", several joined by "::") -> the shard paths, in order."""
+    import webdataset as wds
+
+    urls = wds.shardlists.expand_urls(pattern)
+    if not urls:
+        raise UserError(f"data.train_shards={pattern!r} names no shards")
+    return list(urls)
+
+
+def _open_tar(url: str):
+    """wids' indexed view of one local tar: len() samples, [i] -> {ext: stream, "__key__": key}."""
+    from wids.wids import IndexedTarSamples
+
+    if not os.path.isfile(url):
+        raise FileNotFoundError(f"shard not found: {url}")
+    return IndexedTarSamples(path=url)
+
+
+def _list_hash(shards: list[dict]) -> str:
+    """sha256 of (file name, sample count, key range) of every shard, in order (the folder may move)."""
+    rows = [[os.path.basename(s["url"]), s["nsamples"], s["first_key"], s["last_key"]] for s in shards]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def build_index(pattern: str) -> dict:
+    """Scan every shard's tar headers (no image is decoded): the index described in the module docstring."""
+    shards = []
+    for url in expand_shards(pattern):
+        from wids.wids import splitname
+
+        tar = _open_tar(url)
+        try:
+            names = list(tar.reader.names())
+            keys = [splitname(names[group[0]])[0].split("/")[-1] for group in tar.samples]
+        finally:
+            tar.close()
+        if not keys:
+            raise UserError(f"shard {url} holds no samples")
+        int_keys = all(k.isdigit() for k in keys)
+        shards.append({"url": url, "nsamples": len(keys), "first_key": keys[0], "last_key": keys[-1],
+                       "sorted": all(a < b for a, b in zip(keys, keys[1:])),
+                       "max_int_key": max(map(int, keys)) if int_keys else None,
+                       "filesize": os.path.getsize(url)})
+    return {"format": INDEX_FORMAT, "pattern": pattern, "num_samples": sum(s["nsamples"] for s in shards),
+            "shard_list_hash": _list_hash(shards), "shardlist": shards}
+
+
+def write_index(index: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_index(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"shard index not found: {path}")
+    index = json.loads(path.read_text())
+    if index.get("format") != INDEX_FORMAT:
+        raise UserError(f"{path} is not a shard index of scripts/index_shards.py (format {index.get('format')!r})")
+    if _list_hash(index["shardlist"]) != index["shard_list_hash"]:
+        raise UserError(f"{path}: its shard list does not match its hash (edited by hand?): rebuild it")
+    return index
+
+
+class ShardIndex:
+    """The index in memory: position <-> (shard, offset), and the sample id rule ("index" or "key")."""
+
+    def __init__(self, index: dict, ids: str = "index"):
+        if ids not in ("index", "key"):
+            raise ValueError(f"sample ids must be 'index' or 'key', got {ids!r}")
+        self.shards, self.ids, self.hash = index["shardlist"], ids, index["shard_list_hash"]
+        self.urls = [s["url"] for s in self.shards]
+        self.counts = np.array([s["nsamples"] for s in self.shards], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)  # [S + 1]
+        self.num_positions = int(self.starts[-1])
+        if ids == "key":
+            bad = [s["url"] for s in self.shards if s["max_int_key"] is None]
+            if bad:
+                raise UserError(f"data.sample_ids=key needs integer keys; shard {bad[0]} has others "
+                                "(use data.sample_ids=index)")
+            self.num_samples = max(s["max_int_key"] for s in self.shards) + 1
+        else:
+            self.num_samples = self.num_positions
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """Global position -> (shard number, offset in the shard)."""
+        shard = bisect.bisect_right(self.starts, position) - 1
+        return shard, position - int(self.starts[shard])
+
+    def sample_id(self, shard: int, offset: int, key: str) -> int:
+        """The state slot of the sample `key` at `offset` of `shard`; outside the state -> an error naming both."""
+        s = self.shards[shard]
+        if self.ids == "key":
+            sid = int(key) if key.isdigit() else -1
+        else:
+            inside = offset < s["nsamples"] and (not s["sorted"] or s["first_key"] <= key <= s["last_key"])
+            sid = int(self.starts[shard]) + offset if inside else -1
+        if not 0 <= sid < self.num_samples:
+            raise UserError(f"shard {s['url']}, key {key!r}: no slot in the per-sample state [0, {self.num_samples}) "
+                            "(the shard changed since it was indexed? rerun scripts/index_shards.py)")
+        return sid
+
+
+def decode_pair(sample: dict, where: str, max_words: int) -> tuple[Image.Image, str]:
+    """(RGB image, cleaned caption) of one webdataset sample dict {ext: bytes or stream}; errors name `where`."""
+    sample = {k.lstrip("."): v for k, v in sample.items()}  # wids keeps the dot of ".png"
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None or "txt" not in sample:
+        raise ValueError(f"{where}: needs an image ({'|'.join(IMAGE_EXTENSIONS)}) and a .txt caption, "
+                         f"has {sorted(k for k in sample if not k.startswith('__'))}")
+    data, text = sample[ext], sample["txt"]
+    data = data.read() if hasattr(data, "read") else data
+    text = text.read() if hasattr(text, "read") else text
+    try:
+        from io import BytesIO
+
+        with Image.open(BytesIO(data)) as img:
+            image = img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{where}: cannot decode its .{ext} image: {err}") from err
+    caption = pre_caption(text.decode("utf-8", errors="replace"), max_words)
+    if not caption:
+        raise ValueError(f"{where}: empty caption")
+    return image, caption
+
+
+class ShardedPairs(Dataset):
+    """Map-style pairs over the index: item p (a global position) -> (image [3, H, W], caption, id, id).
+
+    image_id = text_id = the sample's id (img2dataset: one caption per image). The transform of item p in
+    epoch e is seeded by (seed, e, id), as ImageTextPairs. A sample that cannot be decoded raises an error
+    naming shard and key (on_bad_sample="error"), or is replaced by the next good sample of its shard
+    (on_bad_sample="skip", the same replacement every time); more than max_bad_fraction of the data set
+    replaced in one worker is an error. Open shards are kept in a small LRU per worker.
+    """
+
+    def __init__(self, index: ShardIndex, transform: Callable, max_words: int = 30, seed: int = 0,
+                 on_bad_sample: str = "error", max_bad_fraction: float = 0.01, open_shards: int = 64):
+        if on_bad_sample not in BAD_SAMPLE_MODES:
+            raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_MODES}, got {on_bad_sample!r}")
+        self.index, self.transform, self.max_words, self.seed, self.epoch = index, transform, max_words, seed, 0
+        self.on_bad_sample, self.max_bad_fraction, self.open_shards = on_bad_sample, max_bad_fraction, open_shards
+        self._tars: OrderedDict = OrderedDict()
+        self.bad = 0
+
+    def __len__(self) -> int:
+        return self.index.num_positions
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getstate__(self):  # worker processes open their own shards
+        return {**self.__dict__, "_tars": OrderedDict()}
+
+    def _tar(self, shard: int):
+        tar = self._tars.pop(shard, None) or _open_tar(self.index.urls[shard])
+        self._tars[shard] = tar
+        while len(self._tars) > self.open_shards:
+            self._tars.popitem(last=False)[1].close()
+        return tar
+
+    def read(self, position: int) -> tuple[Image.Image, str, int]:
+        """(image, caption, id) of a global position, before the transform; bad samples per on_bad_sample."""
+        shard, offset = self.index.locate(position)
+        tar, n = self._tar(shard), int(self.index.counts[shard])
+        if len(tar) != n:
+            raise UserError(f"shard {self.index.urls[shard]} holds {len(tar)} samples, the index says {n}: "
+                            "rerun scripts/index_shards.py")
+        for k in range(n):
+            at = (offset + k) % n
+            sample = tar[at]
+            key = sample["__key__"].split("/")[-1]
+            sid = self.index.sample_id(shard, at, key)
+            try:
+                image, caption = decode_pair(sample, f"shard {self.index.urls[shard]}, key {key!r}", self.max_words)
+                return image, caption, sid
+            except ValueError as err:
+                if self.on_bad_sample == "error":
+                    raise UserError(f"{err} (data.on_bad_sample=skip replaces bad samples)") from None
+                self.bad += 1
+                if self.bad > self.max_bad_fraction * self.index.num_positions:
+                    raise UserError(f"more than data.max_bad_fraction={self.max_bad_fraction} of the samples are "
+                                    f"bad; the last: {err}") from None
+        raise UserError(f"shard {self.index.urls[shard]}: no sample can be decoded")
+
+    def __getitem__(self, position: int):
+        image, caption, sid = self.read(int(position))
+        image = seeded_transform(self.transform, image, sample_seed(self.seed, self.epoch, sid))
+        return image, caption, sid, sid
+
+
+class ShardWindowSampler(GlobalBatchSampler):
+    """GlobalBatchSampler's contract (global batches independent of the world size, `set_epoch(epoch,
+    start_step)`, the last incomplete global batch dropped) over shard-local windows of positions.
+
+    Each epoch permutes the shards (seeded by seed, epoch), cuts them into windows of `window` shards and
+    permutes the positions inside each window (seeded by seed, epoch, window number): the reads of a
+    stretch of steps fall inside `window` shards, and the order is generated one window at a time (memory
+    O(window x shard size), not O(N)). window=0 is one window of every shard: a full permutation.
+    """
+
+    def __init__(self, counts, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 window: int = 32):
+        self.counts = np.asarray(counts, dtype=np.int64)
+        super().__init__(int(self.counts.sum()), batch_size, world_size, rank, seed)
+        self.window = int(window) if window > 0 else len(self.counts)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)])
+
+    def _windows(self, first_position: int):
+        """(offset into the first yielded window, then each window's permuted positions) from first_position on."""
+        shards = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.counts))
+        done = 0
+        for w in range(0, len(shards), self.window):
+            members = shards[w:w + self.window]
+            size = int(self.counts[members].sum())
+            if done + size <= first_position:  # skipped on resume without generating it
+                done += size
+                continue
+            positions = np.concatenate([np.arange(self.starts[s], self.starts[s + 1]) for s in members])
+            rng = np.random.default_rng([self.seed, self.epoch, w // self.window])
+            yield max(0, first_position - done), rng.permutation(positions)
+            done += size
+
+    def __iter__(self):
+        g, b = self.global_batch, self.batch_size
+        pending = np.empty(0, dtype=np.int64)
+        step = self.start_step
+        for skip, positions in self._windows(self.start_step * g):
+            pending = np.concatenate([pending, positions[skip:]])
+            while len(pending) >= g and step < len(self):
+                yield pending[self.rank * b:(self.rank + 1) * b].tolist()
+                pending, step = pending[g:], step + 1
+            if step >= len(self):
+                return

@@ -1,0 +1,148 @@
+"""The CLIP trainer's training data, one interface for both formats (data.format: json | webdataset).
+
+    data = build_train_data(cfg, rank, world, device, tokenizer, out)
+    data.set_epoch(epoch, step_in_epoch); for batch in data.loader: ...
+    trainer_state = {**pos, **data.state()}; data.check_state(trainer_state, path)  # on resume
+
+json: ImageTextPairs + GlobalBatchSampler (captions tokenised in the step, as before). webdataset: the
+shard index (data.train_index, else built by rank 0 into OUTPUT_DIR/shard_index.json), ShardedPairs +
+ShardWindowSampler (exact order and resume), or with data.resampled the ResampledShardStream; decoding,
+transforms and caption tokenisation run in the loader's workers. The index's hash goes into every
+checkpoint's trainer_state.json and a resume with another shard list is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from tempnet import distributed as tdist
+from tempnet.data.image_text import ImageTextPairs
+from tempnet.data.image_transforms import train_transform
+from tempnet.data.sampler import GlobalBatchSampler
+from tempnet.data.shard_stream import ResampledShardStream
+from tempnet.data.shards import ShardedPairs, ShardIndex, ShardWindowSampler, build_index, read_index, write_index
+from tempnet.errors import ConfigError, UserError
+
+__all__ = ["TrainData", "build_train_data", "TokenizingCollate"]
+
+
+@dataclass
+class TrainData:
+    loader: object
+    """Iterated once per epoch: (images, captions or (token ids, mask), image_ids, text_ids) local batches."""
+    num_samples: int
+    """Size of the per-sample state (one slot per sample id)."""
+    steps_per_epoch: int
+    """Optimisation steps per epoch."""
+    epoch_setters: list = field(default_factory=list)
+    """Objects with set_epoch(epoch) or set_epoch(epoch, start_step)."""
+    identity: dict = field(default_factory=dict)
+    """What a checkpoint records about the data and a resume must find unchanged (the shard list hash)."""
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        for obj, takes_step in self.epoch_setters:
+            obj.set_epoch(epoch, start_step) if takes_step else obj.set_epoch(epoch)
+
+    def state(self) -> dict:
+        return dict(self.identity)
+
+    def check_state(self, stored: dict, path) -> None:
+        """Refuse a resume whose data differ from the checkpoint's."""
+        for key, value in self.identity.items():
+            if stored.get(key) != value:
+                raise UserError(f"{path} was trained on other data: its {key} is {stored.get(key)!r}, this run's "
+                                f"is {value!r} (a changed shard list cannot resume; start a new run)")
+
+
+class _WorkerErrors:
+    """The loader, with a user error raised in a worker re-raised as that one-line error (DataLoader wraps it
+    in a message holding the worker's traceback)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):  # .dataset, .batch_sampler, ...
+        return getattr(self.loader, name)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except UserError as err:
+            text = str(err).strip()
+            if "Original Traceback" in text:  # its last line is "tempnet.errors.UserError: MESSAGE"
+                text = text.splitlines()[-1].split(": ", 1)[-1]
+            raise UserError(text) from None
+
+
+class TokenizingCollate:
+    """Local batch in a loader worker: (images [B, 3, H, W], (token ids, mask), image_ids [B], text_ids [B])."""
+
+    def __init__(self, tokenizer: Callable):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items):
+        images, captions, image_ids, text_ids = zip(*items)
+        return (torch.stack(images), tuple(self.tokenizer(list(captions))), torch.tensor(image_ids),
+                torch.tensor(text_ids))
+
+
+def _shard_index(cfg, out: Path) -> dict:
+    d = cfg.data
+    if not d.train_shards and not d.train_index:
+        raise ConfigError("data.format=webdataset needs data.train_shards (a brace pattern) or data.train_index")
+    if d.train_index:
+        index = read_index(d.train_index)
+        if d.train_shards and index["pattern"] != d.train_shards:
+            raise ConfigError(f"data.train_index {d.train_index} indexes {index['pattern']!r}, not data.train_shards="
+                              f"{d.train_shards!r}")
+        return index
+    path = Path(out) / "shard_index.json"
+    if tdist.is_main_process():
+        write_index(build_index(d.train_shards), path)
+    tdist.barrier()
+    return read_index(path)
+
+
+def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer: Callable, out: Path) -> TrainData:
+    """The training data of cfg.data for this rank (see the module docstring)."""
+    d, t = cfg.data, cfg.train
+    transform = train_transform(cfg.model.image_size, d.augment, randaugment_ops=d.randaugment_ops,
+                                randaugment_magnitude=d.randaugment_magnitude)
+    pin = device.type == "cuda"
+    on_bad, max_bad = getattr(d, "on_bad_sample", "error"), getattr(d, "max_bad_fraction", 0.01)
+    if d.format == "json":
+        if not d.train_json:
+            raise ConfigError("data.train_json is empty: give the training pairs (or data.synthetic=true)")
+        dataset = ImageTextPairs(d.train_json, d.image_root, transform, d.max_words, seed=t.seed)
+        sampler = GlobalBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed)
+        # an own generator: creating the loader's iterator must not draw from the global RNG (exact resume)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin,
+                            generator=torch.Generator().manual_seed(t.seed))
+        return TrainData(loader, len(dataset), len(sampler), [(dataset, False), (sampler, True)])
+    index = ShardIndex(_shard_index(cfg, out), d.sample_ids)
+    identity = {"shard_list_hash": index.hash, "num_samples": index.num_samples}
+    collate = TokenizingCollate(tokenizer)
+    if d.resampled:
+        steps = index.num_positions // (t.batch_size * world)
+        if steps < 1:
+            raise UserError(f"the shards hold {index.num_positions} samples, fewer than one global batch")
+        stream = ResampledShardStream(index, transform, collate, t.batch_size, steps, rank, t.seed, d.max_words,
+                                      d.shuffle_buffer, on_bad)
+        loader = DataLoader(stream, batch_size=None, num_workers=d.num_workers, pin_memory=pin)
+        return TrainData(_WorkerErrors(loader), index.num_samples, steps, [(stream, True)], identity)
+    # a worker keeps the window's shards open (window 0: up to 256, then reads may reopen a shard's index)
+    open_shards = max(8, d.shard_window) if d.shard_window else min(len(index.urls), 256)
+    dataset = ShardedPairs(index, transform, d.max_words, t.seed, on_bad, max_bad, open_shards=open_shards)
+    sampler = ShardWindowSampler(index.counts, t.batch_size, world, rank, t.seed, d.shard_window)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(t.seed))
+    return TrainData(_WorkerErrors(loader), index.num_samples, len(sampler), [(dataset, False), (sampler, True)],
+                     identity)
