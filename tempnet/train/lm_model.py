@@ -34,6 +34,18 @@ def _check_vocab(model, tokenizer) -> None:
                          "model's own tokenizer")
 
 
+#: Model types whose position embeddings are a learned table: a longer input indexes past its end.
+LEARNED_POSITIONS = ("gpt2", "gpt_neo", "opt", "gpt_bigcode", "biogpt")
+
+
+def _check_positions(model, seq_len: int, scratch: bool) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if model.config.model_type in LEARNED_POSITIONS and limit is not None and seq_len > limit:
+        fix = "model.base.n_positions" if scratch else "a model with more positions"
+        raise ConfigError(f"data.seq_len={seq_len} is larger than the model's {limit} positions "
+                          f"(max_position_embeddings): lower data.seq_len or use {fix}")
+
+
 def build_model(cfg, tokenizer):
     """The TempNet causal LM for cfg.model.mode, on the CPU, in training mode.
 
@@ -55,6 +67,7 @@ def build_model(cfg, tokenizer):
         model = tempnet_model_from_pretrained(check_model_path(m.path, "model.path"), fresh_tempnet=m.fresh_tempnet,
                                               dtype=DTYPES[m.dtype] if m.dtype else None, **head_settings(cfg))
     _check_vocab(model, tokenizer)
+    _check_positions(model, cfg.data.seq_len, m.mode == "scratch")
     if model.tempnet_robust:
         try:
             check_rho_vocab(cfg.tempnet.rho, model.config.vocab_size, cfg.tempnet.allow_large_rho)
@@ -63,7 +76,7 @@ def build_model(cfg, tokenizer):
     if m.mode == "frozen":
         model.freeze_base()
     elif m.dtype not in (None, "float32") and cfg.engine.name != "deepspeed":
-        raise ValueError(f"model.dtype={m.dtype} with model.mode={m.mode}: the {cfg.engine.name} engine would train "
+        raise ConfigError(f"model.dtype={m.dtype} with model.mode={m.mode}: the {cfg.engine.name} engine would train "
                          "half-precision weights without float32 master copies; load float32 and use "
                          "train.precision for mixed precision (or engine.name=deepspeed)")
     if m.gradient_checkpointing:
