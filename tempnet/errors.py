@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Callable, Iterable, Sequence
 
-__all__ = ["UserError", "ConfigError", "USER_ERRORS", "run_cli", "check_model_path", "user_message", "unknown_keys"]
+__all__ = ["UserError", "ConfigError", "DataError", "USER_ERRORS", "run_cli", "check_model_path", "user_message", "unknown_keys"]
 
 
 class UserError(Exception):
@@ -22,6 +22,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config file, field or command-line override that cannot be used (also a ValueError)."""
+
+
+class DataError(UserError, ValueError):
+    """A data file, record or sample that cannot be used; the message names the file and the entry."""
 
 
 #: Exceptions an entry point reports as `error: ...` (exit 2). OSError subclasses about paths are the

@@ -173,6 +173,7 @@ class ClipRun:
     def __init__(self, cfg: BimodalConfig, out: Path, device: torch.device):
         self.cfg, self.out, self.device = cfg, Path(out), device
         self.world, self.rank = tdist.world_size_and_rank()
+        cfg.check_runnable(self.world)  # inputs: start-of-run checks (tempnet.train.clip_config)
         t = cfg.train
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         if cfg.data.synthetic:
@@ -182,7 +183,8 @@ class ClipRun:
         transform = train_transform(cfg.model.image_size, cfg.data.augment, randaugment_ops=cfg.data.randaugment_ops,
                                     randaugment_magnitude=cfg.data.randaugment_magnitude)
         self.dataset = ImageTextPairs(cfg.data.train_json, cfg.data.image_root, transform, cfg.data.max_words,
-                                      seed=t.seed)
+                                      seed=t.seed, on_bad_sample=cfg.data.on_bad_sample,  # inputs: bad images
+                                      max_bad_fraction=cfg.data.max_bad_fraction)
         self.sampler = GlobalBatchSampler(len(self.dataset), t.batch_size, self.world, self.rank, seed=t.seed)
         # an own generator: creating the loader's iterator must not draw from the global RNG (exact resume)
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=cfg.data.num_workers,
@@ -253,7 +255,8 @@ class ClipRun:
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
                      else torch.nn.utils.get_total_norm([p.grad for p in params]))
         metrics = {**{k: v.detach() if torch.is_tensor(v) else v for k, v in out.items()},
-                   "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm}
+                   "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm,
+                   "bad_samples": self.dataset.num_bad()}  # inputs: entries replaced so far (this rank's count)
         if self.opt_t is not None:
             metrics["lr_tempnet"] = self.opt_t.param_groups[0]["lr"]
             metrics["grad_norm_tempnet"] = torch.nn.utils.get_total_norm(

@@ -42,10 +42,10 @@ def check_hf_config_keys(config_cls, given: Mapping[str, Any], where: str) -> No
 _UNEXPECTED = re.compile(r"^(?P<owner>[\w.]+)\(\) got an unexpected keyword argument '(?P<key>\w+)'")
 
 
-def create_checked(create: Callable, kwargs: Mapping[str, Any], where: str,
+def create_checked(create: Callable, kwargs: Mapping[str, Any], where: str, library: str,
                    valid: Callable[[str], Iterable[str]], *args, **fixed):
     """`create(*args, **fixed, **kwargs)`; a TypeError about one of the user's `kwargs` becomes a
-    ConfigError naming `where.KEY` and the nearest of `valid(owner)` (owner: e.g. "ResNet.__init__").
+    ConfigError naming `where.KEY` and the nearest of `valid(owner)` (owner: the refusing class, e.g. "ResNet").
     Any other TypeError is a bug and propagates."""
     try:
         return create(*args, **fixed, **kwargs)
@@ -54,7 +54,7 @@ def create_checked(create: Callable, kwargs: Mapping[str, Any], where: str,
         if not match or match["key"] not in kwargs:
             raise
         owner = match["owner"].removesuffix(".__init__")
-        unknown_keys([match["key"]], valid(owner), where, f"{getattr(create, '__module__', '')} model {owner}")
+        unknown_keys([match["key"]], valid(owner), where, f"{library}'s {owner}")
 
 
 def missing_files(paths: Sequence[str | os.PathLike], workers: int = 32) -> list[int]:
