@@ -50,7 +50,7 @@ LEARNED_POSITIONS = ("gpt2", "gpt_neo", "opt", "gpt_bigcode", "biogpt")
 
 def _check_positions(model, seq_len: int, scratch: bool) -> None:
     limit = getattr(model.config, "max_position_embeddings", None)
-    if model.config.model_type in LEARNED_POSITIONS and limit is not None and seq_len > limit:
+    if model.config.model_type.removesuffix("_tempnet") in LEARNED_POSITIONS and limit is not None and seq_len > limit:
         fix = "model.base.n_positions" if scratch else "a model with more positions"
         raise ConfigError(f"data.seq_len={seq_len} is larger than the model's {limit} positions "
                           f"(max_position_embeddings): lower data.seq_len or use {fix}")
