@@ -78,9 +78,9 @@ def clip_files(tmp_path_factory):
     variant("caption_missing.json", 4, caption=...)
     variant("caption_empty.json", 5, caption=" ?! ")
     variant("missing_image.json", 6, image="train/gone.png")
-    Image.new("RGB", (32, 32)).save(root / "broken.png")
-    (root / "broken.png").write_bytes((root / "broken.png").read_bytes()[:40])  # a truncated PNG
-    variant("corrupt_image.json", 9, image="broken.png")
+    Image.effect_noise((32, 32), 60).convert("RGB").save(root / "broken.jpg", quality=95)
+    (root / "broken.jpg").write_bytes((root / "broken.jpg").read_bytes()[:600])  # a truncated JPEG: opens, fails to load
+    variant("corrupt_image.json", 9, image="broken.jpg")
     return root
 
 
@@ -231,7 +231,7 @@ def test_a_corrupt_image_read_in_a_loader_worker_is_one_line(clip_files, tmp_pat
     proc = subprocess.run([sys.executable, target, *argv], cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True,
                           timeout=300)
     line = _one_error_line(proc.returncode, proc.stderr)
-    assert "cannot read the image file of entry 9 of" in line and "broken.png" in line, line
+    assert "cannot read the image file of entry 9 of" in line and "broken.jpg" in line and "truncated" in line.lower(), line
     assert "Original Traceback" not in proc.stderr and "DataLoader worker" not in line
 
 
