@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from tempnet.errors import UserError, check_model_path, run_cli
+from tempnet.errors import DataError, UserError, check_model_path, run_cli
 from tempnet.integrations.head import DTYPES
 
 
@@ -104,7 +104,7 @@ def _load(args):
     if args.tempnet is not None:
         head, settings, vocab = read_tempnet_file(args.tempnet)
         if settings.objective.startswith("tempnet") and vocab != model.config.vocab_size:
-            raise UserError(f"--tempnet {args.tempnet} was built for vocabulary size {vocab} but {args.model} has "
+            raise DataError(f"--tempnet {args.tempnet} was built for vocabulary size {vocab} but {args.model} has "
                             f"vocabulary size {model.config.vocab_size}")
         return model, decoding.TempNetLogitsProcessor(head, record=True), "TempNet file"
     if args.tau is not None:

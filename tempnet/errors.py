@@ -13,7 +13,8 @@ import re
 import sys
 from typing import Callable, Iterable, Sequence
 
-__all__ = ["UserError", "ConfigError", "DataError", "USER_ERRORS", "run_cli", "check_model_path", "user_message", "unknown_keys"]
+__all__ = ["UserError", "ConfigError", "DataError", "USER_ERRORS", "run_cli", "user_message", "check_model_path",
+           "unknown_keys"]
 
 
 class UserError(Exception):
@@ -25,7 +26,8 @@ class ConfigError(UserError, ValueError):
 
 
 class DataError(UserError, ValueError):
-    """A data file, record or sample that cannot be used; the message names the file and the entry."""
+    """A data file, record or sample, or a weights file, whose content cannot be used; the message names the
+    file and the entry (also a ValueError, as before these were user errors)."""
 
 
 #: Exceptions an entry point reports as `error: ...` (exit 2). OSError subclasses about paths are the

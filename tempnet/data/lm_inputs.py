@@ -57,7 +57,8 @@ def _check_record(record, fields: tuple[str, ...], where: str) -> bool:
     for name in fields:
         value = record.get(name)
         if name not in record:
-            raise DataError(f"{where} has no {name!r} field")
+            hint = f" (data.text_field names it; the record has {sorted(record)})" if fields == (name,) else ""
+            raise DataError(f"{where} has no {name!r} field{hint}")
         if not isinstance(value, str):
             raise DataError(f"{where}: its {name!r} is {json.dumps(value)[:80]} ({type(value).__name__}), "
                             "not a string")

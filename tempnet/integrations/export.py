@@ -14,7 +14,7 @@ import os
 import torch
 from safetensors import SafetensorError
 
-from tempnet.errors import UserError
+from tempnet.errors import DataError, UserError
 
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, build_head, check_head_shapes, checkpoint_shapes,
                                        head_shapes, load_tempnet_file, read_checkpoint_tensors,
@@ -94,7 +94,7 @@ def attach_tempnet(base: str | os.PathLike, file: str | os.PathLike, **from_pret
     download = {k: v for k, v in from_pretrained_kwargs.items() if k in DOWNLOAD_KEYS}
     base_vocab = PreTrainedConfig.get_config_dict(base, **download)[0].get("vocab_size")
     if settings.objective.startswith("tempnet") and base_vocab != vocab:
-        raise UserError(f"the TempNet in {file} was built for vocabulary size {vocab} but {base} has vocabulary "
+        raise DataError(f"the TempNet in {file} was built for vocabulary size {vocab} but {base} has vocabulary "
                          f"size {base_vocab}")
     model = tempnet_model_from_pretrained(base, fresh_tempnet=True, **settings.to_dict(), **from_pretrained_kwargs)
     state = {k: v.to(model.tempnet.get_parameter(k).device) for k, v in head.state_dict().items()}

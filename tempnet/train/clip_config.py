@@ -248,7 +248,8 @@ class TrainConfig:
 #: Fields that may change when a run is resumed (everything else is what was trained).
 RESUME_SAFE = ("train.epochs", "train.stop_after_epochs", "train.stop_after_steps", "train.log_every",
                "train.save_every", "train.keep_last", "train.tensorboard", "train.progress_bar", "data.num_workers",
-               "data.on_bad_sample", "data.max_bad_fraction", "eval")  # a run stopped by a bad image may resume with skip
+               "data.on_bad_sample", "data.max_bad_fraction",  # a run stopped by a bad image may resume with skip
+               "eval")
 
 
 @dataclass

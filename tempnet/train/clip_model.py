@@ -35,8 +35,8 @@ def build_image_tower(source: str, name: str, pretrained: bool | str = False,
 
         if not timm.is_model(name):
             raise ConfigError(f"model.image.name={name!r} is not a timm model{_nearest(name, timm.list_models())}")
-        model = create_checked(timm.create_model, kwargs, "model.image.kwargs", "timm", lambda _: _timm_keys(name), name,
-                               pretrained=bool(pretrained), num_classes=0)
+        model = create_checked(timm.create_model, kwargs, "model.image.kwargs", "timm", lambda _: _timm_keys(name),
+                               name, pretrained=bool(pretrained), num_classes=0)
         return model, model.num_features
     if source == "open_clip":
         tag = _open_clip_tag(pretrained, "model.image.pretrained")

@@ -270,4 +270,5 @@ class LMTrainConfig:
 
             from tempnet.train.inputs import check_hf_config_keys
 
-            check_hf_config_keys(GPT2Config if self.model.arch == "gpt2" else LlamaConfig, self.model.base, "model.base")
+            config_cls = GPT2Config if self.model.arch == "gpt2" else LlamaConfig
+            check_hf_config_keys(config_cls, self.model.base, "model.base")
