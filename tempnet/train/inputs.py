@@ -28,10 +28,19 @@ def init_parameters(fn: Callable) -> set[str]:
             if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
+#: Keys transformers still accepts and converts: the RoPE settings (into rope_parameters), torch_dtype (dtype).
+_LEGACY_HF_KEYS = {"rope_parameters": {"rope_theta", "rope_scaling", "partial_rotary_factor"}, "dtype": {"torch_dtype"}}
+
+
 def hf_config_keys(config_cls) -> set[str]:
-    """Every key a Hugging Face config class knows: its __init__ parameters, its default to_dict()
-    keys and its attribute_map aliases (GPT-2's `hidden_size` for `n_embd`)."""
-    return init_parameters(config_cls) | set(config_cls().to_dict()) | set(getattr(config_cls, "attribute_map", {}))
+    """Every key a Hugging Face config class knows: the __init__ parameters of it and its bases, its
+    default to_dict() keys, its attribute_map aliases (GPT-2's `hidden_size` for `n_embd`) and the
+    legacy keys transformers converts (`rope_theta`)."""
+    keys = set(config_cls().to_dict()) | set(getattr(config_cls, "attribute_map", {}))
+    for cls in config_cls.__mro__:
+        if "__init__" in vars(cls) and cls is not object:
+            keys |= init_parameters(cls)
+    return keys | {old for new, olds in _LEGACY_HF_KEYS.items() if new in keys for old in olds}
 
 
 def check_hf_config_keys(config_cls, given: Mapping[str, Any], where: str) -> None:
@@ -39,7 +48,7 @@ def check_hf_config_keys(config_cls, given: Mapping[str, Any], where: str) -> No
     unknown_keys(given, hf_config_keys(config_cls), where, config_cls.__name__)
 
 
-_UNEXPECTED = re.compile(r"^(?P<owner>[\w.]+)\(\) got an unexpected keyword argument '(?P<key>\w+)'")
+_UNEXPECTED = re.compile(r"^(?P<owner>\S+)\(\) got an unexpected keyword argument '(?P<key>\w+)'")
 
 
 def create_checked(create: Callable, kwargs: Mapping[str, Any], where: str, library: str,
@@ -53,7 +62,7 @@ def create_checked(create: Callable, kwargs: Mapping[str, Any], where: str, libr
         match = _UNEXPECTED.match(str(exc))
         if not match or match["key"] not in kwargs:
             raise
-        owner = match["owner"].removesuffix(".__init__")
+        owner = match["owner"].removesuffix(".__init__").rsplit(".", 1)[-1]
         unknown_keys([match["key"]], valid(owner), where, f"{library}'s {owner}")
 
 
