@@ -42,6 +42,15 @@ def test_create_checked_names_the_users_key_and_keeps_other_type_errors():
     with pytest.raises(TypeError, match="len"):
         create_checked(buggy, {"depth": 3}, "model.image.kwargs", "lib", lambda owner: [])
 
+    def inner(width):
+        return width
+
+    def passes_its_own_bad_keyword(**kwargs):
+        return inner(widht=1)  # the library's own bad keyword, not the user's
+
+    with pytest.raises(TypeError, match="widht"):
+        create_checked(passes_its_own_bad_keyword, {"depth": 3}, "model.image.kwargs", "lib", lambda owner: ["width"])
+
 
 def test_missing_files_in_parallel(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(50)]
