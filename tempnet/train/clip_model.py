@@ -21,7 +21,7 @@ from torch import nn
 
 from tempnet.errors import ConfigError, check_model_path
 from tempnet.modules import PrototypeTempNet
-from tempnet.train.inputs import check_hf_config_keys, create_checked, init_parameters
+from tempnet.train.inputs import check_hf_config_keys, create_checked, init_parameters, load_pretrained
 
 __all__ = ["DualEncoder", "TempNetPair", "TextTokenizer", "build_image_tower", "build_text_tower", "build_tokenizer"]
 
@@ -121,7 +121,7 @@ def build_text_tower(source: str, name: str, pretrained: bool | str = True,
 
         if pretrained or name not in CONFIG_MAPPING:
             name = check_model_path(name, "model.text.name")
-            config_cls = type(AutoConfig.from_pretrained(name))
+            config_cls = type(load_pretrained(AutoConfig.from_pretrained, name, "model.text.name"))
         else:
             config_cls = CONFIG_MAPPING[name]
         check_hf_config_keys(config_cls, overrides, "model.text.config_overrides")
@@ -151,7 +151,8 @@ class TextTokenizer:
         if kind == "hf":
             from transformers import AutoTokenizer
 
-            self._tok = AutoTokenizer.from_pretrained(check_model_path(name, "model.text.tokenizer"))
+            self._tok = load_pretrained(AutoTokenizer.from_pretrained, check_model_path(name, "model.text.tokenizer"),
+                                        "model.text.tokenizer")
         elif kind == "open_clip":
             from open_clip.tokenizer import SimpleTokenizer
 

@@ -16,9 +16,10 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from tempnet.errors import unknown_keys
+from tempnet.errors import UserError, unknown_keys
 
-__all__ = ["hf_config_keys", "check_hf_config_keys", "create_checked", "init_parameters", "missing_files"]
+__all__ = ["hf_config_keys", "check_hf_config_keys", "create_checked", "init_parameters", "load_pretrained",
+           "missing_files"]
 
 
 def init_parameters(fn: Callable) -> set[str]:
@@ -64,6 +65,15 @@ def create_checked(create: Callable, kwargs: Mapping[str, Any], where: str, libr
             raise
         owner = match["owner"].removesuffix(".__init__").rsplit(".", 1)[-1]
         unknown_keys([match["key"]], valid(owner), where, f"{library}'s {owner}")
+
+
+def load_pretrained(load: Callable, name: str, field: str, **kwargs):
+    """`load(name, **kwargs)` (a `from_pretrained`); an OSError (not on the Hub and not cached, no network,
+    a directory without the model's files) is a UserError naming the config field."""
+    try:
+        return load(name, **kwargs)
+    except OSError as exc:
+        raise UserError(f"{field}={name}: cannot load it: {str(exc).splitlines()[0]}") from None
 
 
 def missing_files(paths: Sequence[str | os.PathLike], workers: int = 32) -> list[int]:

@@ -7,7 +7,8 @@ frozen    `model.path` loaded, `freeze_base()`: only the head (TempNet) is train
 
 from __future__ import annotations
 
-from tempnet.errors import ConfigError, UserError, check_model_path
+from tempnet.errors import ConfigError, check_model_path
+from tempnet.train.inputs import load_pretrained
 
 __all__ = ["load_tokenizer", "build_model", "head_settings"]
 
@@ -20,16 +21,8 @@ def load_tokenizer(cfg):
     if not name:
         raise ConfigError("model.mode=scratch needs model.tokenizer (a Hub name or a tokenizer directory)")
     field = "model.tokenizer" if cfg.model.tokenizer else "model.path"
-    return _from_pretrained(AutoTokenizer.from_pretrained, check_model_path(name, field), field)
+    return load_pretrained(AutoTokenizer.from_pretrained, check_model_path(name, field), field)
 
-
-def _from_pretrained(load, name: str, field: str, **kwargs):
-    """`load(name)`; an OSError (not on the Hub and not cached, no network, a directory without the
-    files) is a UserError naming the field."""
-    try:
-        return load(name, **kwargs)
-    except OSError as exc:
-        raise UserError(f"{field}={name}: cannot load it: {str(exc).splitlines()[0]}") from None
 
 
 def head_settings(cfg) -> dict:
@@ -74,7 +67,7 @@ def build_model(cfg, tokenizer):
         base_cls = GPT2Config if m.arch == "gpt2" else LlamaConfig
         model = tempnet_model_from_config(base_cls(**{**special, **m.base}), **head_settings(cfg))
     else:
-        model = _from_pretrained(tempnet_model_from_pretrained, check_model_path(m.path, "model.path"), "model.path",
+        model = load_pretrained(tempnet_model_from_pretrained, check_model_path(m.path, "model.path"), "model.path",
                                  fresh_tempnet=m.fresh_tempnet, dtype=DTYPES[m.dtype] if m.dtype else None,
                                  **head_settings(cfg))
     _check_vocab(model, tokenizer)
