@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import OFFLINE_ENV, REPO, torchrun
+from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
 
@@ -223,6 +224,8 @@ def results(lm_files, clip_files, checkpoints, tmp_path_factory):
     return cases, json.loads(proc.stdout.splitlines()[-1]), out
 
 
+#: Found only when the sample is read, after the run has started (and written its config).
+FOUND_WHEN_READ = ("clip_corrupt_image",)
 CASE_NAMES = list(_cases(Path("l"), Path("c"), Path("k"), Path("o")))
 
 
@@ -231,7 +234,11 @@ def test_bad_input_is_one_error_line_naming_it(results, name):
     cases, got, out = results
     line = _one_error_line(got[name]["code"], got[name]["stderr"])
     assert cases[name][1] in line, line
-    assert not list(out.rglob("checkpoint-*")), "a run went as far as a checkpoint"
+    argv = cases[name][0][1]
+    if "--output-dir" in argv and name not in FOUND_WHEN_READ:  # checked before the run starts: nothing written
+        run_dir = Path(argv[argv.index("--output-dir") + 1])
+        started = [p.name for p in run_dir.glob("*") if p.name in RUN_FILES or p.name.startswith("checkpoint")]
+        assert not started, f"a refused run left run files behind (a rerun would be refused): {started}"
 
 
 def test_export_leaves_what_it_refused_alone(results, checkpoints):
