@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from tempnet.errors import UserError, check_model_path, run_cli
+from tempnet.errors import DataError, UserError, check_model_path, run_cli
 from tempnet.integrations.head import DTYPES
 
 
@@ -87,7 +87,7 @@ def _load(args):
     from transformers import AutoModelForCausalLM
 
     from tempnet.integrations import decoding
-    from tempnet.integrations.head import load_tempnet_file
+    from tempnet.integrations.export import read_tempnet_file
     from tempnet.integrations.hf import tempnet_model_from_pretrained
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else "auto")
@@ -102,7 +102,11 @@ def _load(args):
     model.to(args.device).eval()
 
     if args.tempnet is not None:
-        return model, decoding.TempNetLogitsProcessor(load_tempnet_file(args.tempnet).head, record=True), "TempNet file"
+        head, settings, vocab = read_tempnet_file(args.tempnet)
+        if settings.objective.startswith("tempnet") and vocab != model.config.vocab_size:
+            raise DataError(f"--tempnet {args.tempnet} was built for vocabulary size {vocab} but {args.model} has "
+                            f"vocabulary size {model.config.vocab_size}")
+        return model, decoding.TempNetLogitsProcessor(head, record=True), "TempNet file"
     if args.tau is not None:
         return model, decoding.FixedTemperatureLogitsProcessor(args.tau, record=True), f"tau = {args.tau}"
     if args.dynatemp is not None:
@@ -237,6 +241,8 @@ def cmd_attach(args) -> int:
     if not args.tempnet.is_file():
         raise FileNotFoundError(f"tempnet: no such file: {args.tempnet}")
     kwargs = {"dtype": DTYPES[args.dtype]} if args.dtype else {}
+    if args.out.exists() and not args.out.is_dir() or args.out.is_symlink():
+        raise UserError(f"OUT_DIR {args.out} exists and is not a directory: give a directory to write the model to")
     model = attach_tempnet(args.base, args.tempnet, **kwargs)
     model.save_pretrained(args.out)
     try:

@@ -6,13 +6,15 @@
 The per-sample state of the global contrastive losses is indexed by dataset index, so a training
 sample is (image, caption, image_id, text_id): text_id is the entry's position, image_id the
 position of its image among distinct images (equal to text_id when every image has one caption,
-as in CC3M). Bad data fails with an error naming the file and the entry.
+as in CC3M). Bad data fails with an error naming the file and the entry (or, for training images
+with on_bad_sample="skip", is replaced by a deterministic other entry: see ImageTextPairs).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +23,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from tempnet.errors import DataError
+from tempnet.train.inputs import missing_files
+
 __all__ = ["pre_caption", "load_annotations", "load_image", "ImageTextPairs", "RetrievalImages", "RetrievalSet",
-           "sample_seed", "seeded_transform"]
+           "sample_seed", "seeded_transform", "BadImage", "ON_BAD_SAMPLE"]
+
+#: What a training set does with an entry whose image is missing or corrupt.
+ON_BAD_SAMPLE = ("error", "skip")
 
 
 def pre_caption(caption: str, max_words: int = 30) -> str:
@@ -37,35 +45,50 @@ def load_annotations(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot parse annotation file {path} as JSON: {err}") from err
+        raise DataError(f"cannot parse annotation file {path} as JSON: {err}") from None
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"annotation file {path} must hold a non-empty JSON list of entries")
+        raise DataError(f"annotation file {path} must hold a non-empty JSON list of entries")
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not entry["image"]:
-            raise ValueError(f"entry {i} of {path} has no \"image\" path: {entry!r}")
+            raise DataError(f"entry {i} of {path} has no \"image\" path: {_short(entry)}")
     return entries
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _clean_caption(caption, where: str, max_words: int) -> str:
     if not isinstance(caption, str):
-        raise ValueError(f"{where} has a caption that is not a string: {caption!r}")
+        what = "no caption" if caption is None else f"a caption that is not a string: {_short(caption)}"
+        raise DataError(f"{where} has {what}")
     cleaned = pre_caption(caption, max_words)
     if not cleaned:
-        raise ValueError(f"{where} has an empty caption: {caption!r}")
+        raise DataError(f"{where} has an empty caption: {caption!r}")
     return cleaned
 
 
+class BadImage(DataError):
+    """An image file that is missing or cannot be decoded (found when the sample is read)."""
+
+
+#: What PIL raises for a file that is not an image, truncated, or broken inside.
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
+                  Image.DecompressionBombError)
+
+
 def load_image(path: Path, where: str) -> Image.Image:
-    """Open an RGB image; a missing or unreadable file raises an error naming the entry."""
+    """Open an RGB image; a missing or unreadable file raises BadImage naming the entry and the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"image file of {where} not found: {path}")
+        raise BadImage(f"image file of {where} not found: {path}")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read the image file of {where} ({path}): {err}") from err
+    except _DECODE_ERRORS as err:
+        raise BadImage(f"cannot read the image file of {where} ({path}): {err}") from None
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -86,21 +109,53 @@ class ImageTextPairs(Dataset):
     The random transform of item i in epoch e is seeded by (seed, e, i), so augmentation is the same
     whatever the number of loader workers or ranks, and a resumed run repeats it exactly. Call
     `set_epoch` before iterating (the loader must not keep persistent workers).
+
+    Bad images: every image file is stat-ed at construction (in parallel); one that is missing, or
+    found corrupt when read, is an error naming the entry (`on_bad_sample="error"`), or with
+    `on_bad_sample="skip"` item i serves the pair of the next readable entry (i+1, i+2, ... mod N)
+    under i's own ids: a rule of the index alone, so batch shapes, the per-sample state ids and an
+    exact resume all hold. More than `max_bad_fraction` of the entries bad is an error. The bad
+    entries seen so far are marked in `bad` (shared memory: loader workers mark it too).
     """
 
     def __init__(self, ann_file: str | Path, image_root: str | Path, transform: Callable, max_words: int = 30,
-                 seed: int = 0):
+                 seed: int = 0, on_bad_sample: str = "error", max_bad_fraction: float = 0.0, check_files: bool = True):
+        if on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
         self.ann_file, self.image_root = Path(ann_file), Path(image_root)
         self.transform, self.seed, self.epoch = transform, int(seed), 0
+        self.on_bad_sample, self.max_bad_fraction = on_bad_sample, float(max_bad_fraction)
         entries = load_annotations(self.ann_file)
         self.images, self.captions, image_ids, first = [], [], [], {}
         for i, entry in enumerate(entries):
             self.captions.append(_clean_caption(entry.get("caption"), f"entry {i} of {self.ann_file}", max_words))
             self.images.append(entry["image"])
             key = entry.get("image_id", i)
-            image_ids.append(first.setdefault(key, len(first)))
+            image_ids.append(first.setdefault(key if isinstance(key, (str, int)) else json.dumps(key), len(first)))
         self.image_ids = torch.tensor(image_ids)
         self.num_images = len(first)
+        self.bad = torch.zeros(len(self.captions), dtype=torch.bool).share_memory_()
+        if check_files:
+            self._check_files()
+
+    def _check_files(self) -> None:
+        if not self.image_root.is_dir():
+            raise FileNotFoundError(f"data.image_root: no such directory: {self.image_root}")
+        missing = missing_files([self.image_root / p for p in self.images])
+        if not missing:
+            return
+        first = f"entry {missing[0]} of {self.ann_file}: {self.image_root / self.images[missing[0]]}"
+        if self.on_bad_sample == "error":
+            raise BadImage(f"{len(missing)} of {len(self)} image files not found, the first: {first} "
+                           "(data.on_bad_sample=skip trains on the others)")
+        self.bad[missing] = True
+        self._check_fraction(f"not found: {first}")
+
+    def _check_fraction(self, last: str) -> None:
+        count = int(self.bad.sum())
+        if count > self.max_bad_fraction * len(self):
+            raise BadImage(f"{count} of {len(self)} entries of {self.ann_file} have a bad image, more than "
+                           f"data.max_bad_fraction={self.max_bad_fraction:g}; the last: {last}")
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -108,11 +163,29 @@ class ImageTextPairs(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def num_bad(self) -> int:
+        """Entries found bad so far (at construction and by any loader worker of this process)."""
+        return int(self.bad.sum())
+
+    def _read(self, index: int) -> tuple[Image.Image, int]:
+        """The image of `index`, or under "skip" of the next readable entry: (image, its entry)."""
+        j = index
+        for _ in range(len(self)):
+            if not self.bad[j]:
+                try:
+                    return load_image(self.image_root / self.images[j], f"entry {j} of {self.ann_file}"), j
+                except BadImage as err:
+                    if self.on_bad_sample == "error":
+                        raise BadImage(f"{err} (data.on_bad_sample=skip replaces bad images)") from None
+                    self.bad[j] = True
+                    self._check_fraction(str(err))
+            j = (j + 1) % len(self)
+        raise BadImage(f"no entry of {self.ann_file} has a readable image")
+
     def __getitem__(self, index: int):
-        where = f"entry {index} of {self.ann_file}"
-        image = load_image(self.image_root / self.images[index], where)
+        image, j = self._read(index)
         image = seeded_transform(self.transform, image, sample_seed(self.seed, self.epoch, index))
-        return image, self.captions[index], int(self.image_ids[index]), index
+        return image, self.captions[j], int(self.image_ids[index]), index
 
 
 class RetrievalSet:
@@ -125,7 +198,7 @@ class RetrievalSet:
             captions = entry.get("caption")
             captions = [captions] if isinstance(captions, str) else captions
             if not isinstance(captions, list) or not captions:
-                raise ValueError(f"entry {i} of {self.ann_file} needs a caption or a non-empty list of captions")
+                raise DataError(f"entry {i} of {self.ann_file} needs a caption or a non-empty list of captions")
             self.images.append(entry["image"])
             for caption in captions:
                 self.texts.append(_clean_caption(caption, f"entry {i} of {self.ann_file}", max_words))

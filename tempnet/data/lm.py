@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tempnet.errors import ConfigError, check_model_path
+from tempnet.errors import ConfigError, DataError, check_model_path
+from tempnet.data.lm_inputs import check_column, check_local_files
 
 __all__ = ["build_token_cache", "PackedBlocks", "InstructionExamples", "open_token_cache", "StepBatchSampler",
            "format_prompt", "IGNORE_INDEX"]
@@ -61,7 +62,8 @@ def _source_fingerprint(data) -> dict:
              for f in data.files] if not data.dataset else []
     return {"dataset": data.dataset, "dataset_config": data.dataset_config, "split": data.split, "files": files,
             "text_field": data.text_field, "format": data.format, "seq_len": data.seq_len,
-            "prompt_template": data.prompt_template if data.format == "alpaca" else None}
+            "prompt_template": data.prompt_template if data.format == "alpaca" else None,
+            "blank_documents": "dropped"}  # caches of earlier versions kept them (as a lone EOS): rebuild
 
 
 def _load_records(data, cache_root: Path):
@@ -85,13 +87,15 @@ def _load_records(data, cache_root: Path):
 def _packed_tokens(records, data, tokenizer):
     """Every document -> its tokens followed by EOS, as a datasets column `input_ids`."""
     if data.text_field not in records.column_names:
-        raise ValueError(f"data.text_field={data.text_field!r} is not a column of the data; columns: "
-                         f"{records.column_names}")
+        raise ConfigError(f"data.text_field={data.text_field!r} is not a column of the data; columns: "
+                          f"{records.column_names}")
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token: packed documents need one as separator")
+        raise ConfigError("the tokenizer has no EOS token: packed documents need one as separator")
+    check_column(records, data.text_field, "data")
 
     def tokenize(batch):
-        ids = tokenizer(batch[data.text_field], add_special_tokens=True, verbose=False)["input_ids"]
+        texts = [t for t in batch[data.text_field] if t.strip()]  # a blank document would add a lone EOS
+        ids = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
         ids = [x + [tokenizer.eos_token_id] for x in ids]
         return {"input_ids": ids, "length": [len(x) for x in ids]}
 
@@ -103,12 +107,15 @@ def _alpaca_tokens(records, data, tokenizer):
     """Every record -> prompt + response + EOS tokens and labels with the prompt masked, cut to seq_len."""
     for column in ("instruction", "output"):
         if column not in records.column_names:
-            raise ValueError(f"alpaca data needs an {column!r} column; columns: {records.column_names}")
+            raise DataError(f"alpaca data needs an {column!r} column; columns: {records.column_names}")
+        check_column(records, column, "alpaca data")
 
     def tokenize(batch):
         out = {"input_ids": [], "labels": [], "length": []}
         for i in range(len(batch["instruction"])):
             record = {k: batch[k][i] for k in batch}
+            if not record["output"].strip():
+                continue  # no response: nothing to learn but EOS
             prompt = tokenizer(format_prompt(record, data.prompt_template), add_special_tokens=True,
                                verbose=False)["input_ids"]
             answer = tokenizer(" " + str(record["output"]).strip(), add_special_tokens=False,
@@ -134,7 +141,8 @@ def _write(tokens, data, tokenizer, target: Path, meta: dict) -> None:
     if data.format == "packed":
         total = int(lengths.sum())
         if total < data.seq_len:
-            raise ValueError(f"the data holds {total} tokens, fewer than one block of data.seq_len={data.seq_len}")
+            raise DataError(f"the data holds {total} tokens, fewer than one block of data.seq_len={data.seq_len}: "
+                            "give more text or lower data.seq_len")
         arr = np.memmap(tmp / "tokens.bin", dtype=dtype, mode="w+", shape=(total,))
         pos = 0
         for batch in tokens.iter(batch_size=10_000):
@@ -145,7 +153,7 @@ def _write(tokens, data, tokenizer, target: Path, meta: dict) -> None:
     else:
         n, pad = len(lengths), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if n == 0:
-            raise ValueError("no alpaca record fits in data.seq_len: raise it")
+            raise DataError("no alpaca record with a response fits in data.seq_len: raise it")
         ids_arr = np.memmap(tmp / "input_ids.bin", dtype=dtype, mode="w+", shape=(n, data.seq_len))
         lab_arr = np.memmap(tmp / "labels.bin", dtype=np.int32, mode="w+", shape=(n, data.seq_len))
         ids_arr[:], lab_arr[:] = pad, IGNORE_INDEX
@@ -173,7 +181,7 @@ def build_token_cache(data, tokenizer, cache_root: str | Path) -> Path:
     if missing:
         raise FileNotFoundError(f"data.files: no such file(s) {missing}")
     if not data.dataset and not data.files:
-        raise ValueError("no training data: set data.dataset or data.files")
+        raise ConfigError("no training data: set data.dataset or data.files")
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
     meta = {"source": _source_fingerprint(data), "tokenizer": _tokenizer_fingerprint(tokenizer),
@@ -182,6 +190,8 @@ def build_token_cache(data, tokenizer, cache_root: str | Path) -> Path:
     target = cache_root / f"{data.format}-{key}"
     if (target / "meta.json").exists():
         return target
+    if not data.dataset:
+        check_local_files(data)  # before datasets reads them: its errors name neither the file nor the line
     records = _load_records(data, cache_root)
     tokens = (_packed_tokens if data.format == "packed" else _alpaca_tokens)(records, data, tokenizer)
     _write(tokens, data, tokenizer, target, meta)

@@ -40,6 +40,11 @@ class ResampledShardStream(IterableDataset):
         self.num_batches, self.rank, self.seed, self.max_words = num_batches, rank, seed, max_words
         self.shuffle_buffer, self.on_bad_sample = shuffle_buffer, on_bad_sample
         self.epoch, self.start_step = 0, 0
+        self.bad = torch.zeros(1, dtype=torch.int64).share_memory_()  # dropped so far, shared with workers
+
+    def num_bad(self) -> int:
+        """Bad samples dropped so far (by this process and its loader workers)."""
+        return int(self.bad)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch, self.start_step = int(epoch), int(start_step)
@@ -63,6 +68,7 @@ class ResampledShardStream(IterableDataset):
             except ValueError as err:
                 if self.on_bad_sample == "error":
                     raise UserError(f"{err} (data.on_bad_sample=skip drops bad samples)") from None
+                self.bad += 1
                 continue
             yield image, caption, sid
 

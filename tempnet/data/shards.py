@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
@@ -194,7 +195,11 @@ class ShardedPairs(Dataset):
         self.index, self.transform, self.max_words, self.seed, self.epoch = index, transform, max_words, seed, 0
         self.on_bad_sample, self.max_bad_fraction, self.open_shards = on_bad_sample, max_bad_fraction, open_shards
         self._tars: OrderedDict = OrderedDict()
-        self.bad = 0
+        self.bad = torch.zeros(1, dtype=torch.int64).share_memory_()  # replacements so far, shared with workers
+
+    def num_bad(self) -> int:
+        """Bad samples replaced so far (by this process and its loader workers)."""
+        return int(self.bad)
 
     def __len__(self) -> int:
         return self.index.num_positions
@@ -231,7 +236,7 @@ class ShardedPairs(Dataset):
                 if self.on_bad_sample == "error":
                     raise UserError(f"{err} (data.on_bad_sample=skip replaces bad samples)") from None
                 self.bad += 1
-                if self.bad > self.max_bad_fraction * self.index.num_positions:
+                if int(self.bad) > self.max_bad_fraction * self.index.num_positions:
                     raise UserError(f"more than data.max_bad_fraction={self.max_bad_fraction} of the samples are "
                                     f"bad; the last: {err}") from None
         raise UserError(f"shard {self.index.urls[shard]}: no sample can be decoded")

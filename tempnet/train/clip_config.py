@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from tempnet.errors import ConfigError
 from tempnet.modules import check_tau_range
 from tempnet.train.precision import PRECISIONS
 
@@ -116,6 +117,12 @@ class DataConfig:
     """webdataset: stream shards drawn with replacement (no exact order; see README for its resume guarantee)."""
     shuffle_buffer: int = 2000
     """webdataset with resampled: samples in each worker's seeded shuffle buffer."""
+    on_bad_sample: str = "error"
+    """A training image that is missing or cannot be decoded: "error" stops naming the entry; "skip" trains on
+    the next readable entry in its place (a fixed rule of the index: batch shapes, per-sample ids and exact resume
+    hold) and counts it in the metrics (bad_samples). Default error: a run trains on exactly the data it was given."""
+    max_bad_fraction: float = 0.01
+    """With on_bad_sample=skip: stop with an error once more than this fraction of the entries proved bad."""
 
     def __post_init__(self):
         if self.num_workers < 0 or self.max_words < 1 or self.synthetic_pairs < 2:
@@ -125,6 +132,10 @@ class DataConfig:
                              f"{self.format!r}, {self.sample_ids!r}")
         if self.shard_window < 0 or self.shuffle_buffer < 1:
             raise ValueError("need data.shard_window >= 0 and data.shuffle_buffer >= 1")
+        if self.on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_sample must be 'error' or 'skip', got {self.on_bad_sample!r}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
 
 
 @dataclass
@@ -270,6 +281,7 @@ class TrainConfig:
 #: Fields that may change when a run is resumed (everything else is what was trained).
 RESUME_SAFE = ("train.epochs", "train.stop_after_epochs", "train.stop_after_steps", "train.log_every",
                "train.save_every", "train.keep_last", "train.tensorboard", "train.progress_bar", "data.num_workers",
+               "data.on_bad_sample", "data.max_bad_fraction",  # a run stopped by a bad image may resume with skip
                "eval")
 
 
@@ -339,6 +351,14 @@ class BimodalConfig:
     """Loop, batch size, precision, logging, checkpoints."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation sets."""
+
+    def check_runnable(self, world_size: int) -> None:
+        """Checks that need the world size: called by the trainer before it builds anything."""
+        global_batch = self.train.batch_size * world_size
+        if self.loss == "isogclr_tempnet" and self.tempnet.num_prototypes > global_batch:
+            raise ConfigError(f"tempnet.num_prototypes={self.tempnet.num_prototypes} is larger than the global batch "
+                             f"of {global_batch} pairs (train.batch_size={self.train.batch_size} x {world_size} "
+                             "processes), which initialises the prototypes: lower it or raise the batch size")
 
     def __post_init__(self):
         if self.loss not in LOSS_NAMES:

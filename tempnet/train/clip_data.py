@@ -117,11 +117,12 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
     transform = train_transform(cfg.model.image_size, d.augment, randaugment_ops=d.randaugment_ops,
                                 randaugment_magnitude=d.randaugment_magnitude)
     pin = device.type == "cuda"
-    on_bad, max_bad = getattr(d, "on_bad_sample", "error"), getattr(d, "max_bad_fraction", 0.01)
+    on_bad, max_bad = d.on_bad_sample, d.max_bad_fraction
     if d.format == "json":
         if not d.train_json:
             raise ConfigError("data.train_json is empty: give the training pairs (or data.synthetic=true)")
-        dataset = ImageTextPairs(d.train_json, d.image_root, transform, d.max_words, seed=t.seed)
+        dataset = ImageTextPairs(d.train_json, d.image_root, transform, d.max_words, seed=t.seed,
+                                 on_bad_sample=on_bad, max_bad_fraction=max_bad)
         sampler = GlobalBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed)
         # an own generator: creating the loader's iterator must not draw from the global RNG (exact resume)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin,

@@ -11,13 +11,17 @@ The text tower is pooled at the first position (ALBEF / the authors' code), open
 
 from __future__ import annotations
 
+import difflib
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tempnet.errors import ConfigError, check_model_path
 from tempnet.modules import PrototypeTempNet
+from tempnet.train.inputs import check_hf_config_keys, create_checked, init_parameters, load_pretrained
 
 __all__ = ["DualEncoder", "TempNetPair", "TextTokenizer", "build_image_tower", "build_text_tower", "build_tokenizer"]
 
@@ -29,15 +33,56 @@ def build_image_tower(source: str, name: str, pretrained: bool | str = False,
     if source == "timm":
         import timm
 
-        model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
+        if not timm.is_model(name):
+            raise ConfigError(f"model.image.name={name!r} is not a timm model{_nearest(name, timm.list_models())}")
+        model = create_checked(timm.create_model, kwargs, "model.image.kwargs", "timm", lambda _: _timm_keys(name),
+                               name, pretrained=bool(pretrained), num_classes=0)
         return model, model.num_features
     if source == "open_clip":
-        import open_clip
-
-        tag = pretrained if isinstance(pretrained, str) and pretrained else None
-        visual = open_clip.create_model(name, pretrained=tag, **kwargs).visual
+        tag = _open_clip_tag(pretrained, "model.image.pretrained")
+        visual = _open_clip_model(name, tag, kwargs, "model.image.kwargs").visual
         return visual, visual.output_dim
     raise ValueError(f"unknown image tower source {source!r}; choose 'timm' or 'open_clip'")
+
+
+def _nearest(name: str, valid) -> str:
+    near = difflib.get_close_matches(name, list(valid), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def _timm_keys(name: str) -> set[str]:
+    """What timm.create_model(name, ...) accepts: its own parameters and the model class's (built on the
+    meta device, so nothing is allocated)."""
+    import timm
+
+    with torch.device("meta"):
+        cls = type(timm.create_model(name, pretrained=False))
+    return init_parameters(timm.create_model) | init_parameters(cls)
+
+
+def _open_clip_tag(pretrained, where: str) -> str | None:
+    """open_clip's `pretrained`: a tag ("openai") or a checkpoint file, which must then exist."""
+    if not isinstance(pretrained, str) or not pretrained:
+        return None
+    if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors")):
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"{where}: no such checkpoint file: {pretrained}")
+    return pretrained
+
+
+def _open_clip_model(name: str, tag: str | None, kwargs: dict, where: str):
+    import open_clip
+    import open_clip.model as oc_model
+
+    if name not in open_clip.list_models():
+        raise ConfigError(f"{where.rsplit('.', 1)[0]}.name={name!r} is not an open_clip model"
+                          f"{_nearest(name, open_clip.list_models())}")
+
+    def valid(owner: str) -> set[str]:
+        cls = getattr(oc_model, owner, None) or getattr(open_clip, owner, None)
+        return init_parameters(open_clip.create_model) | (init_parameters(cls) if cls is not None else set())
+
+    return create_checked(open_clip.create_model, kwargs, where, "open_clip", valid, name, pretrained=tag)
 
 
 class _HFText(nn.Module):
@@ -74,6 +119,12 @@ def build_text_tower(source: str, name: str, pretrained: bool | str = True,
         from transformers import AutoConfig, AutoModel
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+        if pretrained or name not in CONFIG_MAPPING:
+            name = check_model_path(name, "model.text.name")
+            config_cls = type(load_pretrained(AutoConfig.from_pretrained, name, "model.text.name"))
+        else:
+            config_cls = CONFIG_MAPPING[name]
+        check_hf_config_keys(config_cls, overrides, "model.text.config_overrides")
         if pretrained:
             model = AutoModel.from_pretrained(name, **overrides)
         else:
@@ -82,10 +133,8 @@ def build_text_tower(source: str, name: str, pretrained: bool | str = True,
             model = AutoModel.from_config(config)
         return _HFText(model), model.config.hidden_size
     if source == "open_clip":
-        import open_clip
-
-        tag = pretrained if isinstance(pretrained, str) and pretrained else None
-        model = open_clip.create_model(name, pretrained=tag, **overrides)
+        tag = _open_clip_tag(pretrained, "model.text.pretrained")
+        model = _open_clip_model(name, tag, overrides, "model.text.config_overrides")
         return _OpenClipText(model), model.text_projection.shape[-1]
     raise ValueError(f"unknown text tower source {source!r}; choose 'hf' or 'open_clip'")
 
@@ -102,7 +151,8 @@ class TextTokenizer:
         if kind == "hf":
             from transformers import AutoTokenizer
 
-            self._tok = AutoTokenizer.from_pretrained(name)
+            self._tok = load_pretrained(AutoTokenizer.from_pretrained, check_model_path(name, "model.text.tokenizer"),
+                                        "model.text.tokenizer")
         elif kind == "open_clip":
             from open_clip.tokenizer import SimpleTokenizer
 
@@ -172,7 +222,7 @@ class TempNetPair(nn.Module):
         """Prototypes from the first M rows of a (global) batch: image TempNet from texts, text TempNet from images."""
         m = self.image.num_prototypes
         if image_features.shape[0] < m:
-            raise ValueError(f"initialising {m} prototypes needs a global batch of at least {m} pairs, got "
+            raise ConfigError(f"initialising {m} prototypes needs a global batch of at least {m} pairs, got "
                              f"{image_features.shape[0]}; lower tempnet.num_prototypes or raise the batch size")
         self.image.init_prototypes(text_features[:m].float())
         self.text.init_prototypes(image_features[:m].float())

@@ -173,6 +173,7 @@ class ClipRun:
     def __init__(self, cfg: BimodalConfig, out: Path, device: torch.device):
         self.cfg, self.out, self.device = cfg, Path(out), device
         self.world, self.rank = tdist.world_size_and_rank()
+        cfg.check_runnable(self.world)  # inputs: start-of-run checks (tempnet.train.clip_config)
         t = cfg.train
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         if cfg.data.synthetic:
@@ -246,7 +247,8 @@ class ClipRun:
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
                      else torch.nn.utils.get_total_norm([p.grad for p in params]))
         metrics = {**{k: v.detach() if torch.is_tensor(v) else v for k, v in out.items()},
-                   "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm}
+                   "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm,
+                   "bad_samples": self.dataset.num_bad()}  # inputs: entries replaced so far (this rank's count)
         if self.opt_t is not None:
             metrics["lr_tempnet"] = self.opt_t.param_groups[0]["lr"]
             metrics["grad_norm_tempnet"] = torch.nn.utils.get_total_norm(

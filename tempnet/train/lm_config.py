@@ -265,3 +265,10 @@ class LMTrainConfig:
             raise ConfigError(f"model.mode={self.model.mode} needs model.path (a Hub name or a model directory)")
         if not self.data.dataset and not self.data.files and not self.data.synthetic:
             raise ConfigError("no training data: set data.dataset, data.files, or data.synthetic=true")
+        if self.model.base:  # HF configs take any keyword: a misspelt one would be ignored without a word
+            from transformers import GPT2Config, LlamaConfig
+
+            from tempnet.train.inputs import check_hf_config_keys
+
+            config_cls = GPT2Config if self.model.arch == "gpt2" else LlamaConfig
+            check_hf_config_keys(config_cls, self.model.base, "model.base")

@@ -8,6 +8,7 @@ frozen    `model.path` loaded, `freeze_base()`: only the head (TempNet) is train
 from __future__ import annotations
 
 from tempnet.errors import ConfigError, check_model_path
+from tempnet.train.inputs import load_pretrained
 
 __all__ = ["load_tokenizer", "build_model", "head_settings"]
 
@@ -19,7 +20,9 @@ def load_tokenizer(cfg):
     name = cfg.model.tokenizer or cfg.model.path
     if not name:
         raise ConfigError("model.mode=scratch needs model.tokenizer (a Hub name or a tokenizer directory)")
-    return AutoTokenizer.from_pretrained(check_model_path(name, "model.tokenizer"))
+    field = "model.tokenizer" if cfg.model.tokenizer else "model.path"
+    return load_pretrained(AutoTokenizer.from_pretrained, check_model_path(name, field), field)
+
 
 
 def head_settings(cfg) -> dict:
@@ -32,6 +35,18 @@ def _check_vocab(model, tokenizer) -> None:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary size is "
                          f"{model.config.vocab_size}: set model.base.vocab_size >= {len(tokenizer)} or use the "
                          "model's own tokenizer")
+
+
+#: Model types whose position embeddings are a learned table: a longer input indexes past its end.
+LEARNED_POSITIONS = ("gpt2", "gpt_neo", "opt", "gpt_bigcode", "biogpt")
+
+
+def _check_positions(model, seq_len: int, scratch: bool) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if model.config.model_type.removesuffix("_tempnet") in LEARNED_POSITIONS and limit is not None and seq_len > limit:
+        fix = "model.base.n_positions" if scratch else "a model with more positions"
+        raise ConfigError(f"data.seq_len={seq_len} is larger than the model's {limit} positions "
+                          f"(max_position_embeddings): lower data.seq_len or use {fix}")
 
 
 def build_model(cfg, tokenizer):
@@ -52,9 +67,11 @@ def build_model(cfg, tokenizer):
         base_cls = GPT2Config if m.arch == "gpt2" else LlamaConfig
         model = tempnet_model_from_config(base_cls(**{**special, **m.base}), **head_settings(cfg))
     else:
-        model = tempnet_model_from_pretrained(check_model_path(m.path, "model.path"), fresh_tempnet=m.fresh_tempnet,
-                                              dtype=DTYPES[m.dtype] if m.dtype else None, **head_settings(cfg))
+        model = load_pretrained(tempnet_model_from_pretrained, check_model_path(m.path, "model.path"), "model.path",
+                                 fresh_tempnet=m.fresh_tempnet, dtype=DTYPES[m.dtype] if m.dtype else None,
+                                 **head_settings(cfg))
     _check_vocab(model, tokenizer)
+    _check_positions(model, cfg.data.seq_len, m.mode == "scratch")
     if model.tempnet_robust:
         try:
             check_rho_vocab(cfg.tempnet.rho, model.config.vocab_size, cfg.tempnet.allow_large_rho)
@@ -63,7 +80,7 @@ def build_model(cfg, tokenizer):
     if m.mode == "frozen":
         model.freeze_base()
     elif m.dtype not in (None, "float32") and cfg.engine.name != "deepspeed":
-        raise ValueError(f"model.dtype={m.dtype} with model.mode={m.mode}: the {cfg.engine.name} engine would train "
+        raise ConfigError(f"model.dtype={m.dtype} with model.mode={m.mode}: the {cfg.engine.name} engine would train "
                          "half-precision weights without float32 master copies; load float32 and use "
                          "train.precision for mixed precision (or engine.name=deepspeed)")
     if m.gradient_checkpointing:

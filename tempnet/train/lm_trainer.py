@@ -87,13 +87,13 @@ class _Run:
             if self.checkpoint is not None:  # before anything is written: a refused resume changes nothing
                 stored = ckpt.load_yaml(self.checkpoint / "config.yaml")
                 ckpt.check_resume(stored, config_to_dict(cfg), RESUME_SAFE, self.checkpoint)
-            if is_main_process():
-                save_config(cfg, output_dir / "config.yaml")
             self.tokenizer = load_tokenizer(cfg)
             cache = build_token_cache(cfg.data, self.tokenizer, cfg.data.cache_dir or output_dir / "token_cache")
         self.dataset = open_token_cache(cache, cfg.data)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and in every run
         model = build_model(cfg, self.tokenizer)
+        if is_main_process():  # inputs: written once data, tokenizer and model passed their checks
+            save_config(cfg, output_dir / "config.yaml")
         optimizer = build_lm_optimizer(model, cfg.optim, cfg.tempnet)
         engine.prepare(model, optimizer, build_lm_scheduler(optimizer, cfg.optim, cfg.tempnet, cfg.train.max_steps))
         torch.manual_seed(cfg.train.seed + 1 + self.rank)  # dropout streams differ between ranks

@@ -8,6 +8,7 @@ import torch
 
 from bimodal_runs import DEBUG, checkpoint, eval_log, metrics, run_main, tensors
 from helpers import ActivationDtypes, order_agreement, record_indices
+from tempnet.errors import UserError
 
 pytestmark = pytest.mark.slow  # real training runs of the Bimodal-CL trainer
 
@@ -158,7 +159,8 @@ def test_missing_image_fails_naming_the_item(runs, tmp_path):
     entries[5]["image"] = "train/does-not-exist.png"
     ann = tmp_path / "pairs.json"
     ann.write_text(json.dumps(entries))
-    with pytest.raises(FileNotFoundError, match=r"entry 5 of .*pairs\.json.*does-not-exist\.png"):
+    with pytest.raises(UserError, match=r"1 of 8 image files not found, the first: entry 5 of .*pairs\.json.*"
+                                        r"does-not-exist\.png"):  # the start-of-run stat
         run_main(tmp_path / "run", "data.synthetic=false", f"data.train_json={ann}", f"data.image_root={synth}",
                  "train.batch_size=8", "loss=clip")
 
@@ -170,7 +172,7 @@ def test_unreadable_json_and_bad_config_fail_clearly(tmp_path):
         run_main(tmp_path / "run", "data.synthetic=false", f"data.train_json={ann}", "loss=clip")
     with pytest.raises(ValueError, match="unknown loss 'infonce'"):
         run_main(tmp_path / "run", "loss=infonce")
-    with pytest.raises(ValueError, match="global batch of at least 64"):
+    with pytest.raises(ValueError, match="num_prototypes=64 is larger than the global batch of 32 pairs"):
         run_main(tmp_path / "run", "tempnet.num_prototypes=64", "train.epochs=1")
 
 
