@@ -3,12 +3,15 @@
 #   NNODES       nodes (default 1)                 NODE_RANK    this node, 0 .. NNODES-1 (default 0)
 #   MASTER_ADDR  node 0's address (127.0.0.1)      MASTER_PORT  a free port on node 0 (default 29500)
 #   NPROC        processes per node (each script's default: the paper's GPU count); world size NNODES x NPROC
-#   HOSTFILE     DeepSpeed only: a hostfile ("host slots=N" lines) to use instead of the generated one
+#   HOSTFILE     DeepSpeed only: a hostfile ("host slots=N" lines) instead of the generated one; with NNODES=1,
+#                DeepSpeed's own launch over ssh (pdsh) to every host it lists, started once
 # Several nodes: start the same script on every node, with the same NNODES, NPROC, MASTER_ADDR, MASTER_PORT,
 # arguments and run directory (a shared filesystem), and NODE_RANK 0 on the node at MASTER_ADDR, 1, 2, ... on
 # the others; <folder>/scripts/slurm.sbatch does this under SLURM. With the defaults nothing changes.
-# `launcher_args LAUNCHER NPROC` sets the array LAUNCHER_ARGS: the process and node flags of LAUNCHER.
+# `launcher_args LAUNCHER NPROC` sets the array LAUNCHER_ARGS: the process and node flags of LAUNCHER. The scripts
+# exec their launcher, so a scheduler's signal and the exit status are the launcher's own.
 
+_master_addr_given="${MASTER_ADDR:+1}"
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
@@ -34,15 +37,18 @@ launcher_args() {
       LAUNCHER_ARGS=(--num_gpus "$nproc")
       if [ "$NNODES" -gt 1 ]; then
         local hostfile="${HOSTFILE:-}"
-        if [ -z "$hostfile" ]; then  # only the node count and slots matter without ssh: the names are placeholders
-          hostfile="$(mktemp "${TMPDIR:-/tmp}/tempnet-hostfile.XXXXXX")"
-          trap 'rm -f "'"$hostfile"'"' EXIT
-          for ((i = 0; i < NNODES; i++)); do echo "node$i slots=$nproc"; done > "$hostfile"
+        if [ -z "$hostfile" ]; then  # without ssh only the node count and slots matter: the names are placeholders
+          hostfile="${TMPDIR:-/tmp}/tempnet-hostfile-${NNODES}x$nproc"  # one per layout: the launcher is exec'd
+          local tmp
+          tmp="$(mktemp "$hostfile.XXXXXX")"
+          for ((i = 0; i < NNODES; i++)); do echo "node$i slots=$nproc"; done > "$tmp"
+          mv -f "$tmp" "$hostfile"
         fi
         LAUNCHER_ARGS+=(--hostfile "$hostfile" --num_nodes "$NNODES" --no_ssh --node_rank "$NODE_RANK"
                         --master_addr "$MASTER_ADDR")
-      elif [ -n "${HOSTFILE:-}" ]; then  # one launch over ssh to every host of the hostfile (DeepSpeed's pdsh mode)
-        LAUNCHER_ARGS+=(--hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR")
+      elif [ -n "${HOSTFILE:-}" ]; then  # one launch over ssh to every host of the hostfile (DeepSpeed's pdsh mode;
+        LAUNCHER_ARGS+=(--hostfile "$HOSTFILE")  # the master is the first host unless MASTER_ADDR is given)
+        if [ -n "$_master_addr_given" ]; then LAUNCHER_ARGS+=(--master_addr "$MASTER_ADDR"); fi
       fi
       LAUNCHER_ARGS+=(--master_port "$MASTER_PORT") ;;
     *) _nodes_error "launcher_args: unknown launcher $1" ;;

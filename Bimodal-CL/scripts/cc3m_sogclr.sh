@@ -10,7 +10,7 @@
 set -euo pipefail
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-8}"
-torchrun "${LAUNCHER_ARGS[@]}" \
+exec torchrun "${LAUNCHER_ARGS[@]}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/cc3m.yaml \
   --output-dir "${OUT:-runs/cc3m_sogclr}" \

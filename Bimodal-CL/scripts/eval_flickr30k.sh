@@ -12,7 +12,7 @@
 set -euo pipefail
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-1}"
-torchrun "${LAUNCHER_ARGS[@]}" \
+exec torchrun "${LAUNCHER_ARGS[@]}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/eval_flickr30k.yaml \
   --output-dir "${OUT:-${RESULTS_DIR:-results}/clip/${ROW:-isogclr_tempnet}/flickr30k}" \

@@ -10,7 +10,7 @@
 set -euo pipefail
 source scripts/nodes.sh
 launcher_args deepspeed "${NPROC:-8}"
-deepspeed "${LAUNCHER_ARGS[@]}" \
+exec deepspeed "${LAUNCHER_ARGS[@]}" \
   GPT_2/train.py \
   --config GPT_2/configs/scratch.yaml \
   --output-dir "${OUT:-runs/gpt2_ablation_dro}" \

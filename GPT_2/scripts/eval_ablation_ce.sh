@@ -15,7 +15,7 @@ if [ "$(( ${NPROC:-1} * NNODES ))" -gt 1 ]; then
   launcher_args accelerate "${NPROC:-1}"
   launch=(accelerate launch --multi_gpu "${LAUNCHER_ARGS[@]}" --mixed_precision no --dynamo_backend no)
 fi
-"${launch[@]}" scripts/eval_lm.py run \
+exec "${launch[@]}" scripts/eval_lm.py run \
   --model tempnet \
   --model_args "pretrained=${CKPT:-runs/gpt2_ablation_ce/final},dtype=${DTYPE:-float32},apply_tempnet=${APPLY_TEMPNET:-true}" \
   --tasks "${TASKS:-piqa,hellaswag,arc_easy,arc_challenge,openbookqa,lambada_openai,wikitext}" \

@@ -11,7 +11,7 @@
 set -euo pipefail
 source scripts/nodes.sh
 launcher_args accelerate "${NPROC:-4}"
-accelerate launch \
+exec accelerate launch \
   --config_file LLaMA-1/configs/accelerate_fsdp.yaml \
   "${LAUNCHER_ARGS[@]}" \
   LLaMA-1/train.py \

@@ -12,7 +12,7 @@
 set -euo pipefail
 source scripts/nodes.sh
 launcher_args deepspeed "${NPROC:-8}"
-deepspeed "${LAUNCHER_ARGS[@]}" \
+exec deepspeed "${LAUNCHER_ARGS[@]}" \
   LLaMA-2/train.py \
   --config LLaMA-2/configs/chat_70b.yaml \
   --output-dir "${OUT:-runs/llama2_chat_70b}" \

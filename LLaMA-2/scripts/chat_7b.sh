@@ -12,7 +12,7 @@
 set -euo pipefail
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-4}"
-torchrun "${LAUNCHER_ARGS[@]}" \
+exec torchrun "${LAUNCHER_ARGS[@]}" \
   LLaMA-2/train.py \
   --config LLaMA-2/configs/chat_7b.yaml \
   --output-dir "${OUT:-runs/llama2_chat_7b}" \
