@@ -155,8 +155,14 @@ def _start(script: str, log: Path, *overrides, **env) -> tuple[subprocess.Popen,
 
 
 def _finish(*started: tuple[subprocess.Popen, Path]) -> None:
-    for proc, _ in started:
-        proc.wait(timeout=600)
+    try:
+        for proc, _ in started:
+            proc.wait(timeout=600)
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     for proc, log in started:
         assert proc.returncode == 0, f"{log.stem}: exit {proc.returncode}\n{log.read_text()[-6000:]}"
 
@@ -187,7 +193,7 @@ NO_DROPOUT = ["tempnet.dropout=0.0", "model.base.resid_pdrop=0.0", "model.base.e
 
 @pytest.mark.parametrize("launcher", sorted(MULTINODE))
 def test_two_nodes_match_one_process(launcher, assets, tmp_path):
-    from lm_runs import assert_runs_match
+    from lm_runs import max_difference
 
     script = MULTINODE[launcher]
     model = ([f"model.tokenizer={assets / 'tokenizer-gpt2'}", *GPT2_TINY, *NO_DROPOUT] if "GPT_2" in script
@@ -203,4 +209,6 @@ def test_two_nodes_match_one_process(launcher, assets, tmp_path):
     if launcher == "torchrun":  # the same world size in another layout resumes (another one: test_multinode.py)
         _bash(script, *args, "--resume", OUT=two, DATA=data["DATA"], NPROC=2)
         assert _layout(_state(two, 3)) == (1, 2) and [_layout(r) for r in metrics(two)] == [(2, 1), (2, 1), (1, 2)]
-    assert_runs_match(metrics(one), metrics(two))
+    a, b = metrics(one), metrics(two)  # float32 sums in another order: 1e-5 (grad_norm: relative)
+    for key, scale in (("loss", 1.0), ("ce", 1.0), ("tau_mean", 1.0), ("grad_norm", max(r["grad_norm"] for r in a))):
+        assert max_difference(a, b, key) <= 1e-5 * scale, (key, [r[key] for r in a], [r[key] for r in b])
