@@ -1,7 +1,8 @@
 """Every launch script runs end to end, as a user runs it: `NPROC=.. OUT=.. DATA=.. bash <folder>/scripts/X.sh
 key=value ...` with its own launcher (deepspeed, torchrun, accelerate launch), config and data arguments, on
 CPU, with tiny local data and overrides that only shrink the model and the step count. Each run must
-write its final model (or evaluation) into the fresh OUT."""
+write its final model (or evaluation) into the fresh OUT. One script per launcher also runs as two nodes
+(two launchers on this machine, NNODES=2) against one process on the same global batch."""
 
 from __future__ import annotations
 
