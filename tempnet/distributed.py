@@ -12,8 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size_and_rank", "is_main_process", "gather_with_grad", "gather_ids", "all_reduce_mean",
-           "all_reduce_min", "all_reduce_max", "barrier", "main_process_first", "init_from_env", "destroy"]
+__all__ = ["world_size_and_rank", "node_layout", "is_main_process", "gather_with_grad", "gather_ids",
+           "all_reduce_mean", "all_reduce_min", "all_reduce_max", "barrier", "main_process_first", "init_from_env", "destroy"]
 
 
 def world_size_and_rank() -> tuple[int, int]:
@@ -21,6 +21,16 @@ def world_size_and_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def node_layout() -> dict:
+    """{"nnodes", "nproc_per_node"} of this run, for its records: processes per node from the launcher's
+    LOCAL_WORLD_SIZE (torchrun, accelerate) or LOCAL_SIZE (the deepspeed launcher), nodes = world size / that.
+    One node of all processes when neither is set (a plain `python train.py`)."""
+    world, _ = world_size_and_rank()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or world)
+    local = min(max(local, 1), world)
+    return {"nnodes": world // local, "nproc_per_node": local}
 
 
 def is_main_process() -> bool:

@@ -5,12 +5,14 @@
 # RESULTS_DIR/clip/ROW/zeroshot/eval.json (RESULTS_DIR results, ROW isogclr_tempnet: the loss= name of the run), the
 # layout python scripts/make_tables.py RESULTS_DIR reads (it merges every eval.json under clip/ROW/).
 # One GPU: evaluation runs on rank 0.
-# Environment: CKPT the checkpoint, OUT (or RESULTS_DIR and ROW) where eval.json goes, NPROC processes (1);
+# Environment: CKPT the checkpoint, OUT (or RESULTS_DIR and ROW) where eval.json goes, NPROC processes per node (1);
 # further key=value arguments override the config (e.g. eval.num_workers=2).
+# NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT as in the training scripts (scripts/nodes.sh); evaluation
+# itself runs on rank 0, so one node is enough.
 set -euo pipefail
-torchrun \
-  --nproc_per_node "${NPROC:-1}" \
-  --master_port "${MASTER_PORT:-29500}" \
+source scripts/nodes.sh
+launcher_args torchrun "${NPROC:-1}"
+exec torchrun "${LAUNCHER_ARGS[@]}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/eval_zeroshot.yaml \
   --output-dir "${OUT:-${RESULTS_DIR:-results}/clip/${ROW:-isogclr_tempnet}/zeroshot}" \

@@ -4,13 +4,18 @@
 # 1 GPU; NPROC=N: N data-parallel processes (accelerate launch). Results: RESULTS_DIR/llm/ROW/ (lm-eval's
 # --output_path); the tables: python scripts/make_tables.py RESULTS_DIR --paper.
 # Env: CKPT (model directory), RESULTS_DIR (results), ROW (llama2_13b_tempnet), TASKS (comma-separated lm-eval tasks),
-# NPROC (1), DTYPE (bfloat16), BATCH_SIZE (16), APPLY_TEMPNET (true); extra arguments go to lm-eval.
+# NPROC (1, per node), DTYPE (bfloat16), BATCH_SIZE (16), APPLY_TEMPNET (true); extra arguments go to lm-eval.
+# Several nodes (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT: scripts/nodes.sh): NNODES x NPROC processes under
+# accelerate launch, this script started on every node with its NODE_RANK.
+# SLURM: sbatch --nodes=N LLaMA-2/scripts/slurm.sbatch LLaMA-2/scripts/eval_frozen_13b_tempnet.sh [lm-eval arguments].
 set -euo pipefail
+source scripts/nodes.sh
 launch=(python)
-if [ "${NPROC:-1}" -gt 1 ]; then
-  launch=(accelerate launch --multi_gpu --num_processes "$NPROC" --num_machines 1 --mixed_precision no --dynamo_backend no)
+if [ "$(( ${NPROC:-1} * NNODES ))" -gt 1 ]; then
+  launcher_args accelerate "${NPROC:-1}"
+  launch=(accelerate launch --multi_gpu "${LAUNCHER_ARGS[@]}" --mixed_precision no --dynamo_backend no)
 fi
-"${launch[@]}" scripts/eval_lm.py run \
+exec "${launch[@]}" scripts/eval_lm.py run \
   --model tempnet \
   --model_args "pretrained=${CKPT:-runs/llama2_frozen_13b/final},dtype=${DTYPE:-bfloat16},apply_tempnet=${APPLY_TEMPNET:-true}" \
   --tasks "${TASKS:-piqa,hellaswag,arc_easy,arc_challenge,openbookqa,lambada_openai,wikitext}" \

@@ -3,13 +3,16 @@
 # 4 GPUs (micro-batch 4, global batch 16), DDP, bf16, LLM frozen, 30k steps (LLaMA-2/configs/frozen_7b.yaml).
 # Run from the repository root.
 # Afterwards: LLaMA-2/scripts/export_tempnet.sh extracts the trained TempNet.
-# Environment: NPROC processes (default: the paper's GPU count), OUT the run directory, DATA the data
+# Environment: NPROC processes per node (default: the paper's GPU count), OUT the run directory, DATA the data
 # (a Hub name, a save_to_disk directory or a local .txt/.json/.jsonl file); further key=value arguments
 # override the config (dotted keys reach into mappings, e.g. model.base.n_layer=2).
+# Several nodes: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (scripts/nodes.sh): start it on every node with the same
+# NNODES/MASTER_ADDR/MASTER_PORT and NODE_RANK 0..NNODES-1.
+# SLURM: sbatch --nodes=N LLaMA-2/scripts/slurm.sbatch LLaMA-2/scripts/frozen_7b.sh [key=value ...].
 set -euo pipefail
-torchrun \
-  --nproc_per_node "${NPROC:-4}" \
-  --master_port "${MASTER_PORT:-29500}" \
+source scripts/nodes.sh
+launcher_args torchrun "${NPROC:-4}"
+exec torchrun "${LAUNCHER_ARGS[@]}" \
   LLaMA-2/train.py \
   --config LLaMA-2/configs/frozen_7b.yaml \
   --output-dir "${OUT:-runs/llama2_frozen_7b}" \

@@ -7,7 +7,7 @@
         model.safetensors      weights (DeepSpeed and accelerate keep their own files instead)
         optimizer.pt           optimizers, schedulers, grad scaler, loss state (loads with weights_only=True)
         rng_state_<rank>.pt    every RNG of that rank
-        trainer_state.json     step, data position, world size
+        trainer_state.json     step, data position, world size, nodes x processes per node
         config.yaml            the config that wrote it
         COMPLETE               written last: a JSON manifest {file: size} of everything above
 
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tempnet.config import config_diff
+from tempnet.distributed import node_layout
 from tempnet.errors import UserError
 
 __all__ = ["rng_state", "set_rng_state", "checkpoint_dir", "list_checkpoints", "latest_checkpoint", "mark_complete",
@@ -125,7 +126,8 @@ def load_yaml(file: Path) -> dict:
 
 
 def write_trainer_state(path: Path, state: dict) -> None:
-    (Path(path) / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
+    """`state` + the node layout (nnodes, nproc_per_node: a resume may change it, not the world size)."""
+    (Path(path) / "trainer_state.json").write_text(json.dumps({**state, **node_layout()}, indent=1) + "\n")
 
 
 def read_trainer_state(path: Path, world_size: int) -> dict:

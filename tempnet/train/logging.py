@@ -10,7 +10,7 @@ from typing import Mapping
 
 import torch
 
-from tempnet.distributed import is_main_process
+from tempnet.distributed import is_main_process, node_layout
 
 __all__ = ["MetricsLogger"]
 
@@ -34,6 +34,7 @@ class MetricsLogger:
         from tqdm.auto import tqdm
 
         self.enabled = is_main_process()
+        self.layout = node_layout()  # on every JSONL line (not TensorBoard): which nodes x processes logged it
         self.path = Path(output_dir) / "metrics.jsonl"
         self._tb = None
         self.bar = tqdm(total=total_steps, initial=resume_step or 0, desc=description, dynamic_ncols=True,
@@ -64,7 +65,7 @@ class MetricsLogger:
         if not self.enabled:
             return record
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({**record, **self.layout}) + "\n")
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and math.isfinite(value):

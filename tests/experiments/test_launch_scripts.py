@@ -1,7 +1,8 @@
 """Every launch script runs end to end, as a user runs it: `NPROC=.. OUT=.. DATA=.. bash <folder>/scripts/X.sh
 key=value ...` with its own launcher (deepspeed, torchrun, accelerate launch), config and data arguments, on
 CPU, with tiny local data and overrides that only shrink the model and the step count. Each run must
-write its final model (or evaluation) into the fresh OUT."""
+write its final model (or evaluation) into the fresh OUT. One script per launcher also runs as two nodes
+(two launchers on this machine, NNODES=2) against one process on the same global batch."""
 
 from __future__ import annotations
 
@@ -144,3 +145,71 @@ def test_clip_script_then_evaluation(name, assets, tmp_path):
         assert record["step"] == 4 and record["checkpoint"] == str(checkpoint)
         key = "synthetic/img_r1" if "flickr" in script else "shapes/zeroshot_top1"
         assert key in record, sorted(record)
+
+
+# ---- several nodes: two launchers on this machine -------------------------------------------------------------
+
+def _start(script: str, log: Path, *overrides, **env) -> tuple[subprocess.Popen, Path]:
+    with log.open("w") as f:
+        return subprocess.Popen(["bash", script, *map(str, overrides)], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                text=True, env=_env(**env)), log
+
+
+def _finish(*started: tuple[subprocess.Popen, Path]) -> None:
+    try:
+        for proc, _ in started:
+            proc.wait(timeout=600)
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, log in started:
+        assert proc.returncode == 0, f"{log.stem}: exit {proc.returncode}\n{log.read_text()[-6000:]}"
+
+
+def _two_nodes(script: str, logs: Path, *overrides, **env) -> list[tuple[subprocess.Popen, Path]]:
+    """`script` started as the two nodes of one run, as on two machines: NNODES=2, NODE_RANK 0 and 1 at once, one
+    MASTER_ADDR and MASTER_PORT (node 0's rendezvous); NPROC (per node) and the rest from `env`."""
+    port = free_port()
+    return [_start(script, logs / f"node{rank}.log", *overrides, NNODES=2, NODE_RANK=rank, MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, **env) for rank in (0, 1)]
+
+
+def _layout(record: dict) -> tuple:
+    return record["nnodes"], record["nproc_per_node"]
+
+
+def _state(out: Path, step: int) -> dict:
+    return json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
+
+
+# One launch script per launcher (torchrun, deepspeed, accelerate launch) as 2 nodes x 1 process, against 1 process
+# with the same global batch of 2 sequences (2 micro-batches accumulated); every dropout off.
+MULTINODE = {"torchrun": "LLaMA-2/scripts/frozen_7b.sh", "deepspeed": "GPT_2/scripts/scratch_tempnet.sh",
+             "accelerate": "LLaMA-1/scripts/finetune_7b.sh"}
+NO_DROPOUT = ["tempnet.dropout=0.0", "model.base.resid_pdrop=0.0", "model.base.embd_pdrop=0.0",
+              "model.base.attn_pdrop=0.0"]
+
+
+@pytest.mark.parametrize("launcher", sorted(MULTINODE))
+def test_two_nodes_match_one_process(launcher, assets, tmp_path):
+    from lm_runs import max_difference
+
+    script = MULTINODE[launcher]
+    model = ([f"model.tokenizer={assets / 'tokenizer-gpt2'}", *GPT2_TINY, *NO_DROPOUT] if "GPT_2" in script
+             else [f"model.path={assets / 'base-llama'}", "model.dtype=null", "tempnet.dropout=0.0"])
+    args = [*COMMON, *model, "train.global_batch_size=2", "train.max_steps=3", f"data.cache_dir={tmp_path}"]
+    data = {"DATA": assets / "corpus.txt", "NPROC": 1}
+    one, two = tmp_path / "one", tmp_path / "two"
+    stop = ["train.stop_after_steps=2"] if launcher == "torchrun" else []
+    _finish(_start(script, tmp_path / "one.log", *args, OUT=one, **data),
+            *_two_nodes(script, tmp_path, *args, *stop, OUT=two, **data))
+    assert _state(two, 2)["world_size"] == 2 and _layout(_state(two, 2)) == (2, 1) and _layout(_state(one, 2)) == (1, 1)
+    assert [_layout(r) for r in metrics(two)] == [(2, 1)] * (3 - len(stop))
+    if launcher == "torchrun":  # the same world size in another layout resumes (another one: test_multinode.py)
+        _bash(script, *args, "--resume", OUT=two, DATA=data["DATA"], NPROC=2)
+        assert _layout(_state(two, 3)) == (1, 2) and [_layout(r) for r in metrics(two)] == [(2, 1), (2, 1), (1, 2)]
+    a, b = metrics(one), metrics(two)  # float32 sums in another order: 1e-5 (grad_norm: relative)
+    for key, scale in (("loss", 1.0), ("ce", 1.0), ("tau_mean", 1.0), ("grad_norm", max(r["grad_norm"] for r in a))):
+        assert max_difference(a, b, key) <= 1e-5 * scale, (key, [r[key] for r in a], [r[key] for r in b])
