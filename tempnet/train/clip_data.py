@@ -59,29 +59,6 @@ class TrainData:
                                 f"is {value!r} (a changed shard list cannot resume; start a new run)")
 
 
-class _WorkerErrors:
-    """The loader, with a user error raised in a worker re-raised as that one-line error (DataLoader wraps it
-    in a message holding the worker's traceback)."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __getattr__(self, name):  # .dataset, .batch_sampler, ...
-        return getattr(self.loader, name)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        try:
-            yield from self.loader
-        except UserError as err:
-            text = str(err).strip()
-            if "Original Traceback" in text:  # its last line is "tempnet.errors.UserError: MESSAGE"
-                text = text.splitlines()[-1].split(": ", 1)[-1]
-            raise UserError(text) from None
-
-
 class TokenizingCollate:
     """Local batch in a loader worker: (images [B, 3, H, W], (token ids, mask), image_ids [B], text_ids [B])."""
 
@@ -138,12 +115,12 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
         stream = ResampledShardStream(index, transform, collate, t.batch_size, steps, rank, t.seed, d.max_words,
                                       d.shuffle_buffer, on_bad)
         loader = DataLoader(stream, batch_size=None, num_workers=d.num_workers, pin_memory=pin)
-        return TrainData(_WorkerErrors(loader), index.num_samples, steps, [(stream, True)], identity)
+        return TrainData(loader, index.num_samples, steps, [(stream, True)], identity)
     # a worker keeps the window's shards open (window 0: up to 256, then reads may reopen a shard's index)
     open_shards = max(8, d.shard_window) if d.shard_window else min(len(index.urls), 256)
     dataset = ShardedPairs(index, transform, d.max_words, t.seed, on_bad, max_bad, open_shards=open_shards)
     sampler = ShardWindowSampler(index.counts, t.batch_size, world, rank, t.seed, d.shard_window)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin, collate_fn=collate,
                         generator=torch.Generator().manual_seed(t.seed))
-    return TrainData(_WorkerErrors(loader), index.num_samples, len(sampler), [(dataset, False), (sampler, True)],
+    return TrainData(loader, index.num_samples, len(sampler), [(dataset, False), (sampler, True)],
                      identity)
