@@ -11,15 +11,12 @@ nearest valid one.
 from __future__ import annotations
 
 import inspect
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 from tempnet.errors import UserError, unknown_keys
 
-__all__ = ["hf_config_keys", "check_hf_config_keys", "create_checked", "init_parameters", "load_pretrained",
-           "missing_files"]
+__all__ = ["hf_config_keys", "check_hf_config_keys", "create_checked", "init_parameters", "load_pretrained"]
 
 
 def init_parameters(fn: Callable) -> set[str]:
@@ -74,14 +71,3 @@ def load_pretrained(load: Callable, name: str, field: str, **kwargs):
         return load(name, **kwargs)
     except OSError as exc:
         raise UserError(f"{field}={name}: cannot load it: {str(exc).splitlines()[0]}") from None
-
-
-def missing_files(paths: Sequence[str | os.PathLike], workers: int = 32) -> list[int]:
-    """Positions of `paths` that are not regular files, found with parallel stats (network filesystems
-    answer many small requests at once far faster than one after another)."""
-    paths = [os.fspath(p) for p in paths]
-    size = max(1, min(1024, -(-len(paths) // workers)))  # one task per block of files, not per file
-    blocks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(blocks)))) as pool:
-        exists = [ok for block in pool.map(lambda b: [os.path.isfile(p) for p in b], blocks) for ok in block]
-    return [i for i, ok in enumerate(exists) if not ok]

@@ -11,7 +11,8 @@ import pytest
 from tempnet.config import parse_overrides
 from tempnet.data.lm_inputs import check_local_files
 from tempnet.errors import ConfigError, DataError, UserError, check_model_path, user_message
-from tempnet.train.inputs import check_hf_config_keys, create_checked, missing_files
+from tempnet.data.image_text import missing_files
+from tempnet.train.inputs import check_hf_config_keys, create_checked
 
 
 def test_hf_config_keys_accept_parameters_and_aliases_and_name_the_nearest():
