@@ -65,29 +65,29 @@ def _agree(error: BaseException | None, what: str) -> None:
 
 def open_run(output_dir: str | Path, resume: bool, overwrite: bool,
              check_inputs: Callable[[], None] = lambda: None) -> tuple[Path, RunLock | None]:
-    """Check the run directory (every rank), then on rank 0 create it, lock it and (--overwrite) empty it.
+    """Rank 0 locks the run directory, then checks it and (--overwrite) empties it; the other ranks wait.
 
-    `check_inputs` validates what can be checked before anything is removed (data files, tokenizer, model
-    paths). Returns (the directory, the lock: rank 0's, None elsewhere); release the lock when the run ends.
+    The lock comes first (a run into a directory another run holds is refused as such, even while that
+    run is still writing its first files); a directory that does not exist yet is checked before it is
+    created. `check_inputs` validates what can be checked before anything is removed (data files,
+    tokenizer, model paths). Returns (the directory, rank 0's lock or None); `release` it at the end.
     """
-    error, lock = None, None
-    try:
-        out = ckpt.prepare_output_dir(output_dir, resume, overwrite, create=False)  # checks only
-        check_inputs()
-    except USER_ERRORS as exc:
-        error = exc
-    _agree(error, "checking --output-dir")
+    out, error, lock = Path(output_dir), None, None
     if is_main_process():
         try:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UserError(f"--output-dir {out} is not writable: {exc.strerror or exc}") from None
+            if not out.is_dir():
+                ckpt.prepare_output_dir(out, resume, overwrite, create=False)  # nothing there yet to lock
+                try:
+                    out.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise UserError(f"--output-dir {out} is not writable: {exc.strerror or exc}") from None
             lock = RunLock(out).acquire()
-            ckpt.prepare_output_dir(out, resume, overwrite)  # again under the lock, then remove (--overwrite)
+            ckpt.prepare_output_dir(out, resume, overwrite, create=False)
+            check_inputs()
+            ckpt.prepare_output_dir(out, resume, overwrite)  # now remove (--overwrite)
         except (*USER_ERRORS, OSError) as exc:
-            if lock is not None:
-                lock.release()
+            release(lock)
+            lock = None
             error = exc if isinstance(exc, USER_ERRORS) else UserError(f"--output-dir {out}: {exc}")
     _agree(error, f"preparing --output-dir {output_dir}")
     return out, lock
