@@ -364,8 +364,9 @@ class ClipRun:
                     logger.log(pos["step"], metrics)
                 logger.advance()
                 stop = t.stop_after_steps is not None and pos["step"] >= t.stop_after_steps
-                if stop or (t.save_every and pos["step"] % t.save_every == 0) or run.time_due:
-                    run.save(pos["step"])
+                periodic = (t.save_every and pos["step"] % t.save_every == 0) or run.time_due
+                if stop or periodic and pos["step_in_epoch"] < self.sampler.steps_per_epoch:  # else: the epoch's
+                    run.save(pos["step"])                                                     # own save below
                 if stop:
                     return record
                 if run.signum and pos["step_in_epoch"] < self.sampler.steps_per_epoch:  # else: after the epoch's
