@@ -143,3 +143,40 @@ def test_nan_embeddings_score_nan_never_100_and_tables_show_it():
     assert [_format(_raw_cell(v), False) for v in (float("nan"), float("inf"), "N/A", 41.234)] == \
         ["nan", "inf", "N/A", "41.23"]
     assert _format(Cell(), False) == "n/a"
+
+
+# ---- preemption and the wall-clock cadence ---------------------------------------------------------------
+_SIGNALS = """
+import os, signal, time
+from tempnet.train.signals import Preemption
+with Preemption() as p:
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.2)
+    assert p.signum == signal.SIGUSR1 and p.requested() == signal.SIGUSR1, p.signum
+    os.kill(os.getpid(), signal.SIGTERM)  # before the save began: the same preemption, nothing happens
+    time.sleep(0.2)
+    print("still running", flush=True)
+    p.saving, p._at = True, p._at - 10  # the preemption save is under way
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(2)
+    print("not aborted", flush=True)
+"""
+
+
+def test_a_signal_is_recorded_and_a_second_one_during_the_save_aborts_at_once():
+    proc = subprocess.run([sys.executable, "-c", _SIGNALS], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 128 + 2, proc.stderr  # 130: SIGINT
+    assert proc.stdout == "still running\n" and "second signal (SIGINT)" in proc.stderr
+
+
+def test_the_wall_clock_cadence_asks_for_a_save(tmp_path):
+    from tempnet.train.run import Protocol
+
+    run = Protocol(tmp_path, "cpu", lambda path: None, lambda step: {}, None, 1, save_every_minutes=2)
+    now = [run._last_save]
+    run._clock = lambda: now[0]
+    run.after_step(1, torch.tensor(1.0))
+    assert not run.time_due and not run.signum
+    now[0] += 121
+    run.after_step(2, torch.tensor(1.0))
+    assert run.time_due
