@@ -16,6 +16,7 @@ losses gather features), so the loss is multiplied by the world size before DDP 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -148,8 +149,6 @@ class EvalSets:
 
 
 def write_eval(out: Path, record: dict) -> None:
-    import json
-
     (out / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
     append_jsonl(out / "eval_log.jsonl", record)
     print("eval " + " ".join(f"{k}={v:.2f}" for k, v in record.items() if "/" not in k and isinstance(v, float)),
@@ -169,8 +168,6 @@ def evaluate(cfg: BimodalConfig, checkpoint: Path, out: Path, device: torch.devi
         cfg.model = ModelConfig(image=ImageTowerConfig(**m["image"]), text=TextTowerConfig(**m["text"]),
                                 embed_dim=m["embed_dim"], image_size=m["image_size"])
     if (path / "trainer_state.json").is_file():
-        import json
-
         info = json.loads((path / "trainer_state.json").read_text())
     if cfg.data.synthetic:
         use_synthetic_data(cfg, out)
