@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -100,3 +101,10 @@ def same_weights(a, b):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+
+
+def reference_run(tmp_path_factory, name: str, argv_of) -> Path:
+    """The uninterrupted run `argv_of(out)` (a module fixture's: every fault test compares with it)."""
+    out = tmp_path_factory.mktemp(name) / "reference"
+    python_run(*argv_of(out))
+    return out

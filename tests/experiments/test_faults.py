@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fault_runs import error_line, faulty, hashes, python_run, same_run, same_weights, wrapper
+from fault_runs import error_line, faulty, hashes, python_run, reference_run, same_run, same_weights, wrapper
 from helpers import torchrun
 from lm_runs import ENV, REPO, assert_runs_match, metrics
 
@@ -35,9 +35,7 @@ def _gpt2(out, *extra):
 
 @pytest.fixture(scope="module")
 def lm_reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lm_faults") / "reference"
-    python_run(*_gpt2(out))
-    return out
+    return reference_run(tmp_path_factory, "lm_faults", _gpt2)
 
 
 @pytest.mark.parametrize("point, where, resumes_from", [("checkpoint", 6, 4), ("step", 5, 4)])

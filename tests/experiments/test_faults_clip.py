@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fault_runs import error_line, faulty, hashes, python_run, same_run, same_weights
+from fault_runs import error_line, faulty, hashes, python_run, reference_run, same_run, same_weights
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +28,7 @@ def _clip(out, *extra):
 
 @pytest.fixture(scope="module")
 def clip_reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clip_faults") / "reference"
-    python_run(*_clip(out))
-    return out
+    return reference_run(tmp_path_factory, "clip_faults", _clip)
 
 
 def _same_clip_run(out, reference):
