@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["world_size_and_rank", "node_layout", "is_main_process", "gather_with_grad", "gather_ids",
-           "all_reduce_mean", "all_reduce_min", "all_reduce_max", "barrier", "main_process_first", "init_from_env", "destroy"]
+           "all_reduce_mean", "all_reduce_min", "all_reduce_max", "max_over_ranks", "barrier", "main_process_first",
+           "init_from_env", "destroy"]
 
 
 def world_size_and_rank() -> tuple[int, int]:
@@ -118,6 +119,21 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     return _all_reduce(x, dist.ReduceOp.MAX)
 
 
+_CPU_GROUP: list = []
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's integer, through a CPU (gloo) group: no GPU stream synchronisation, so
+    the trainers can agree on a flag (a signal, a failed write) at every step for one tiny collective."""
+    if world_size_and_rank()[0] == 1:
+        return int(value)
+    if not _CPU_GROUP:  # the first call is collective: every rank reaches it at the same point
+        _CPU_GROUP.append(None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo"))
+    x = torch.tensor([int(value)], dtype=torch.long)
+    dist.all_reduce(x, op=dist.ReduceOp.MAX, group=_CPU_GROUP[0])
+    return int(x)
+
+
 def barrier() -> None:
     """Wait for every rank; a no-op in one process."""
     if world_size_and_rank()[0] > 1:
@@ -168,5 +184,6 @@ def init_from_env(backend: str | None = None, require_group: bool = False) -> tu
 
 def destroy() -> None:
     """Tear down the process group (a gloo run can abort at exit without it)."""
+    _CPU_GROUP.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
-from tempnet.errors import ConfigError, DataError, check_model_path
 from tempnet.data.lm_inputs import check_column, check_local_files
+from tempnet.data.sampler import StepBatchSampler  # noqa: F401  (the one sampler; re-exported)
+from tempnet.errors import ConfigError, DataError, check_model_path
 
 __all__ = ["build_token_cache", "PackedBlocks", "InstructionExamples", "open_token_cache", "StepBatchSampler",
            "format_prompt", "IGNORE_INDEX"]
@@ -265,39 +266,3 @@ class InstructionExamples(_MappedCache):
 def open_token_cache(path: str | Path, data) -> Dataset:
     """The Dataset over a cache built by `build_token_cache` for the same DataConfig."""
     return PackedBlocks(path, data.seq_len) if data.format == "packed" else InstructionExamples(path)
-
-
-class StepBatchSampler(Sampler):
-    """Micro-batch indices for optimizer steps start_step+1 .. max_steps, for one rank.
-
-    The data order is a pure function of (seed, step): the global batch of a step is the next
-    `global_batch` positions of a stream of seeded per-epoch permutations, split rank-major (rank r
-    takes its `accum` micro-batches from the r-th contiguous share). Hence 1 process with A
-    micro-batches sees the same examples per step as A processes with one each, and resuming needs
-    only the step number.
-    """
-
-    def __init__(self, num_examples: int, micro_batch: int, accum: int, world_size: int, rank: int, seed: int,
-                 start_step: int, max_steps: int):
-        if num_examples < 1:
-            raise ValueError("the training data is empty")
-        self.n, self.micro, self.accum, self.world, self.rank = num_examples, micro_batch, accum, world_size, rank
-        self.seed, self.start_step, self.max_steps = seed, start_step, max_steps
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _index(self, position: int) -> int:
-        epoch, offset = divmod(position, self.n)
-        if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))}
-        return int(self._perms[epoch][offset])
-
-    def __len__(self) -> int:
-        return (self.max_steps - self.start_step) * self.accum
-
-    def __iter__(self):
-        global_batch = self.micro * self.accum * self.world
-        for step in range(self.start_step, self.max_steps):
-            base = step * global_batch + self.rank * self.micro * self.accum
-            for k in range(self.accum):
-                start = base + k * self.micro
-                yield [self._index(p) for p in range(start, start + self.micro)]

@@ -263,6 +263,11 @@ class ShardWindowSampler(GlobalBatchSampler):
         super().__init__(int(self.counts.sum()), batch_size, world_size, rank, seed)
         self.window = int(window) if window > 0 else len(self.counts)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)])
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        super().set_epoch(epoch, start_step)
+        self.epoch, self.start_step = int(epoch), int(start_step)
 
     def _windows(self, first_position: int):
         """(offset into the first yielded window, then each window's permuted positions) from first_position on."""
@@ -285,8 +290,8 @@ class ShardWindowSampler(GlobalBatchSampler):
         step = self.start_step
         for skip, positions in self._windows(self.start_step * g):
             pending = np.concatenate([pending, positions[skip:]])
-            while len(pending) >= g and step < len(self):
+            while len(pending) >= g and step < self.steps_per_epoch:
                 yield pending[self.rank * b:(self.rank + 1) * b].tolist()
                 pending, step = pending[g:], step + 1
-            if step >= len(self):
+            if step >= self.steps_per_epoch:
                 return

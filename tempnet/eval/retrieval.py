@@ -3,7 +3,9 @@
 Text retrieval (image -> text, `txt_r*`) ranks all texts for each image; the rank is that of the
 best-placed of the image's captions. Image retrieval (text -> image, `img_r*`) ranks all images for
 each text. Ties count against the model (a caption tied with a wrong one is not at rank 1), so a
-constant similarity matrix scores chance, never 100%. Values are percentages.
+constant similarity matrix scores chance, never 100%. Values are percentages. Non-finite similarities
+(a diverged model) give NaN for every metric, never a score: NaN compares false, so a rank counted
+with `>=` would be 0 and every recall 100.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ def retrieval_metrics(sim: torch.Tensor, txt2img: torch.Tensor, ks: tuple[int, .
 
     sim [N_img, N_txt]: image-text similarities; txt2img [N_txt]: the image index of each text.
     r_mean is the mean of the six recalls (with the default ks), as in ALBEF and the paper's tables.
+    Every value is NaN when `sim` holds a NaN or infinity.
     """
+    if not bool(torch.isfinite(sim).all()):
+        names = [f"{side}_r{k}" for side in ("txt", "img") for k in ks] + ["txt_r_mean", "img_r_mean", "r_mean"]
+        return dict.fromkeys(names, float("nan"))
     text_ranks, image_ranks = retrieval_ranks(sim, txt2img)
     out = {}
     for k in ks:

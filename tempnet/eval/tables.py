@@ -143,7 +143,7 @@ def read_clip_results(results_dir: str | Path) -> dict[str, dict[str, float]]:
     for row_dir in _rows(Path(results_dir), "clip"):
         merged: dict[str, float] = {}
         for file in sorted(row_dir.rglob("eval.json"), key=lambda p: (p.stat().st_mtime, str(p))):
-            merged.update({k: v for k, v in _load_json(file).items() if "/" in k and isinstance(v, (int, float))})
+            merged.update({k: v for k, v in _load_json(file).items() if "/" in k and not isinstance(v, (dict, list))})
         if merged:
             out[row_dir.name] = merged
     return out
@@ -211,6 +211,14 @@ def _metric_value(result: dict, metric: str) -> tuple[float | None, float | None
     return None, None
 
 
+def _raw_cell(value, scale: float = 1.0) -> Cell:
+    """A cell for any stored value: a finite number as a number; NaN, infinity or a non-number as its text
+    ("nan", "inf", "N/A"), so a broken or unscored result is shown as such, never as a blank cell."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return Cell(float(value) * scale)
+    return Cell(text=str(value).lower() if isinstance(value, float) else str(value))
+
+
 def _task_metric(task: str, result: dict, metrics: dict[str, str]) -> str | None:
     if task in metrics:
         return metrics[task]
@@ -229,6 +237,9 @@ def _llm_row_cells(tasks: dict[str, dict], metrics: dict[str, str]) -> tuple[dic
             continue
         value, stderr = _metric_value(result, metric)
         if value is None:
+            raw = [result[k] for k in result if k.split(",", 1)[0] == metric]
+            if raw:  # present but not a finite number
+                cells[task], used[task] = _raw_cell(raw[0]), metric
             continue
         scale = 1.0 if metric in _PERPLEXITIES else 100.0
         cells[task] = Cell(value * scale, None if stderr is None else stderr * scale)
@@ -285,7 +296,7 @@ def _llm_tables(results_dir: Path, paper: bool, metrics: dict[str, str]) -> list
             columns.append(Column("avg", "Avg.", "score"))
         columns += [Column(t, f"{_TASK_NAMES.get(t, t)} (ppl)", "ppl") for t in ppl]
         for cells in ours.values():
-            if acc and all(t in cells for t in acc):
+            if acc and all(t in cells and cells[t].value is not None for t in acc):
                 cells["avg"] = Cell(sum(cells[t].value for t in acc) / len(acc))
         shown = [f"{_TASK_NAMES.get(t, t)} {'/'.join(sorted(used.get(t, {metrics.get(t, '')})))}" for t in acc + ppl]
         notes = ["metrics: " + ", ".join(shown)] if shown else []
@@ -294,7 +305,7 @@ def _llm_tables(results_dir: Path, paper: bool, metrics: dict[str, str]) -> list
 
 
 def _clip_table(results_dir: Path, paper: bool) -> Table | None:
-    ours = {row: {k: Cell(float(v)) for k, v in values.items()} for row, values in read_clip_results(results_dir).items()}
+    ours = {row: {k: _raw_cell(v) for k, v in values.items()} for row, values in read_clip_results(results_dir).items()}
     paper_rows = PAPER["clip"] if paper else {}
     if not ours and not paper_rows:
         return None
@@ -365,7 +376,7 @@ def _format(cell: Cell | None, bold: bool) -> str:
     if cell is None:
         return ""
     if cell.value is None:
-        return cell.text or ""
+        return cell.text if cell.text is not None else "n/a"
     text = f"{cell.value:.2f}" + ("" if cell.stderr is None else f" ± {cell.stderr:.2f}")
     return f"**{text}**" if bold else text
 

@@ -1,6 +1,7 @@
 """Zero-shot classification: class embeddings from prompt templates, top-k accuracy.
 
-Ties count against the model: a class tied with the true one ranks above it.
+Ties count against the model: a class tied with the true one ranks above it. Non-finite logits (a
+diverged model) give NaN accuracies, never a score.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     """{f"{prefix}{k}": percent of rows whose label is among the k highest logits}. logits [N, C], labels [N]."""
     if logits.dim() != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(f"need logits [N, C] and labels [N], got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        return {f"{prefix}{k}": float("nan") for k in ks}
     labels = labels.to(logits.device).long()
     own = logits.gather(1, labels[:, None])  # [N, 1]
     above = (logits >= own).sum(dim=1) - 1  # classes other than the label scoring >= it

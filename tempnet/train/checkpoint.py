@@ -11,6 +11,9 @@
         config.yaml            the config that wrote it
         COMPLETE               written last: a JSON manifest {file: size} of everything above
 
+A checkpoint is written as `checkpoint-<step>.tmp/` and renamed when complete (tempnet.train.run), so a
+crash mid-write leaves a `.tmp` directory that resume skips and the next save or prune removes.
+
 A run never silently reuses a directory: without `--resume` a directory holding a run is refused
 (`--overwrite` removes it and says what it removed); `--resume` takes the newest checkpoint whose
 manifest matches the files on disk (skipping, with a warning, one a crash left partial or
@@ -36,13 +39,16 @@ from tempnet.errors import UserError
 
 __all__ = ["rng_state", "set_rng_state", "checkpoint_dir", "list_checkpoints", "latest_checkpoint", "mark_complete",
            "prune_checkpoints", "prepare_output_dir", "check_resume", "save_weights", "load_weights", "save_state",
-           "load_state", "save_rng", "load_rng", "load_yaml", "write_trainer_state", "read_trainer_state", "RUN_FILES"]
+           "load_state", "save_rng", "load_rng", "load_yaml", "write_trainer_state", "read_trainer_state", "RUN_FILES",
+           "PARTIAL"]
 
 _PATTERN = re.compile(r"^checkpoint-(\d+)$")
+#: Suffix of a directory being written (a checkpoint, the best checkpoint); renamed away when complete.
+PARTIAL = ".tmp"
 #: What a run writes at the top of its directory (besides checkpoint-<step>/): a directory holding any of
 #: them holds a run.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "final", "eval.json", "eval_log.jsonl", "best.json",
-             "checkpoint-best")
+             "checkpoint-best", "checkpoint-best.tmp", "checkpoint-best.old")
 
 
 # ---- RNG ----------------------------------------------------------------------------------------------
@@ -152,6 +158,13 @@ def _all_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _partial(output_dir: Path) -> list[Path]:
+    """Checkpoint directories a crash left half-written (`checkpoint-<step>.tmp`)."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(p for p in output_dir.glob(f"checkpoint-*{PARTIAL}") if _PATTERN.match(p.name[:-len(PARTIAL)]))
+
+
 def _manifest(path: Path) -> dict[str, int]:
     return {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
             if f.is_file() and f.name != "COMPLETE"}
@@ -191,6 +204,8 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 def latest_checkpoint(output_dir: str | Path) -> Path:
     """The newest usable checkpoint; newer broken ones are skipped with a warning naming the problem."""
+    for path in _partial(Path(output_dir)):
+        warnings.warn(f"skipping {path}: interrupted while writing (not renamed into place)", stacklevel=2)
     for path in reversed(_all_checkpoints(Path(output_dir))):
         problem = _problem(path)
         if problem is None:
@@ -200,8 +215,10 @@ def latest_checkpoint(output_dir: str | Path) -> Path:
 
 
 def prune_checkpoints(output_dir: str | Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints (keep_last <= 0 keeps all), and any
-    broken checkpoint older than the newest complete one."""
+    """Delete all but the newest `keep_last` complete checkpoints (keep_last <= 0 keeps all), any broken
+    checkpoint older than the newest complete one, and half-written `.tmp` ones. Every checkpoint is
+    finite (the divergence guard runs before each save), so the newest complete one is the newest finite
+    one, and it is always kept."""
     complete = list_checkpoints(output_dir)
     if not complete:
         return
@@ -209,13 +226,14 @@ def prune_checkpoints(output_dir: str | Path, keep_last: int) -> None:
     newest = int(_PATTERN.match(complete[-1].name).group(1))
     doomed += [p for p in _all_checkpoints(Path(output_dir))
                if p not in complete and int(_PATTERN.match(p.name).group(1)) < newest]
+    doomed += _partial(Path(output_dir))
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
 
 
 # ---- the run directory -----------------------------------------------------------------------------------
 def _run_contents(out: Path) -> list[Path]:
-    return [out / name for name in RUN_FILES if (out / name).exists()] + _all_checkpoints(out)
+    return [out / name for name in RUN_FILES if (out / name).exists()] + _all_checkpoints(out) + _partial(out)
 
 
 def prepare_output_dir(output_dir: str | Path, resume: bool, overwrite: bool = False, create: bool = True) -> Path:

@@ -260,8 +260,10 @@ class TrainConfig:
     """Keep the newest this many checkpoints (0 = all)."""
     stop_after_epochs: int = 0
     """Stop after this epoch with its checkpoint written, as if the job died there (0 = run to the end)."""
-    stop_after_steps: int = 0
-    """Stop after this global step with a checkpoint written (mid-epoch crash; 0 = off)."""
+    stop_after_steps: Optional[int] = None
+    """Stop after this global step with a checkpoint written (mid-epoch crash; null = off)."""
+    save_every_minutes: Optional[float] = None
+    """Also checkpoint when this many minutes passed since the last checkpoint (hard time limits; null = off)."""
     find_unused_parameters: bool = False
     """Passed to DDP; needed by text towers with unused parameters (e.g. BERT's pooler)."""
     tensorboard: bool = True
@@ -274,13 +276,18 @@ class TrainConfig:
             raise ValueError("need train.epochs >= 1, train.batch_size >= 1 and train.log_every >= 1")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.stop_after_epochs < 0 or self.stop_after_steps < 0 or self.save_every < 0:
-            raise ValueError("train.stop_after_epochs, stop_after_steps and save_every must be >= 0")
+        if self.stop_after_epochs < 0 or self.save_every < 0:
+            raise ValueError("train.stop_after_epochs and train.save_every must be >= 0")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ValueError(f"train.stop_after_steps must be >= 1 (null = off), got {self.stop_after_steps}")
+        if self.save_every_minutes is not None and not self.save_every_minutes > 0:
+            raise ValueError(f"train.save_every_minutes must be > 0 (null = off), got {self.save_every_minutes}")
 
 
 #: Fields that may change when a run is resumed (everything else is what was trained).
 RESUME_SAFE = ("train.epochs", "train.stop_after_epochs", "train.stop_after_steps", "train.log_every",
-               "train.save_every", "train.keep_last", "train.tensorboard", "train.progress_bar", "data.num_workers",
+               "train.save_every", "train.save_every_minutes", "train.keep_last", "train.tensorboard",
+               "train.progress_bar", "data.num_workers",
                "data.on_bad_sample", "data.max_bad_fraction",  # a run stopped by a bad image may resume with skip
                "eval")
 

@@ -104,7 +104,7 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
         # an own generator: creating the loader's iterator must not draw from the global RNG (exact resume)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin,
                             generator=torch.Generator().manual_seed(t.seed))
-        return TrainData(loader, len(dataset), len(sampler), [(dataset, False), (sampler, True)])
+        return TrainData(loader, len(dataset), sampler.steps_per_epoch, [(dataset, False), (sampler, True)])
     index = ShardIndex(_shard_index(cfg, out), d.sample_ids)
     identity = {"shard_list_hash": index.hash, "num_samples": index.num_samples}
     collate = TokenizingCollate(tokenizer)
@@ -122,5 +122,5 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
     sampler = ShardWindowSampler(index.counts, t.batch_size, world, rank, t.seed, d.shard_window)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin, collate_fn=collate,
                         generator=torch.Generator().manual_seed(t.seed))
-    return TrainData(loader, index.num_samples, len(sampler), [(dataset, False), (sampler, True)],
+    return TrainData(loader, index.num_samples, sampler.steps_per_epoch, [(dataset, False), (sampler, True)],
                      identity)

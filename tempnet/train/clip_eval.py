@@ -1,7 +1,8 @@
 """Zero-shot evaluation of a DualEncoder: retrieval (TR@k / IR@k) and classification (top-k).
 
 Runs in one process on the model's device (the trainer calls it on rank 0); the metric math is in
-`tempnet.eval`. Returns flat dicts of percentages.
+`tempnet.eval`. Returns flat dicts of percentages; NaN ones for a model whose embeddings are not finite
+(recorded as such in eval.json, never selected as the best checkpoint).
 """
 
 from __future__ import annotations

@@ -8,12 +8,15 @@
 `loss=clip|cyclip|sogclr|isogclr|isogclr_tempnet` picks the loss. Writes DIR/config.yaml, DIR/metrics.jsonl,
 DIR/eval.json (latest evaluation; history in DIR/eval_log.jsonl) and DIR/checkpoint-<step>/ in the layout
 of tempnet.train.checkpoint (model.safetensors, tempnets.safetensors, optimizer.pt with the per-sample loss
-state, rng_state_<rank>.pt, trainer_state.json). Every rank computes the same global-batch loss (the
+state, rng_state_<rank>.pt, trainer_state.json), written, resumed and guarded by the run protocol
+(tempnet.train.run: lock, preemption, divergence guard, full-disk errors) shared with the LLM trainer.
+Every rank computes the same global-batch loss (the
 losses gather features), so the loss is multiplied by the world size before DDP averages the gradients.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,12 +31,16 @@ from tempnet.data.image_text import RetrievalSet
 from tempnet.data.image_transforms import center_crop_transform, eval_transform
 from tempnet.data.synthetic_image_text import make_synthetic_image_text
 from tempnet.data.zeroshot_sets import build_zeroshot_set
-from tempnet.errors import ConfigError, run_cli
+from tempnet.errors import ConfigError
 from tempnet.losses import CONTRASTIVE_LOSSES
 from tempnet.losses.sample_state import cosine_gamma, set_gamma
 from tempnet.train import checkpoint as ckpt
-from tempnet.train.cli import build_parser, parse
+from tempnet.train import run as protocol
+from tempnet.train.best import keep_if_best
+from tempnet.train.cli import build_parser, parse, run_trainer
 from tempnet.train.clip_data import build_train_data
+from tempnet.train.divergence import scale_of
+from tempnet.train.logging import append_jsonl, rewind_jsonl
 from tempnet.train.clip_config import (RESUME_SAFE, BimodalConfig, ImageTowerConfig, ModelConfig, RetrievalSetConfig,
                                        TextTowerConfig, ZeroShotSetConfig)
 from tempnet.train.clip_eval import evaluate_retrieval, evaluate_zeroshot
@@ -80,8 +87,27 @@ def main(argv: Sequence[str] | None = None, description: str = "CLIP training wi
 
 
 def cli(description: str = "CLIP training with TempNet") -> int:
-    """`main` from the command line: user errors print `error: ...` and exit with status 2."""
-    return run_cli(lambda argv: main(argv, description))
+    """`main` from the command line: exit 2 on a user error, 3 on divergence, 128 + signal when preempted."""
+    return run_trainer(lambda argv: main(argv, description))
+
+
+def check_inputs(cfg: BimodalConfig) -> None:
+    """Every input path that can be checked before a run starts (and before --overwrite removes anything)."""
+    if cfg.data.synthetic:
+        return
+    d = cfg.data
+    if d.format == "json" and not d.train_json:
+        raise ConfigError("data.train_json is empty: give the training pairs (or data.synthetic=true)")
+    if d.format == "json":
+        paths = [("data.train_json", d.train_json), ("data.image_root", d.image_root)]
+    else:  # the shards are opened (and a missing one named) when they are indexed
+        paths = [("data.train_index", d.train_index)]
+    paths += [(f"eval.retrieval {s.name} json", s.json) for s in cfg.eval.retrieval]
+    paths += [(f"eval.retrieval {s.name} image_root", s.image_root) for s in cfg.eval.retrieval]
+    paths += [(f"eval.zeroshot {z.name} root", z.root) for z in cfg.eval.zeroshot if z.kind == "folder"]
+    for what, path in paths:
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{what}: no such file or directory: {path}")
 
 
 def use_synthetic_data(cfg: BimodalConfig, out: Path) -> None:
@@ -127,11 +153,8 @@ class EvalSets:
 
 
 def write_eval(out: Path, record: dict) -> None:
-    import json
-
     (out / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
-    with (out / "eval_log.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_jsonl(out / "eval_log.jsonl", record)
     print("eval " + " ".join(f"{k}={v:.2f}" for k, v in record.items() if "/" not in k and isinstance(v, float)),
           flush=True)
 
@@ -149,8 +172,6 @@ def evaluate(cfg: BimodalConfig, checkpoint: Path, out: Path, device: torch.devi
         cfg.model = ModelConfig(image=ImageTowerConfig(**m["image"]), text=TextTowerConfig(**m["text"]),
                                 embed_dim=m["embed_dim"], image_size=m["image_size"])
     if (path / "trainer_state.json").is_file():
-        import json
-
         info = json.loads((path / "trainer_state.json").read_text())
     if cfg.data.synthetic:
         use_synthetic_data(cfg, out)
@@ -175,7 +196,7 @@ class ClipRun:
         self.world, self.rank = tdist.world_size_and_rank()
         cfg.check_runnable(self.world)  # inputs: start-of-run checks (tempnet.train.clip_config)
         t = cfg.train
-        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        protocol.seed_everything(t.seed)  # the same initial weights on every rank
         if cfg.data.synthetic:
             use_synthetic_data(cfg, out)
         self.model, self.tokenizer = build_model(cfg.model, device)
@@ -193,6 +214,7 @@ class ClipRun:
             else self.model
         self.ddp_tempnets = DDP(self.tempnets) if self.world > 1 and self.tempnets is not None else self.tempnets
         self.pos = {"epoch": 0, "step": 0, "step_in_epoch": 0}
+        self.skipped = None
 
     def _build_optimizers(self, steps_per_epoch: int) -> None:
         """AdamW + warm-up/cosine for the model; Adam decayed x tempnet.lr_decay per epoch for the TempNets."""
@@ -253,37 +275,30 @@ class ClipRun:
             metrics["lr_tempnet"] = self.opt_t.param_groups[0]["lr"]
             metrics["grad_norm_tempnet"] = torch.nn.utils.get_total_norm(
                 [p.grad for p in self.tempnets.parameters() if p.grad is not None])
+        before = scale_of(self.scaler)
         for o in opts:
             self.scaler.step(o)
         self.scaler.update()
+        self.skipped = None if before is None else scale_of(self.scaler) < before  # fp16 dropped this update
         self.sched.step()
         return metrics
 
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def save(self) -> Path:
-        path = ckpt.checkpoint_dir(self.out, self.pos["step"])
+    # ---- checkpoints (written by the protocol: temporary directory, manifest, rename) --------------
+    def write_files(self, path: Path) -> None:
+        """Rank 0: the weights and optimizer.pt (the RNG files and trainer state are the protocol's)."""
         if self.rank == 0:
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "COMPLETE").unlink(missing_ok=True)
             ckpt.save_weights(self.model.state_dict(), path / "model.safetensors")
             if self.tempnets is not None:
                 ckpt.save_weights(self.tempnets.state_dict(), path / "tempnets.safetensors")
             ckpt.save_state({k: v.state_dict() for k, v in self._stateful().items()}, path / "optimizer.pt")
-            ckpt.write_trainer_state(path, {**self.pos, **self.data.state(), "world_size": self.world})
-            save_config(self.cfg, path / "config.yaml")
-        tdist.barrier()
-        ckpt.save_rng(path, self.rank)
-        tdist.barrier()
-        if self.rank == 0:
-            ckpt.mark_complete(path)
-            ckpt.prune_checkpoints(self.out, self.cfg.train.keep_last)
-        tdist.barrier()
-        return path
 
-    def load(self, path: Path) -> None:
-        """Restore everything `save` wrote (the data position into self.pos)."""
-        state = ckpt.read_trainer_state(path, self.world)
-        self.data.check_state(state, path)
+    def trainer_state(self, step: int) -> dict:
+        return {**self.pos, **self.data.state(), "world_size": self.world}
+
+    def load(self, point: protocol.ResumePoint) -> None:
+        """Restore everything a checkpoint holds (the data position into self.pos)."""
+        path = point.path
+        self.data.check_state(point.state, path)
         self.model.load_state_dict(ckpt.load_weights(path / "model.safetensors", self.device))
         if self.tempnets is not None:
             self.tempnets.load_state_dict(ckpt.load_weights(path / "tempnets.safetensors", self.device))
@@ -291,22 +306,44 @@ class ClipRun:
         for key, obj in self._stateful().items():
             obj.load_state_dict(stored[key])
         ckpt.load_rng(path, self.rank)
-        self.pos = {k: int(state[k]) for k in ("epoch", "step", "step_in_epoch")}
+        self.pos.update({k: int(point.state[k]) for k in ("epoch", "step", "step_in_epoch")})
+        protocol.say(f"resumed from {path}")
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self, resume: bool) -> dict | None:
         """Epochs of `step`, evaluation and a checkpoint at each epoch end; returns the last evaluation."""
-        cfg, t, pos = self.cfg, self.cfg.train, self.pos
-        if resume:
-            path = ckpt.latest_checkpoint(self.out)
-            ckpt.check_resume(ckpt.load_yaml(path / "config.yaml"), config_to_dict(cfg), RESUME_SAFE, path)
-            self.load(path)
-            pos = self.pos
+        cfg, t = self.cfg, self.cfg.train
+        # checks only: a refused resume (config, world size) changes no file
+        point = protocol.resume_point(self.out, config_to_dict(cfg), RESUME_SAFE) if resume else None
+        if point is not None:
+            self.load(point)
+            protocol.rewind_run_files(self.out, point.step)
         if self.rank == 0:
             save_config(cfg, self.out / "config.yaml")
-        logger = MetricsLogger(self.out, tensorboard=t.tensorboard, resume_step=pos["step"] if resume else None,
+        run = protocol.Protocol(self.out, self.device, self.write_files, self.trainer_state, cfg, t.keep_last,
+                                t.save_every_minutes, point.path if point else None)
+        logger = MetricsLogger(self.out, tensorboard=t.tensorboard, resume_step=point.step if point else None,
                                total_steps=t.epochs * self.data.steps_per_epoch, progress_bar=t.progress_bar,
                                description=f"{cfg.loss} [ddp x{self.world}]")
+        try:
+            with run:
+                if point is not None and cfg.eval.select_best:
+                    self._select_best_of(point.path)  # an epoch whose checkpoint was saved but not yet compared
+                return self._epochs(run, logger)
+        finally:
+            logger.close()
+
+    def _select_best_of(self, path: Path) -> None:
+        """The best-checkpoint rule for checkpoint `path`, from its epoch's row of eval_log.jsonl."""
+        if self.rank == 0:
+            step = int(path.name.rsplit("-", 1)[1])
+            rows = [r for r in rewind_jsonl(self.out / "eval_log.jsonl", step) if r.get("step") == step]
+            if rows:
+                keep_if_best(self.out, path, rows[-1], self.cfg.eval.select_best)
+        tdist.barrier()
+
+    def _epochs(self, run: protocol.Protocol, logger: MetricsLogger) -> dict | None:
+        cfg, t, pos = self.cfg, self.cfg.train, self.pos
         evals = EvalSets(cfg, self.device) if self.rank == 0 else None
         record = None
         for epoch in range(pos["epoch"], t.epochs):
@@ -319,58 +356,48 @@ class ClipRun:
                 metrics = self.step(batch)
                 pos["step"] += 1
                 pos["step_in_epoch"] += 1
+                run.after_step(pos["step"], metrics["loss"], metrics["grad_norm"], self.skipped)
                 if pos["step"] % t.log_every == 0 or pos["step"] == 1:
+                    run.check()
                     metrics.update(epoch=epoch, sec_per_step=(time.time() - tic) / (pos["step_in_epoch"] - first))
                     logger.log(pos["step"], metrics)
                 logger.advance()
-                stop = t.stop_after_steps and pos["step"] >= t.stop_after_steps
-                if stop or (t.save_every and pos["step"] % t.save_every == 0):
-                    self.save()
+                stop = t.stop_after_steps is not None and pos["step"] >= t.stop_after_steps
+                periodic = (t.save_every and pos["step"] % t.save_every == 0) or run.time_due
+                if stop or periodic and pos["step_in_epoch"] < self.data.steps_per_epoch:  # else: the epoch's
+                    run.save(pos["step"])                                                     # own save below
                 if stop:
-                    logger.close()
                     return record
+                if run.signum and pos["step_in_epoch"] < self.data.steps_per_epoch:  # else: after the epoch's
+                    run.preempt(pos["step"])                                          # evaluation and save
             pos["epoch"], pos["step_in_epoch"] = epoch + 1, 0
-            if self.sched_t is not None:
-                self.sched_t.step()
+            self._end_epoch_schedules()
+            run.check()  # a diverged model is neither evaluated nor saved
             if cfg.eval.every_epoch or pos["epoch"] == t.epochs:
                 if self.rank == 0:
                     record = {"epoch": pos["epoch"], "step": pos["step"], **evals.run(self.model, self.tokenizer)}
                     write_eval(self.out, record)
                 tdist.barrier()
-            path = self.save()
+            path = run.save(pos["step"])
             if cfg.eval.select_best and self.rank == 0 and record is not None:
                 keep_if_best(self.out, path, record, cfg.eval.select_best)
             tdist.barrier()
+            if run.signum:
+                run.preempt(pos["step"])
             if t.stop_after_epochs and pos["epoch"] >= t.stop_after_epochs:
                 break
-        logger.close()
         return record
 
-
-def keep_if_best(out: Path, checkpoint: Path, record: dict, key: str) -> bool:
-    """Copy `checkpoint` to OUT/checkpoint-best when record[key] beats best.json's (higher is better)."""
-    import json
-    import shutil
-
-    if key not in record:
-        raise ConfigError(f"eval.select_best={key!r} is not a key of eval.json; keys: {sorted(record)}")
-    best_file = out / "best.json"
-    best = json.loads(best_file.read_text()) if best_file.is_file() else None
-    if best is not None and best["value"] >= record[key]:
-        return False
-    target = out / "checkpoint-best"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(checkpoint, target)
-    best_file.write_text(json.dumps({"key": key, "value": record[key], "epoch": record["epoch"],
-                                     "step": record["step"], "checkpoint": str(checkpoint)}, indent=1) + "\n")
-    return True
+    def _end_epoch_schedules(self) -> None:
+        if self.sched_t is not None:
+            self.sched_t.step()
 
 
 def train(cfg: BimodalConfig, output_dir: str | Path, device: torch.device, resume: bool = False,
           overwrite: bool = False) -> dict | None:
     """Run (or resume) one training run in `output_dir`; returns the last evaluation record."""
-    out = ckpt.prepare_output_dir(output_dir, resume, overwrite, create=False)  # every rank checks
-    if tdist.is_main_process():
-        ckpt.prepare_output_dir(out, resume, overwrite)
-    tdist.barrier()
-    return ClipRun(cfg, out, device).fit(resume)
+    out, lock = protocol.open_run(output_dir, resume, overwrite, lambda: check_inputs(cfg))
+    try:
+        return ClipRun(cfg, out, device).fit(resume)
+    finally:
+        protocol.release(lock)

@@ -27,6 +27,7 @@ from torch import nn
 from tempnet.distributed import init_from_env, is_main_process, world_size_and_rank
 from tempnet.errors import UserError
 from tempnet.train.checkpoint import load_state, load_weights, save_state, save_weights
+from tempnet.train.divergence import scale_of
 from tempnet.train.precision import autocast, grad_scaler
 
 __all__ = ["build_engine", "DDPEngine", "DeepSpeedEngine", "AccelerateEngine", "fill_deepspeed_config"]
@@ -48,8 +49,9 @@ class DDPEngine:
         _, _, local_rank = init_from_env()
         self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         self.accum, self.clip, self.frozen = accum, cfg.optim.grad_clip, cfg.model.mode == "frozen"
-        self.precision, self.find_unused = cfg.train.precision, cfg.engine.find_unused_parameters
+        self.precision, self.find_unused = cfg.train.precision, cfg.train.find_unused_parameters
         self.scaler = grad_scaler(self.device, self.precision)
+        self.skipped = None
 
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         self.unwrapped, self.optimizer, self.scheduler = model.to(self.device), optimizer, scheduler
@@ -71,16 +73,19 @@ class DDPEngine:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.accum).backward()
 
-    def step(self) -> float:
-        """Unscale, clip, step optimizer, scaler and schedule; returns the gradient norm before clipping."""
+    def step(self) -> torch.Tensor:
+        """Unscale, clip, step optimizer, scaler and schedule; returns the gradient norm before clipping (a
+        device tensor: reading it is the caller's synchronisation). `skipped` tells whether fp16 dropped it."""
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip > 0 else float("inf"))
+        before = scale_of(self.scaler)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.skipped = None if before is None else scale_of(self.scaler) < before  # the scale drops on a skip
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
     def save(self, path: Path) -> None:
         if is_main_process():
@@ -171,6 +176,7 @@ class DeepSpeedEngine:
         self.unwrapped, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.model, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=self.config)
+        self._skipped, self.skipped = 0, None
 
     def micro_batch(self, last: bool):
         return contextlib.nullcontext()  # DeepSpeed counts micro-batches itself
@@ -184,6 +190,9 @@ class DeepSpeedEngine:
 
     def step(self) -> float | None:
         norm = self.model.get_global_grad_norm()
+        skipped = int(getattr(self.model, "skipped_steps", 0))  # fp16 overflow steps (a host counter)
+        self.skipped = torch.tensor(skipped > self._skipped) if self.model.fp16_enabled() else None
+        self._skipped = skipped
         return None if norm is None else float(norm)
 
     def save(self, path: Path) -> None:
@@ -222,7 +231,7 @@ class AccelerateEngine:
             warnings.warn(f"the accelerate config asks for FSDP but accelerate runs {self.acc.distributed_type}: it "
                           "enables FSDP only on GPU-like backends (accelerate/state.py), so this CPU run is plain data "
                           "parallel", stacklevel=2)
-        self.device, self.clip = self.acc.device, cfg.optim.grad_clip
+        self.device, self.clip, self.skipped = self.acc.device, cfg.optim.grad_clip, None
 
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
@@ -246,6 +255,7 @@ class AccelerateEngine:
                                "gradient_accumulation_steps disagree")
         norm = self.acc.clip_grad_norm_(self.model.parameters(), self.clip if self.clip > 0 else float("inf"))
         self.optimizer.step()
+        self.skipped = torch.tensor(self.acc.optimizer_step_was_skipped) if self.acc.scaler is not None else None
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return None if norm is None else float(norm)

@@ -154,15 +154,21 @@ class TrainConfig:
     """Log every this many steps (rank 0: console, metrics.jsonl, TensorBoard)."""
     save_every: int = 1000
     """Write a checkpoint every this many steps (and at stop_after_steps / the end)."""
+    save_every_minutes: Optional[float] = None
+    """Also checkpoint when this many minutes passed since the last checkpoint (hard time limits; null = off)."""
     keep_last: int = 3
     """Keep the newest K checkpoints (<= 0 keeps all)."""
     tensorboard: bool = True
     """Also write TensorBoard event files to OUTPUT_DIR/tensorboard."""
     progress_bar: bool = True
     """Show a tqdm progress bar on rank 0."""
+    find_unused_parameters: bool = False
+    """DDP only: tolerate parameters without gradient."""
 
     def __post_init__(self):
         _choice(self.precision, PRECISIONS, "train.precision")
+        if self.save_every_minutes is not None and not self.save_every_minutes > 0:
+            raise ValueError(f"train.save_every_minutes must be > 0 (null = off), got {self.save_every_minutes}")
         if self.max_steps < 1:
             raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
         if self.stop_after_steps is not None and not 1 <= self.stop_after_steps <= self.max_steps:
@@ -190,8 +196,6 @@ class EngineConfig:
     (launch with `deepspeed` or `torchrun`); accelerate: `accelerate launch --config_file ...` (FSDP)."""
     deepspeed_config: Optional[str] = None
     """Path of the DeepSpeed JSON; batch sizes, clipping and precision set to "auto" are filled from this config."""
-    find_unused_parameters: bool = False
-    """DDP only: tolerate parameters without gradient."""
 
     def __post_init__(self):
         _choice(self.name, ENGINES, "engine.name")
@@ -230,7 +234,8 @@ class TempNetTrainSettings(TempNetSettings):
 
 
 #: Fields that may change when a run is resumed (everything else is what was trained).
-RESUME_SAFE = ("train.max_steps", "train.stop_after_steps", "train.log_every", "train.save_every", "train.keep_last",
+RESUME_SAFE = ("train.max_steps", "train.stop_after_steps", "train.log_every", "train.save_every",
+               "train.save_every_minutes", "train.keep_last",
                "train.tensorboard", "train.progress_bar", "data.num_workers", "data.num_proc", "data.cache_dir")
 
 

@@ -7,27 +7,29 @@ A run writes DIR/config.yaml (the resolved config), DIR/metrics.jsonl (+ DIR/ten
 DIR/checkpoint-<step>/ (the newest train.keep_last of them) and, once train.max_steps are done,
 DIR/final/ (save_pretrained: loadable by the Hugging Face integration and lm-eval). Every rank runs
 the same code; rank 0 alone writes logs and shared files. The engine (tempnet.train.engines) hides
-DDP / DeepSpeed / accelerate; the run directory and checkpoint layout are tempnet.train.checkpoint's.
+DDP / DeepSpeed / accelerate; the run directory, lock, preemption, divergence guard and checkpoint
+writing are the run protocol's (tempnet.train.run), shared with the CLIP trainer.
 """
 
 from __future__ import annotations
 
-import random
+import os
 import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from tempnet.config import config_to_dict, save_config
-from tempnet.data.lm import IGNORE_INDEX, StepBatchSampler, build_token_cache, open_token_cache
+from tempnet.data.lm import IGNORE_INDEX, build_token_cache, open_token_cache
+from tempnet.data.sampler import StepBatchSampler
 from tempnet.distributed import (all_reduce_max, all_reduce_mean, all_reduce_min, barrier, destroy, is_main_process,
                                  main_process_first, world_size_and_rank)
-from tempnet.errors import run_cli
+from tempnet.errors import check_model_path
 from tempnet.train import checkpoint as ckpt
-from tempnet.train.cli import build_parser, parse
+from tempnet.train import run as protocol
+from tempnet.train.cli import build_parser, parse, run_trainer
 from tempnet.train.engines import build_engine
 from tempnet.train.lm_config import RESUME_SAFE, LMTrainConfig
 from tempnet.train.lm_debug import prepare_debug_assets
@@ -46,29 +48,39 @@ def main(argv: Sequence[str] | None = None, default_config: str | Path | None = 
 
 
 def cli(default_config: str | Path | None = None, description: str = "Train a causal LM with TempNet") -> int:
-    """`main` from the command line: user errors print `error: ...` and exit with status 2."""
-    return run_cli(lambda argv: main(argv, default_config, description))
+    """`main` from the command line: exit 2 on a user error, 3 on divergence, 128 + signal when preempted."""
+    return run_trainer(lambda argv: main(argv, default_config, description))
+
+
+def check_inputs(cfg: LMTrainConfig) -> None:
+    """Every input path that can be checked before a run starts (and before --overwrite removes anything)."""
+    if cfg.data.synthetic:
+        return
+    missing = [str(f) for f in cfg.data.files if not Path(f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"data.files: no such file(s) {missing}")
+    if cfg.data.dataset:
+        check_model_path(cfg.data.dataset, "data.dataset")
+    if cfg.model.mode != "scratch":
+        check_model_path(cfg.model.path, "model.path")
+    if cfg.model.tokenizer or cfg.model.path:
+        check_model_path(cfg.model.tokenizer or cfg.model.path, "model.tokenizer")
+    if cfg.engine.name == "deepspeed" and not os.path.isfile(cfg.engine.deepspeed_config):
+        raise FileNotFoundError(f"engine.deepspeed_config: no such file {cfg.engine.deepspeed_config}")
 
 
 def train(cfg: LMTrainConfig, output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Run (or resume) one training run; returns the last logged metrics."""
     cfg.check_runnable()
-    out = ckpt.prepare_output_dir(output_dir, resume, overwrite, create=False)  # every rank checks
-    engine = build_engine(cfg)
+    check_inputs(cfg)
+    engine, lock = build_engine(cfg), None
     try:
-        if is_main_process():
-            ckpt.prepare_output_dir(out, resume, overwrite)
-        barrier()
+        out, lock = protocol.open_run(output_dir, resume, overwrite, lambda: check_inputs(cfg))
         return _Run(cfg, out, engine, resume).fit()
     finally:
+        protocol.release(lock)
         engine.close()
         destroy()
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class _Run:
@@ -77,16 +89,14 @@ class _Run:
     def __init__(self, cfg: LMTrainConfig, output_dir: Path, engine, resume: bool):
         self.cfg, self.out, self.engine, self.resume = cfg, output_dir, engine, resume
         self.world, self.rank = world_size_and_rank()
-        _seed_everything(cfg.train.seed)
+        protocol.seed_everything(cfg.train.seed)
         with main_process_first():
             if cfg.data.synthetic:
                 for section, values in prepare_debug_assets(cfg, output_dir).items():
                     for key, value in values.items():
                         setattr(getattr(cfg, section), key, value)
-            self.checkpoint = ckpt.latest_checkpoint(output_dir) if resume else None
-            if self.checkpoint is not None:  # before anything is written: a refused resume changes nothing
-                stored = ckpt.load_yaml(self.checkpoint / "config.yaml")
-                ckpt.check_resume(stored, config_to_dict(cfg), RESUME_SAFE, self.checkpoint)
+            # before anything is written: a refused resume (config, world size) changes nothing
+            self.point = protocol.resume_point(output_dir, config_to_dict(cfg), RESUME_SAFE) if resume else None
             self.tokenizer = load_tokenizer(cfg)
             cache = build_token_cache(cfg.data, self.tokenizer, cfg.data.cache_dir or output_dir / "token_cache")
         self.dataset = open_token_cache(cache, cfg.data)
@@ -98,31 +108,17 @@ class _Run:
         engine.prepare(model, optimizer, build_lm_scheduler(optimizer, cfg.optim, cfg.tempnet, cfg.train.max_steps))
         torch.manual_seed(cfg.train.seed + 1 + self.rank)  # dropout streams differ between ranks
 
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def save(self, step: int) -> None:
-        path = ckpt.checkpoint_dir(self.out, step)
-        if is_main_process():
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "COMPLETE").unlink(missing_ok=True)
-        barrier()
-        self.engine.save(path)
-        ckpt.save_rng(path, self.rank)
-        if is_main_process():
-            ckpt.write_trainer_state(path, {"step": step, "world_size": self.world, "engine": self.engine.name,
-                                            "samples_seen": step * self.cfg.train.global_batch_size})
-            save_config(self.cfg, path / "config.yaml")
-        barrier()
-        if is_main_process():
-            ckpt.mark_complete(path)
-            ckpt.prune_checkpoints(self.out, self.cfg.train.keep_last)
-        barrier()
+    # ---- checkpoints (written by the protocol: temporary directory, manifest, rename) --------------
+    def trainer_state(self, step: int) -> dict:
+        return {"step": step, "world_size": self.world, "engine": self.engine.name,
+                "samples_seen": step * self.cfg.train.global_batch_size}
 
     def load(self) -> int:
-        path = self.checkpoint
-        state = ckpt.read_trainer_state(path, self.world)
+        path = self.point.path
         self.engine.load(path)
         ckpt.load_rng(path, self.rank)
-        return int(state["step"])
+        protocol.say(f"resumed from {path}")
+        return self.point.step
 
     # ---- metrics ---------------------------------------------------------------------------------
     def _metrics(self, terms: list[dict], tokens: torch.Tensor, grad_norm, seconds: float) -> dict:
@@ -146,7 +142,25 @@ class _Run:
     def fit(self) -> dict:
         cfg, engine, resume = self.cfg, self.engine, self.resume
         start = self.load() if resume else 0
-        last = cfg.train.stop_after_steps or cfg.train.max_steps
+        run = protocol.Protocol(self.out, engine.device, engine.save, self.trainer_state, cfg, cfg.train.keep_last,
+                                cfg.train.save_every_minutes, self.point.path if resume else None)
+        with run:
+            metrics = self._loop(run, start)
+        if (cfg.train.stop_after_steps or cfg.train.max_steps) == cfg.train.max_steps:
+            run.check()
+            final = self.out / "final"
+            try:
+                engine.save_pretrained(final)
+                if is_main_process():
+                    self.tokenizer.save_pretrained(final)
+            except (OSError, RuntimeError) as exc:
+                raise protocol.no_space_error(exc, final) or exc
+            barrier()
+        return metrics
+
+    def _loop(self, run: protocol.Protocol, start: int) -> dict:
+        cfg, engine, resume = self.cfg, self.engine, self.resume
+        last = cfg.train.stop_after_steps or cfg.train.max_steps  # null: run to max_steps
         sampler = StepBatchSampler(len(self.dataset), cfg.train.micro_batch_size, engine.accum, self.world, self.rank,
                                    cfg.train.seed, start, cfg.train.max_steps)
         # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
@@ -156,26 +170,28 @@ class _Run:
                                total_steps=cfg.train.max_steps, progress_bar=cfg.train.progress_bar,
                                description=f"{cfg.objective} [{engine.name} x{self.world}]")
         metrics: dict = {}
-        for step in range(start + 1, last + 1):
-            t0, terms, tokens = time.perf_counter(), [], torch.zeros((), device=engine.device)
-            for k in range(engine.accum):
-                batch = {key: v.to(engine.device, non_blocking=True) for key, v in next(batches).items()}
-                with engine.micro_batch(last=k == engine.accum - 1):
-                    out = engine.forward(batch)
-                    engine.backward(out.loss)
-                terms.append({key: v.detach() for key, v in out.loss_terms.items()})
-                tokens += (batch["labels"] != IGNORE_INDEX).sum()
-            grad_norm = engine.step()
-            if step % cfg.train.log_every == 0 or step == last:
-                metrics = logger.log(step, self._metrics(terms, tokens, grad_norm, time.perf_counter() - t0))
-            logger.advance()
-            if step % cfg.train.save_every == 0 or step == last:
-                self.save(step)
-        logger.close()
-        if last == cfg.train.max_steps:
-            final = self.out / "final"
-            engine.save_pretrained(final)
-            if is_main_process():
-                self.tokenizer.save_pretrained(final)
-            barrier()
+        try:
+            for step in range(start + 1, last + 1):
+                t0, terms, tokens = time.perf_counter(), [], torch.zeros((), device=engine.device)
+                losses = []
+                for k in range(engine.accum):
+                    batch = {key: v.to(engine.device, non_blocking=True) for key, v in next(batches).items()}
+                    with engine.micro_batch(last=k == engine.accum - 1):
+                        out = engine.forward(batch)
+                        engine.backward(out.loss)
+                    terms.append({key: v.detach() for key, v in out.loss_terms.items()})
+                    losses.append(out.loss.detach())
+                    tokens += (batch["labels"] != IGNORE_INDEX).sum()
+                grad_norm = engine.step()
+                run.after_step(step, torch.stack(losses), grad_norm, engine.skipped)
+                if step % cfg.train.log_every == 0 or step == last:
+                    run.check()
+                    metrics = logger.log(step, self._metrics(terms, tokens, grad_norm, time.perf_counter() - t0))
+                logger.advance()
+                if step % cfg.train.save_every == 0 or step == last or run.time_due:
+                    run.save(step)
+                if run.signum:
+                    run.preempt(step)
+        finally:
+            logger.close()
         return metrics

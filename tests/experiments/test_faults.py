@@ -1,74 +1,31 @@
-"""Real crashes: a training process is SIGKILLed while it writes a checkpoint, or in the middle of a step,
-then `--resume` continues from the newest complete checkpoint and ends exactly where an uninterrupted run
-ends (every logged value but speed, and the final weights). Both trainers.
-
-The kill is placed deterministically: the subprocess runs the real `train.py` through a small wrapper that
-sends SIGKILL to its own process from inside the trainer (after a checkpoint's files are written and before
-its COMPLETE manifest; or in the middle of a step's bookkeeping: updated, not yet logged or saved)."""
+"""Real faults in the LLM trainer, through the real `GPT_2/train.py` as a subprocess (the CLIP trainer's are in
+test_faults_clip.py): a SIGKILL while a checkpoint is written or mid-step, SIGTERM / SIGINT (preemption, also
+under torchrun), divergence (fp32, fp16), a full disk, two runs into one directory, a torn metrics line. Each
+run ends with a known exit status and one-line message, leaves files that can be checked, and `--resume`
+continues exactly as if nothing had happened (every logged value but speed, and the final weights). The
+fault is placed deterministically from inside the trainer (fault_runs.py)."""
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
-import textwrap
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from lm_runs import ENV, REPO, metrics
+from fault_runs import error_line, faulty, hashes, python_run, reference_run, same_run, same_weights, wrapper
+from helpers import torchrun
+from lm_runs import ENV, REPO, assert_runs_match, metrics
 
 pytestmark = pytest.mark.slow
 
-_WRAPPER = """
-import os, runpy, signal, sys
-from pathlib import Path
 
-point, where = sys.argv[1], sys.argv[2]
-if point == "checkpoint":  # die after the files of checkpoint-WHERE, before its COMPLETE manifest
-    import tempnet.train.checkpoint as ckpt
-    original = ckpt.mark_complete
-    def mark_complete(path):
-        if Path(path).name == f"checkpoint-{where}":
-            os.kill(os.getpid(), signal.SIGKILL)
-        original(path)
-    ckpt.mark_complete = mark_complete
-else:  # die in step WHERE: after its forward, backward and update, before it is logged or saved
-    import tempnet.train.logging as logging
-    log = logging.MetricsLogger.log
-    def dying_log(self, step, metrics):
-        if step == int(where):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return log(self, step, metrics)
-    logging.MetricsLogger.log = dying_log
-sys.argv = sys.argv[3:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
-def _python(*args, expect_kill: bool = False):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=400)
-    if expect_kill:
-        assert proc.returncode == -signal.SIGKILL, f"expected SIGKILL, got {proc.returncode}\n{proc.stderr[-3000:]}"
-    else:
-        assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
-def _killed(tmp_path, point: str, where: int, argv: list):
-    wrapper = tmp_path / "die.py"
-    wrapper.write_text(textwrap.dedent(_WRAPPER))
-    _python(wrapper, point, where, *argv, expect_kill=True)
-
-
-def _same_run(a, b, drop=("tokens_per_s", "sec_per_step")):
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
-    assert strip(metrics(a)) == strip(metrics(b))
-
-
+# ---- the LLM trainer -----------------------------------------------------------------------------------
 LM = ["train.max_steps=8", "train.save_every=2", "train.keep_last=4", "train.progress_bar=false"]
 
 
@@ -78,48 +35,107 @@ def _gpt2(out, *extra):
 
 @pytest.fixture(scope="module")
 def lm_reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lm_faults") / "reference"
-    _python(*_gpt2(out))
-    return out
+    return reference_run(tmp_path_factory, "lm_faults", _gpt2)
 
 
 @pytest.mark.parametrize("point, where, resumes_from", [("checkpoint", 6, 4), ("step", 5, 4)])
 def test_llm_run_killed_then_resumed_equals_an_uninterrupted_run(lm_reference, tmp_path, point, where, resumes_from):
     out = tmp_path / "run"
-    _killed(tmp_path, point, where, _gpt2(out))
-    partial = sorted(p.name for p in out.glob("checkpoint-*"))
+    faulty(tmp_path, point, where, _gpt2(out), expect=-signal.SIGKILL)
+    if point == "checkpoint":  # written beside, never renamed into place
+        assert (out / "checkpoint-6.tmp").is_dir() and not (out / "checkpoint-6").exists()
+    assert (out / f"checkpoint-{resumes_from}" / "COMPLETE").is_file()
+    proc = python_run(*_gpt2(out), "--resume")
+    assert f"resumed from {out / f'checkpoint-{resumes_from}'}" in proc.stderr
     if point == "checkpoint":
-        assert "checkpoint-6" in partial and not (out / "checkpoint-6" / "COMPLETE").exists()
-    proc = _python(*_gpt2(out), "--resume")
-    if point == "checkpoint":
-        assert "skipping" in proc.stderr and "checkpoint-6: no COMPLETE marker" in proc.stderr
-    assert f"checkpoint-{resumes_from}" in partial
-    _same_run(out, lm_reference)
-    a, b = load_file(out / "final" / "model.safetensors"), load_file(lm_reference / "final" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert "skipping" in proc.stderr and "checkpoint-6.tmp: interrupted while writing" in proc.stderr
+    assert not (out / "checkpoint-6.tmp").exists()
+    same_run(out, lm_reference)
+    same_weights(out / "final" / "model.safetensors", lm_reference / "final" / "model.safetensors")
 
 
-CLIP = ["loss=isogclr_tempnet", "train.epochs=2", "train.save_every=5", "train.keep_last=4",
-        "train.progress_bar=false"]
-
-
-def _clip(out, *extra):
-    return ["Bimodal-CL/train.py", "--config", "Bimodal-CL/configs/debug.yaml", "--output-dir", out, *CLIP, *extra]
-
-
-@pytest.mark.parametrize("point, where", [("checkpoint", 15), ("step", 13)])
-def test_clip_run_killed_then_resumed_equals_an_uninterrupted_run(tmp_path_factory, tmp_path, point, where):
-    reference = tmp_path_factory.getbasetemp() / "clip_reference"
-    if not (reference / "checkpoint-20" / "COMPLETE").exists():
-        _python(*_clip(reference))
+def test_llm_sigterm_then_sigint_save_and_exit_then_resume_exactly_and_a_second_run_is_refused(lm_reference,
+                                                                                               tmp_path):
     out = tmp_path / "run"
-    _killed(tmp_path, point, where, _clip(out))
-    _python(*_clip(out), "--resume")
-    _same_run(out, reference)
-    assert json.loads((out / "eval.json").read_text()) == json.loads((reference / "eval.json").read_text())
-    a = load_file(out / "checkpoint-20" / "tempnets.safetensors")
-    b = load_file(reference / "checkpoint-20" / "tempnets.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    state_a = torch.load(out / "checkpoint-20" / "optimizer.pt", weights_only=True)["criterion"]
-    state_b = torch.load(reference / "checkpoint-20" / "optimizer.pt", weights_only=True)["criterion"]
-    assert all(torch.equal(state_a[k], state_b[k]) for k in state_b)  # the per-sample moving averages too
+    first = subprocess.Popen([sys.executable, wrapper(tmp_path), "SIGTERM", "2", *map(str, _gpt2(out))], cwd=REPO,
+                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lock, deadline = out / ".lock", time.time() + 300
+    while not (lock.is_file() and lock.read_text().strip() and json.loads(lock.read_text())["pid"] == first.pid):
+        assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
+        time.sleep(0.2)
+    message = error_line(python_run(*_gpt2(out), expect=2))  # a second run into the directory while the first holds it
+    assert message.startswith(f"error: {out} is in use by pid {first.pid} on {socket.gethostname()}")
+    _, err = first.communicate(timeout=400)
+    assert first.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert err.splitlines()[-1] == f"preempted at step 3: saved {out / 'checkpoint-3'}"
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]  # one run's rows only
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["step"] == 3
+
+    with (out / "metrics.jsonl").open("a") as f:  # a crash tore the last line
+        f.write('{"step": 4, "loss": 7.1')
+    proc = faulty(tmp_path, "SIGINT", 4, [*_gpt2(out), "--resume"], expect=128 + signal.SIGINT)
+    assert "dropping line 4, torn by a crash" in proc.stderr and f"resumed from {out / 'checkpoint-3'}" in proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"preempted at step 5: saved {out / 'checkpoint-5'}"
+    python_run(*_gpt2(out), "--resume")
+    same_run(out, lm_reference)
+    same_weights(out / "final" / "model.safetensors", lm_reference / "final" / "model.safetensors")
+
+
+def test_llm_sigterm_under_torchrun_two_processes_then_resume(lm_reference, tmp_path):
+    out = tmp_path / "run"
+    proc = faulty(tmp_path, "SIGTERM", 4, _gpt2(out), expect=1, launcher=torchrun(2))  # torchrun's own status
+    line = next(line for line in proc.stderr.splitlines() if line.startswith("preempted at step "))
+    step = int(line.split()[3].rstrip(":"))
+    assert step >= 5 and line == f"preempted at step {step}: saved {out / f'checkpoint-{step}'}"
+    saved = out / f"checkpoint-{step}"
+    assert {"rng_state_0.pt", "rng_state_1.pt", "COMPLETE"} <= {p.name for p in saved.iterdir()}  # both ranks
+    assert [r["step"] for r in metrics(out)] == list(range(1, step + 1))
+
+    before = hashes(out)
+    message = error_line(python_run(*_gpt2(out), "--resume", expect=2))  # one process: refused, nothing rewritten
+    assert "written by 2 processes, this run has 1" in message and hashes(out) == before
+
+    python_run(*_gpt2(out), "--resume", launcher=torchrun(2))
+    assert_runs_match(metrics(out), metrics(lm_reference), 1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_llm_divergence_stops_with_status_3_keeping_the_newest_finite_checkpoint(tmp_path, precision):
+    out = tmp_path / "run"
+    argv = ["GPT_2/train.py", "--config", "GPT_2/configs/debug.yaml", "--output-dir", out, "optim.lr=50",
+            "optim.min_lr=0", "optim.warmup_steps=40", "train.max_steps=14", "train.save_every=5", "train.keep_last=1",
+            "train.progress_bar=false", f"train.precision={precision}"]
+    # TEMPNET_CHECKS off as in production (on, TempNet's own NaN check would raise first)
+    message = error_line(python_run(*argv, expect=3, env={"TEMPNET_CHECKS": "0"}))
+    step = int(message.split("diverged at step ")[1].split(":")[0])
+    kept = sorted(p.name for p in out.glob("checkpoint-*"))
+    newest = f"checkpoint-{(step - 1) // 5 * 5}"
+    assert kept == [newest] and f"the newest finite checkpoint is {out / newest}" in message
+    assert not (out / "final").exists()
+    weights = load_file(out / newest / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    rows = metrics(out)
+    assert rows[-1]["step"] == step - 1 and all(r["loss"] == r["loss"] for r in rows)  # no NaN row logged
+
+
+def test_llm_full_disk_is_one_error_and_the_previous_checkpoint_resumes(lm_reference, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # room for the debug assets and one checkpoint (1.8 MB), not two
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = disk / "run"
+        message = error_line(python_run(*_gpt2(out, "train.keep_last=1"), expect=2))
+        assert message == f"error: no space left on device while writing {out / 'checkpoint-4'}"
+        assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+        assert (out / "checkpoint-2" / "COMPLETE").is_file()
+        subprocess.run(["mount", "-o", "remount,size=16M", str(disk)], check=True)  # space freed
+        proc = python_run(*_gpt2(out, "train.keep_last=1"), "--resume")
+        assert f"resumed from {out / 'checkpoint-2'}" in proc.stderr
+        same_run(out, lm_reference)
+        same_weights(out / "final" / "model.safetensors", lm_reference / "final" / "model.safetensors")
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+

@@ -1,6 +1,7 @@
 """The paths a user takes outside the debug harness, as real subprocesses: a non-synthetic LLM run into a
 fresh nested directory, a run that would overwrite another, a resume that changes what was trained, a
-truncated checkpoint, bad overrides, missing paths. Every user error is one `error: ...` line, exit 2."""
+truncated checkpoint, bad overrides, missing paths, an --overwrite whose new inputs do not exist (nothing is
+removed). Every user error is one `error: ...` line, exit 2."""
 
 from __future__ import annotations
 
@@ -69,6 +70,13 @@ def test_real_data_run_into_a_fresh_nested_directory_and_what_protects_it(corpus
 
     message = _run(*_gpt2(out, corpus, "train.max_steps=abc"), "--overwrite", expect=2)
     assert "train.max_steps needs an integer, got 'abc'" in message
+    assert _hashes(out) == before
+
+    # --overwrite checks the new inputs before it removes anything: a typo deletes nothing
+    message = _run(*_gpt2(out, corpus, f"data.files=[{corpus / 'corpus.txtt'}]"), "--overwrite", expect=2)
+    assert "data.files: no such file" in message and "corpus.txtt" in message
+    message = _run(*_gpt2(out, corpus, f"model.tokenizer={corpus / 'tokenizr'}"), "--overwrite", expect=2)
+    assert "model.tokenizer: no such file or directory" in message
     assert _hashes(out) == before
 
     # a truncated newest checkpoint: resume from the newest intact one, with a warning naming the file

@@ -1,0 +1,63 @@
+"""Preemption: SIGTERM, SIGINT and SIGUSR1 stop a run at the next optimizer-step boundary with a checkpoint.
+
+A handler only records the signal. At every step boundary the trainer asks `requested()`: the ranks
+agree (the largest signal number over ranks, one tiny all-reduce on a CPU group, no GPU synchronisation),
+so every rank stops after the same step, saves, and exits with 128 + the signal's number (143 for
+SIGTERM), the status schedulers requeue. Once the save has begun, a second signal aborts at once
+(the previous checkpoint stays: a checkpoint is renamed into place only when complete). A signal that
+arrives within `DUPLICATE_S` of the first is the same one delivered twice (a launcher forwarding what the
+scheduler also sent to every process) and is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tempnet.distributed import max_over_ranks
+
+__all__ = ["Preemption", "Preempted", "SIGNALS", "DUPLICATE_S"]
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+DUPLICATE_S = 2.0
+
+
+class Preempted(Exception):
+    """Raised after the preemption checkpoint is written; `status` is the exit status (128 + signal)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.status = signum, 128 + signum
+
+
+class Preemption:
+    """Installs the handlers on entry (main thread only) and restores the previous ones on exit."""
+
+    def __init__(self):
+        self.signum, self.saving, self._at, self._old = 0, False, 0.0, {}
+
+    def __enter__(self) -> "Preemption":
+        for sig in SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a test runner's worker): no preemption
+                break
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if not self.signum:
+            self.signum, self._at = signum, time.monotonic()
+        elif self.saving and time.monotonic() - self._at > DUPLICATE_S:
+            os.write(2, f"\nsecond signal ({signal.Signals(signum).name}) while saving the preemption checkpoint: "
+                        "aborting; the previous checkpoint is kept\n".encode())
+            os._exit(128 + signum)
+
+    def requested(self) -> int:
+        """The signal number some rank received (agreed over ranks), or 0; called at every step boundary."""
+        return max_over_ranks(self.signum)
