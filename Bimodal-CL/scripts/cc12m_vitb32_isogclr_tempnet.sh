@@ -4,10 +4,13 @@
 # 8 GPUs x 512 pairs, fp16 AMP. From the repository root; add --resume to continue a run (mid-epoch too).
 # Environment: NPROC processes (default: the fork's GPU count), OUT the output directory, DATA the shard folder
 # (img2dataset: DATA/00000.tar .. DATA/$LAST_SHARD.tar, default 01242); further key=value arguments override the config.
+# Several nodes (DistTempNet trains on 4 x 2 A100s): NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (scripts/nodes.sh):
+# start it on every node with the same NNODES/MASTER_ADDR/MASTER_PORT and NODE_RANK 0..NNODES-1.
+# SLURM: sbatch --nodes=N Bimodal-CL/scripts/slurm.sbatch Bimodal-CL/scripts/cc12m_vitb32_isogclr_tempnet.sh [key=value ...].
 set -euo pipefail
-torchrun \
-  --nproc_per_node "${NPROC:-8}" \
-  --master_port "${MASTER_PORT:-29500}" \
+source scripts/nodes.sh
+launcher_args torchrun "${NPROC:-8}"
+exec torchrun "${LAUNCHER_ARGS[@]}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/cc12m_vitb32.yaml \
   --output-dir "${OUT:-runs/cc12m_vitb32_isogclr_tempnet}" \

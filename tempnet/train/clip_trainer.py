@@ -107,7 +107,8 @@ def check_inputs(cfg: BimodalConfig) -> None:
     paths += [(f"eval.zeroshot {z.name} root", z.root) for z in cfg.eval.zeroshot if z.kind == "folder"]
     for what, path in paths:
         if path and not Path(path).exists():
-            raise FileNotFoundError(f"{what}: no such file or directory: {path}")
+            kind = "directory" if what.endswith(("image_root", "root")) else "file"
+            raise FileNotFoundError(f"{what}: no such {kind}: {path}")
 
 
 def use_synthetic_data(cfg: BimodalConfig, out: Path) -> None:

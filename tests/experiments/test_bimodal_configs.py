@@ -58,10 +58,12 @@ def test_launch_script(path):
     text = path.read_text()
     subprocess.run(["bash", "-n", str(path)], check=True)
     assert text.startswith("#!/usr/bin/env bash\n# Paper, CLIP table, Bimodal-CL row")
-    assert len(re.findall(r"^torchrun\b", text, flags=re.M)) == 1 and text.count("torchrun") == 1
+    launch = 'exec torchrun "${LAUNCHER_ARGS[@]}" \\\n'  # the node flags of scripts/nodes.sh
+    assert len(re.findall(r"^exec torchrun\b", text, flags=re.M)) == 1 and launch in text
+    assert 'source scripts/nodes.sh\nlauncher_args torchrun "${NPROC:-' in text
     referenced = re.findall(r"Bimodal-CL/[\w./-]+\.(?:py|yaml)", text)
     assert referenced and all((REPO / p).is_file() for p in referenced), referenced
-    for flag_line in text.split("torchrun \\\n", 1)[1].splitlines()[:-1]:
+    for flag_line in text.split(launch, 1)[1].splitlines()[:-1]:
         assert flag_line.endswith(" \\"), f"one flag per line, each continued: {flag_line!r}"
     losses = re.findall(r"loss=(\w+)", text)
     assert all(loss in LOSS_NAMES for loss in losses)

@@ -74,8 +74,9 @@ def test_resume_reproduces_the_uninterrupted_run(runs, tmp_path):
 def test_per_sample_state_round_trips_through_the_trainer_checkpoint(loss, tmp_path):
     """Every loss with per-sample state: 2 steps, the trainer's save, a fresh trainer's load; the criterion's
     whole state (key set typed here) and the TempNets come back equal, and the next step is the same."""
-    from tempnet.config import load_config
-    from tempnet.train.clip_config import BimodalConfig
+    from tempnet.config import config_to_dict, load_config
+    from tempnet.train import run as protocol
+    from tempnet.train.clip_config import RESUME_SAFE, BimodalConfig
     from tempnet.train.clip_trainer import ClipRun
 
     keys = {f"{side}_state.{k}" for side in ("image", "text") for k in ("s", "b", "seen")}
@@ -92,12 +93,15 @@ def test_per_sample_state_round_trips_through_the_trainer_checkpoint(loss, tmp_p
         saved.step(next(batches))
         saved.pos["step"] += 1
         saved.pos["step_in_epoch"] += 1
-    path = saved.save()
+    step = saved.pos["step"]
+    path = protocol.save_checkpoint(tmp_path, step, saved.write_files, saved.trainer_state(step), cfg, keep_last=2)
     a = {k: v.clone() for k, v in saved.criterion.state_dict().items()}
     ta = {k: v.clone() for k, v in saved.tempnets.state_dict().items()} if saved.tempnets is not None else {}
     after_save = saved.step(next(batches))["loss"]
     restored, restored_batches = trainers[1]
-    restored.load(path)  # also the RNG state of the save (dropout), which the step above consumed
+    point = protocol.resume_point(tmp_path, config_to_dict(cfg), RESUME_SAFE)
+    assert point.path == path
+    restored.load(point)  # also the RNG state of the save (dropout), which the step above consumed
     b = restored.criterion.state_dict()
     assert set(a) == set(b) == keys and int(a["image_state.seen"].sum()) == 64
     assert all(torch.equal(a[k], b[k]) for k in keys)

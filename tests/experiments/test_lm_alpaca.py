@@ -105,5 +105,5 @@ def test_alpaca_examples_through_the_trainer(assets, tmp_path):
 
 
 def test_no_record_fitting_is_an_error(assets, tmp_path):
-    with pytest.raises(ValueError, match="no alpaca record fits in data.seq_len"):
+    with pytest.raises(ValueError, match="no alpaca record with a response fits in data.seq_len"):
         _train(tmp_path / "run", assets, [RECORDS[2], RECORDS[2]])

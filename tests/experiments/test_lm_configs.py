@@ -4,6 +4,7 @@ files that exist; runs in a few seconds (nothing is trained)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -78,12 +79,25 @@ def test_accelerate_fsdp_config_loads():
     assert hasattr(transformers.models.llama.modeling_llama, layer)
 
 
+def _launcher_args(launcher: str, nproc: str) -> str:
+    """What scripts/nodes.sh's `launcher_args LAUNCHER NPROC` gives on one node (the defaults)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    shown = subprocess.run(["bash", "-c", f'source scripts/nodes.sh && launcher_args {launcher} {nproc} && '
+                            'echo "${LAUNCHER_ARGS[@]}"'], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return shown.stdout.strip()
+
+
 def _script_command(path: Path) -> tuple[str, list[str]]:
-    """The launcher line and its arguments, with ${VAR:-default} replaced by the default."""
+    """The launcher line and its arguments, with ${VAR:-default} replaced by the default and the node flags of
+    scripts/nodes.sh expanded as on one node."""
     lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert lines[0] == "set -euo pipefail", path
-    body = " ".join(line.rstrip("\\").strip() for line in lines[1:])
-    body = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", body).replace('"', "")
+    lines = [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", line).replace('"', "") for line in lines[1:]]
+    launcher = [line.split() for line in lines if line.startswith("launcher_args ")]
+    lines = [line for line in lines if not line.startswith(("source scripts/nodes.sh", "launcher_args "))]
+    body = " ".join(line.rstrip("\\").strip() for line in lines).removeprefix("exec ")
+    if launcher:
+        body = body.replace("${LAUNCHER_ARGS[@]}", _launcher_args(*launcher[0][1:]))
     return body, body.split()
 
 
