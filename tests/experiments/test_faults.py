@@ -8,6 +8,7 @@ fault is placed deterministically from inside the trainer (fault_runs.py)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -63,7 +64,11 @@ def test_llm_sigterm_then_sigint_save_and_exit_then_resume_exactly_and_a_second_
     while not (lock.is_file() and lock.read_text().strip() and json.loads(lock.read_text())["pid"] == first.pid):
         assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
         time.sleep(0.2)
-    message = error_line(python_run(*_gpt2(out), expect=2))  # a second run into the directory while the first holds it
+    os.killpg(first.pid, signal.SIGSTOP)  # paused while it holds the lock: the second run meets it, whatever the speed
+    try:
+        message = error_line(python_run(*_gpt2(out), expect=2))  # a second run into the directory the first holds
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     assert message.startswith(f"error: {out} is in use by pid {first.pid} on {socket.gethostname()}")
     _, err = first.communicate(timeout=400)
     assert first.returncode == 128 + signal.SIGTERM, err[-3000:]
