@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -273,14 +272,15 @@ def test_a_corrupt_image_read_in_a_loader_worker_is_one_line(clip_files, tmp_pat
 
 
 def test_a_bad_image_on_one_rank_of_two_prints_the_line_and_fails(clip_files, tmp_path):
-    """Only the rank whose batch holds the corrupt entry fails, with our line and exit 2; the other rank's next
-    collective loses its peer (torch prints that rank's traceback), torchrun stops it and adds its own
-    ChildFailedError report, whose root cause is the rank with exit code 2, and exits 1."""
+    """Only the rank whose batch holds the corrupt entry fails, with our line (and exit 2); the other rank's next
+    collective loses its peer (torch prints that rank's traceback), torchrun stops it, adds its own
+    ChildFailedError report and exits 1. Which rank that report names as the root cause is whichever exited
+    first (the rank with our error or its peer), so only torchrun's status and our one line are checked."""
     target, argv = _clip(tmp_path / "run", clip_files / "corrupt_image.json", clip_files, "train.batch_size=16",
                          "data.num_workers=0")
     proc = subprocess.run([*torchrun(2), target, *argv], cwd=REPO, env={**OFFLINE_ENV, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and re.search(r"exitcode\s*:\s*2\b", proc.stderr), proc.stderr[-4000:]
+    assert proc.returncode == 1 and "ChildFailedError" in proc.stderr, proc.stderr[-4000:]
     ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and "cannot read the image file of entry 9 of" in ours[0], proc.stderr[-4000:]
 
