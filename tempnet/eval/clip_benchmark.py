@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tempnet.errors import ConfigError
-from tempnet.eval.tables import Cell, Column, Row, Table, _row_order, _rows
+from tempnet.eval.tables import Cell, Column, Row, Table, _row_order, _rows, oldest_first
 
 __all__ = ["ClipBenchmarkModel", "PackedTokenizer", "RetrievalPairs", "run_task", "write_results", "average",
            "TASKS", "read_clip_benchmark_results", "clip_benchmark_table"]
@@ -181,7 +181,7 @@ def read_clip_benchmark_results(results_dir: str | Path) -> dict[str, dict[str, 
     out = {}
     for row_dir in _rows(Path(results_dir), "clip_benchmark"):
         merged: dict[str, float] = {}
-        for file in sorted(row_dir.rglob("eval_results.jsonl"), key=lambda p: (p.stat().st_mtime, str(p))):
+        for file in oldest_first(row_dir, "eval_results.jsonl"):
             for n, line in enumerate(file.read_text().splitlines(), 1):
                 if not line.strip():
                     continue

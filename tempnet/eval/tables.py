@@ -114,6 +114,11 @@ def _rows(results_dir: Path, kind: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
+def oldest_first(row_dir: Path, pattern: str) -> list[Path]:
+    """The files of a row matching `pattern`, oldest first (so a newer result overwrites an older one)."""
+    return sorted(row_dir.rglob(pattern), key=lambda p: (p.stat().st_mtime, str(p)))
+
+
 def _load_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -125,9 +130,8 @@ def read_llm_results(results_dir: str | Path) -> dict[str, dict[str, dict]]:
     """{row: {task: lm-eval's metric dict}} from every `llm/<row>/**/results*.json` (newest file wins per task)."""
     out = {}
     for row_dir in _rows(Path(results_dir), "llm"):
-        files = sorted(row_dir.rglob("results*.json"), key=lambda p: (p.stat().st_mtime, str(p)))
         tasks: dict[str, dict] = {}
-        for file in files:
+        for file in oldest_first(row_dir, "results*.json"):
             data = _load_json(file)
             if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
                 raise ValueError(f"{file} has no 'results' section: is it lm-eval's output?")
@@ -142,7 +146,7 @@ def read_clip_results(results_dir: str | Path) -> dict[str, dict[str, float]]:
     out = {}
     for row_dir in _rows(Path(results_dir), "clip"):
         merged: dict[str, float] = {}
-        for file in sorted(row_dir.rglob("eval.json"), key=lambda p: (p.stat().st_mtime, str(p))):
+        for file in oldest_first(row_dir, "eval.json"):
             merged.update({k: v for k, v in _load_json(file).items() if "/" in k and not isinstance(v, (dict, list))})
         if merged:
             out[row_dir.name] = merged

@@ -8,7 +8,8 @@ json: ImageTextPairs + GlobalBatchSampler (captions tokenised in the step, as be
 shard index (data.train_index, else built by rank 0 into OUTPUT_DIR/shard_index.json), ShardedPairs +
 ShardWindowSampler (exact order and resume), or with data.resampled the ResampledShardStream; decoding,
 transforms and caption tokenisation run in the loader's workers. The index's hash goes into every
-checkpoint's trainer_state.json and a resume with another shard list is refused.
+checkpoint's trainer_state.json and a resume with another shard list is refused. Also here: the start-of-run
+check of the data and eval paths (`check_inputs`) and the synthetic set (`use_synthetic_data`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from tempnet.data.image_text import ImageTextPairs
 from tempnet.data.image_transforms import train_transform
 from tempnet.data.sampler import GlobalBatchSampler
 from tempnet.data.shard_stream import ResampledShardStream
+from tempnet.data.synthetic_image_text import make_synthetic_image_text
 from tempnet.data.shards import ShardedPairs, ShardIndex, ShardWindowSampler, build_index, read_index, write_index
 from tempnet.errors import ConfigError, UserError
+from tempnet.train.clip_config import RetrievalSetConfig, ZeroShotSetConfig
 
 __all__ = ["TrainData", "build_train_data", "TokenizingCollate"]
 
@@ -124,3 +127,34 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
                         generator=torch.Generator().manual_seed(t.seed))
     return TrainData(loader, index.num_samples, sampler.steps_per_epoch, [(dataset, False), (sampler, True)],
                      identity)
+
+
+def check_inputs(cfg) -> None:
+    """Every input path that can be checked before a run starts (and before --overwrite removes anything)."""
+    if cfg.data.synthetic:
+        return
+    d = cfg.data
+    if d.format == "json" and not d.train_json:
+        raise ConfigError("data.train_json is empty: give the training pairs (or data.synthetic=true)")
+    if d.format == "json":
+        paths = [("data.train_json", d.train_json), ("data.image_root", d.image_root)]
+    else:  # the shards are opened (and a missing one named) when they are indexed
+        paths = [("data.train_index", d.train_index)]
+    paths += [(f"eval.retrieval {s.name} json", s.json) for s in cfg.eval.retrieval]
+    paths += [(f"eval.retrieval {s.name} image_root", s.image_root) for s in cfg.eval.retrieval]
+    paths += [(f"eval.zeroshot {z.name} root", z.root) for z in cfg.eval.zeroshot if z.kind == "folder"]
+    for what, path in paths:
+        if path and not Path(path).exists():
+            kind = "directory" if what.endswith(("image_root", "root")) else "file"
+            raise FileNotFoundError(f"{what}: no such {kind}: {path}")
+
+
+def use_synthetic_data(cfg, out: Path) -> None:
+    """Generate the synthetic set (rank 0, others wait) and point training and evaluation at it."""
+    root = Path(out) / "synthetic_data"
+    if tdist.is_main_process():
+        make_synthetic_image_text(root, num_train=cfg.data.synthetic_pairs)
+    tdist.barrier()
+    cfg.data.train_json, cfg.data.image_root = str(root / "train.json"), str(root)
+    cfg.eval.retrieval = [RetrievalSetConfig("synthetic", str(root / "retrieval.json"), str(root))]
+    cfg.eval.zeroshot = [ZeroShotSetConfig("synthetic", "folder", str(root / "zeroshot"))]

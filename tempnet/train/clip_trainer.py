@@ -29,20 +29,17 @@ from tempnet import distributed as tdist
 from tempnet.config import config_to_dict, save_config
 from tempnet.data.image_text import RetrievalSet
 from tempnet.data.image_transforms import center_crop_transform, eval_transform
-from tempnet.data.synthetic_image_text import make_synthetic_image_text
 from tempnet.data.zeroshot_sets import build_zeroshot_set
-from tempnet.errors import ConfigError
 from tempnet.losses import CONTRASTIVE_LOSSES
 from tempnet.losses.sample_state import cosine_gamma, set_gamma
 from tempnet.train import checkpoint as ckpt
 from tempnet.train import run as protocol
 from tempnet.train.best import keep_if_best
 from tempnet.train.cli import build_parser, parse, run_trainer
-from tempnet.train.clip_data import build_train_data
+from tempnet.train.clip_data import build_train_data, check_inputs, use_synthetic_data
 from tempnet.train.divergence import scale_of
 from tempnet.train.logging import append_jsonl, rewind_jsonl
-from tempnet.train.clip_config import (RESUME_SAFE, BimodalConfig, ImageTowerConfig, ModelConfig, RetrievalSetConfig,
-                                       TextTowerConfig, ZeroShotSetConfig)
+from tempnet.train.clip_config import RESUME_SAFE, BimodalConfig, ImageTowerConfig, ModelConfig, TextTowerConfig
 from tempnet.train.clip_eval import evaluate_retrieval, evaluate_zeroshot
 from tempnet.train.clip_model import DualEncoder, TempNetPair, build_image_tower, build_text_tower, build_tokenizer
 from tempnet.train.logging import MetricsLogger
@@ -89,37 +86,6 @@ def main(argv: Sequence[str] | None = None, description: str = "CLIP training wi
 def cli(description: str = "CLIP training with TempNet") -> int:
     """`main` from the command line: exit 2 on a user error, 3 on divergence, 128 + signal when preempted."""
     return run_trainer(lambda argv: main(argv, description))
-
-
-def check_inputs(cfg: BimodalConfig) -> None:
-    """Every input path that can be checked before a run starts (and before --overwrite removes anything)."""
-    if cfg.data.synthetic:
-        return
-    d = cfg.data
-    if d.format == "json" and not d.train_json:
-        raise ConfigError("data.train_json is empty: give the training pairs (or data.synthetic=true)")
-    if d.format == "json":
-        paths = [("data.train_json", d.train_json), ("data.image_root", d.image_root)]
-    else:  # the shards are opened (and a missing one named) when they are indexed
-        paths = [("data.train_index", d.train_index)]
-    paths += [(f"eval.retrieval {s.name} json", s.json) for s in cfg.eval.retrieval]
-    paths += [(f"eval.retrieval {s.name} image_root", s.image_root) for s in cfg.eval.retrieval]
-    paths += [(f"eval.zeroshot {z.name} root", z.root) for z in cfg.eval.zeroshot if z.kind == "folder"]
-    for what, path in paths:
-        if path and not Path(path).exists():
-            kind = "directory" if what.endswith(("image_root", "root")) else "file"
-            raise FileNotFoundError(f"{what}: no such {kind}: {path}")
-
-
-def use_synthetic_data(cfg: BimodalConfig, out: Path) -> None:
-    """Generate the synthetic set (rank 0, others wait) and point training and evaluation at it."""
-    root = Path(out) / "synthetic_data"
-    if tdist.is_main_process():
-        make_synthetic_image_text(root, num_train=cfg.data.synthetic_pairs)
-    tdist.barrier()
-    cfg.data.train_json, cfg.data.image_root = str(root / "train.json"), str(root)
-    cfg.eval.retrieval = [RetrievalSetConfig("synthetic", str(root / "retrieval.json"), str(root))]
-    cfg.eval.zeroshot = [ZeroShotSetConfig("synthetic", "folder", str(root / "zeroshot"))]
 
 
 def build_model(mcfg: ModelConfig, device: torch.device):
