@@ -30,6 +30,7 @@ from tempnet.data.synthetic_image_text import make_synthetic_image_text
 from tempnet.data.shards import ShardedPairs, ShardIndex, ShardWindowSampler, build_index, read_index, write_index
 from tempnet.errors import ConfigError, UserError
 from tempnet.train.clip_config import RetrievalSetConfig, ZeroShotSetConfig
+from tempnet.train.signals import loader_worker_init
 
 __all__ = ["TrainData", "build_train_data", "TokenizingCollate"]
 
@@ -106,7 +107,7 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
         sampler = GlobalBatchSampler(len(dataset), t.batch_size, world, rank, seed=t.seed)
         # an own generator: creating the loader's iterator must not draw from the global RNG (exact resume)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin,
-                            generator=torch.Generator().manual_seed(t.seed))
+                            worker_init_fn=loader_worker_init, generator=torch.Generator().manual_seed(t.seed))
         return TrainData(loader, len(dataset), sampler.steps_per_epoch, [(dataset, False), (sampler, True)])
     index = ShardIndex(_shard_index(cfg, out), d.sample_ids)
     identity = {"shard_list_hash": index.hash, "num_samples": index.num_samples}
@@ -117,14 +118,15 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
             raise UserError(f"the shards hold {index.num_positions} samples, fewer than one global batch")
         stream = ResampledShardStream(index, transform, collate, t.batch_size, steps, rank, t.seed, d.max_words,
                                       d.shuffle_buffer, on_bad)
-        loader = DataLoader(stream, batch_size=None, num_workers=d.num_workers, pin_memory=pin)
+        loader = DataLoader(stream, batch_size=None, num_workers=d.num_workers, pin_memory=pin,
+                            worker_init_fn=loader_worker_init)
         return TrainData(loader, index.num_samples, steps, [(stream, True)], identity)
     # a worker keeps the window's shards open (window 0: up to 256, then reads may reopen a shard's index)
     open_shards = max(8, d.shard_window) if d.shard_window else min(len(index.urls), 256)
     dataset = ShardedPairs(index, transform, d.max_words, t.seed, on_bad, max_bad, open_shards=open_shards)
     sampler = ShardWindowSampler(index.counts, t.batch_size, world, rank, t.seed, d.shard_window)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(t.seed))
+                        worker_init_fn=loader_worker_init, generator=torch.Generator().manual_seed(t.seed))
     return TrainData(loader, index.num_samples, sampler.steps_per_epoch, [(dataset, False), (sampler, True)],
                      identity)
 

@@ -17,6 +17,7 @@ from tempnet.data.image_text import RetrievalSet
 from tempnet.eval.retrieval import retrieval_metrics
 from tempnet.eval.zeroshot import class_embeddings, topk_accuracy
 from tempnet.train.clip_model import DualEncoder, TextTokenizer
+from tempnet.train.signals import loader_worker_init
 
 __all__ = ["encode_texts", "encode_images", "evaluate_retrieval", "evaluate_zeroshot"]
 
@@ -44,7 +45,7 @@ def encode_images(model: DualEncoder, dataset: Dataset, batch_size: int = 256, n
     device = _device(model)
     # an own generator: creating a loader iterator must not draw from the global RNG (exact resume)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0))
+                        worker_init_fn=loader_worker_init, generator=torch.Generator().manual_seed(0))
     feats, extra = [], []
     for images, second in loader:
         with autocast():

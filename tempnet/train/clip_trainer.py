@@ -45,6 +45,7 @@ from tempnet.train.clip_model import DualEncoder, TempNetPair, build_image_tower
 from tempnet.train.logging import MetricsLogger
 from tempnet.train.optim import decay_groups, warmup_cosine
 from tempnet.train.precision import autocast, grad_scaler
+from tempnet.train.signals import Preemption
 
 __all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", "keep_if_best", "LOSS_KWARGS"]
 
@@ -277,7 +278,7 @@ class ClipRun:
         protocol.say(f"resumed from {path}")
 
     # ---- the loop --------------------------------------------------------------------------------
-    def fit(self, resume: bool) -> dict | None:
+    def fit(self, resume: bool, preemption: Preemption) -> dict | None:
         """Epochs of `step`, evaluation and a checkpoint at each epoch end; returns the last evaluation."""
         cfg, t = self.cfg, self.cfg.train
         # checks only: a refused resume (config, world size) changes no file
@@ -288,15 +289,14 @@ class ClipRun:
         if self.rank == 0:
             save_config(cfg, self.out / "config.yaml")
         run = protocol.Protocol(self.out, self.device, self.write_files, self.trainer_state, cfg, t.keep_last,
-                                t.save_every_minutes, point.path if point else None)
+                                t.save_every_minutes, point.path if point else None, preemption)
         logger = MetricsLogger(self.out, tensorboard=t.tensorboard, resume_step=point.step if point else None,
                                total_steps=t.epochs * self.data.steps_per_epoch, progress_bar=t.progress_bar,
                                description=f"{cfg.loss} [ddp x{self.world}]")
         try:
-            with run:
-                if point is not None and cfg.eval.select_best:
-                    self._select_best_of(point.path)  # an epoch whose checkpoint was saved but not yet compared
-                return self._epochs(run, logger)
+            if point is not None and cfg.eval.select_best:
+                self._select_best_of(point.path)  # an epoch whose checkpoint was saved but not yet compared
+            return self._epochs(run, logger)
         finally:
             logger.close()
 
@@ -363,8 +363,9 @@ class ClipRun:
 def train(cfg: BimodalConfig, output_dir: str | Path, device: torch.device, resume: bool = False,
           overwrite: bool = False) -> dict | None:
     """Run (or resume) one training run in `output_dir`; returns the last evaluation record."""
-    out, lock = protocol.open_run(output_dir, resume, overwrite, lambda: check_inputs(cfg))
-    try:
-        return ClipRun(cfg, out, device).fit(resume)
-    finally:
-        protocol.release(lock)
+    with Preemption() as preemption:  # before anything is written: a signal in start-up ends in a checkpoint
+        out, lock = protocol.open_run(output_dir, resume, overwrite, lambda: check_inputs(cfg))
+        try:
+            return ClipRun(cfg, out, device).fit(resume, preemption)
+        finally:
+            protocol.release(lock)

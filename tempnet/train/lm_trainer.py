@@ -36,6 +36,7 @@ from tempnet.train.lm_debug import prepare_debug_assets
 from tempnet.train.lm_model import build_model, load_tokenizer
 from tempnet.train.optim import build_lm_optimizer, build_lm_scheduler
 from tempnet.train.logging import MetricsLogger
+from tempnet.train.signals import Preemption, loader_worker_init
 
 __all__ = ["main", "train", "cli"]
 
@@ -74,13 +75,14 @@ def train(cfg: LMTrainConfig, output_dir: str | Path, resume: bool = False, over
     cfg.check_runnable()
     check_inputs(cfg)
     engine, lock = build_engine(cfg), None
-    try:
-        out, lock = protocol.open_run(output_dir, resume, overwrite, lambda: check_inputs(cfg))
-        return _Run(cfg, out, engine, resume).fit()
-    finally:
-        protocol.release(lock)
-        engine.close()
-        destroy()
+    with Preemption() as preemption:  # before anything is written: a signal in start-up ends in checkpoint-1
+        try:
+            out, lock = protocol.open_run(output_dir, resume, overwrite, lambda: check_inputs(cfg))
+            return _Run(cfg, out, engine, resume).fit(preemption)
+        finally:
+            protocol.release(lock)
+            engine.close()
+            destroy()
 
 
 class _Run:
@@ -139,13 +141,12 @@ class _Run:
         return out
 
     # ---- the loop --------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self, preemption: Preemption) -> dict:
         cfg, engine, resume = self.cfg, self.engine, self.resume
         start = self.load() if resume else 0
         run = protocol.Protocol(self.out, engine.device, engine.save, self.trainer_state, cfg, cfg.train.keep_last,
-                                cfg.train.save_every_minutes, self.point.path if resume else None)
-        with run:
-            metrics = self._loop(run, start)
+                                cfg.train.save_every_minutes, self.point.path if resume else None, preemption)
+        metrics = self._loop(run, start)
         if (cfg.train.stop_after_steps or cfg.train.max_steps) == cfg.train.max_steps:
             run.check()
             final = self.out / "final"
@@ -165,7 +166,8 @@ class _Run:
                                    cfg.train.seed, start, cfg.train.max_steps)
         # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
         batches = iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                  pin_memory=engine.device.type == "cuda", generator=torch.Generator()))
+                                  pin_memory=engine.device.type == "cuda", generator=torch.Generator(),
+                                  worker_init_fn=loader_worker_init))
         logger = MetricsLogger(self.out, tensorboard=cfg.train.tensorboard, resume_step=start if resume else None,
                                total_steps=cfg.train.max_steps, progress_bar=cfg.train.progress_bar,
                                description=f"{cfg.objective} [{engine.name} x{self.world}]")
@@ -194,4 +196,5 @@ class _Run:
                     run.preempt(step)
         finally:
             logger.close()
+            del batches  # shuts its workers down now, not when a traceback that holds this frame goes
         return metrics

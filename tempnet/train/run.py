@@ -202,10 +202,12 @@ class Protocol:
     one tiny CPU all-reduce: the ranks agree on a signal and on the wall-clock cadence), `check()` where it
     logs, `save(step)` for its periodic checkpoints, and `preempt(step)` when `signum` is set: that saves
     (unless this step just was) and raises Preempted. Every save first runs the divergence check.
+    `preemption` is the trainer's installed tempnet.train.signals.Preemption (none: signals are not watched).
     """
 
     def __init__(self, out: Path, device, write_files: Callable[[Path], None], trainer_state: Callable[[int], dict],
-                 config, keep_last: int, save_every_minutes: float | None = None, newest: Path | None = None):
+                 config, keep_last: int, save_every_minutes: float | None = None, newest: Path | None = None,
+                 preemption=None):
         import time
 
         from tempnet.train.divergence import DivergenceGuard
@@ -213,16 +215,9 @@ class Protocol:
 
         self.out, self.write_files, self.trainer_state, self.config, self.keep_last = \
             out, write_files, trainer_state, config, keep_last
-        self.guard, self.preemption, self.newest = DivergenceGuard(device), Preemption(), newest
+        self.guard, self.preemption, self.newest = DivergenceGuard(device), preemption or Preemption(), newest
         self.minutes, self._clock, self._last_save = save_every_minutes, time.monotonic, time.monotonic()
         self.signum, self.time_due, self.saved_step = 0, False, None
-
-    def __enter__(self) -> "Protocol":
-        self.preemption.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.preemption.__exit__(*exc)
 
     def after_step(self, step: int, loss, grad_norm=None, skipped=None) -> None:
         self.guard.update(step, loss, grad_norm, skipped)
@@ -247,5 +242,6 @@ class Protocol:
 
         self.preemption.saving = True
         path = self.newest if self.saved_step == step else self.save(step)
+        self.preemption.saved = True  # from now on a repeated signal is ignored: the process exits 128 + signum
         message = f"preempted at step {step}: saved {path}" if is_main_process() else ""
         raise Preempted(message, self.signum)  # the entry point prints it and exits with 128 + signum

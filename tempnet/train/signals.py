@@ -3,10 +3,17 @@
 A handler only records the signal. At every step boundary the trainer asks `requested()`: the ranks
 agree (the largest signal number over ranks, one tiny all-reduce on a CPU group, no GPU synchronisation),
 so every rank stops after the same step, saves, and exits with 128 + the signal's number (143 for
-SIGTERM), the status schedulers requeue. Once the save has begun, a second signal aborts at once
-(the previous checkpoint stays: a checkpoint is renamed into place only when complete). A signal that
-arrives within `DUPLICATE_S` of the first is the same one delivered twice (a launcher forwarding what the
-scheduler also sent to every process) and is ignored.
+SIGTERM), the status schedulers requeue. The trainers install the handlers before they write anything
+(a signal during start-up ends in a checkpoint after the first step, which `--resume` continues).
+
+Schedulers signal every process of the job: the DataLoader workers ignore these signals
+(`loader_worker_init`), so only the trainer acts and the loader is shut down by the trainer, not killed
+(a worker killed by anything else still fails the run). Once the save has begun, a second signal aborts
+at once (the previous checkpoint stays: a checkpoint is renamed into place only when complete); a signal
+within `DUPLICATE_S` of the first is the same one delivered twice (a launcher forwarding what the
+scheduler also sent to every process) and is ignored. Once the preemption checkpoint is saved the
+process is on its way out with 128 + the first signal: the handlers stay installed and ignore repeats
+(schedulers often repeat the signal).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import time
 
 from tempnet.distributed import max_over_ranks
 
-__all__ = ["Preemption", "Preempted", "SIGNALS", "DUPLICATE_S"]
+__all__ = ["Preemption", "Preempted", "SIGNALS", "DUPLICATE_S", "loader_worker_init"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 DUPLICATE_S = 2.0
@@ -31,11 +38,18 @@ class Preempted(Exception):
         self.signum, self.status = signum, 128 + signum
 
 
+def loader_worker_init(worker_id: int) -> None:
+    """A DataLoader's `worker_init_fn`: the job's preemption signals are the trainer's to act on."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class Preemption:
-    """Installs the handlers on entry (main thread only) and restores the previous ones on exit."""
+    """Installs the handlers on entry (main thread only); restores the previous ones on exit, unless
+    the run ended preempted (then the process exits, and a repeated signal must not change its status)."""
 
     def __init__(self):
-        self.signum, self.saving, self._at, self._old = 0, False, 0.0, {}
+        self.signum, self.saving, self.saved, self._at, self._old = 0, False, False, 0.0, {}
 
     def __enter__(self) -> "Preemption":
         for sig in SIGNALS:
@@ -45,7 +59,9 @@ class Preemption:
                 break
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and issubclass(exc_type, Preempted):
+            return
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
@@ -53,7 +69,7 @@ class Preemption:
     def _handle(self, signum: int, frame) -> None:
         if not self.signum:
             self.signum, self._at = signum, time.monotonic()
-        elif self.saving and time.monotonic() - self._at > DUPLICATE_S:
+        elif self.saving and not self.saved and time.monotonic() - self._at > DUPLICATE_S:
             os.write(2, f"\nsecond signal ({signal.Signals(signum).name}) while saving the preemption checkpoint: "
                         "aborting; the previous checkpoint is kept\n".encode())
             os._exit(128 + signum)

@@ -1,7 +1,9 @@
 """The fault tests' runs: the real `train.py` as a subprocess in its own session, with a fault placed from
-inside the trainer by a small wrapper (SIGKILL itself after a checkpoint's files are written and before its
-manifest, or once the best-checkpoint copy is done; SIGKILL or a signal to its process group in the middle of
-a step: updated, not yet logged), and what the runs wrote."""
+inside the trainer by a small wrapper, at a known point on every machine: SIGKILL itself after a checkpoint's
+files are written and before its manifest, once the best-checkpoint copy is done, or in the middle of a step
+(updated, not yet logged); every weight NaN after a step's update (divergence that does not depend on where
+chaotic float dynamics go); a signal to the job (its process group, loader workers included) or to one rank
+once the trainer is provably inside its loop or has written config.yaml, and again after the save."""
 
 from __future__ import annotations
 
@@ -38,17 +40,66 @@ elif point == "best":  # die when checkpoint-WHERE is copied to checkpoint-best.
             os.kill(os.getpid(), signal.SIGKILL)
         original(file, data)
     best._write_json = write_json
-else:  # in step WHERE, after its update, before it is logged or saved: SIGKILL, or a signal to the process group
+elif point == "nan":  # the update of step WHERE leaves every weight NaN (not a save step): step WHERE+1 diverges
+    import torch
+    import tempnet.train.run as run
+    optimizers, init, after_step = [], torch.optim.Optimizer.__init__, run.Protocol.after_step
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        optimizers.append(self)
+    def poisoning_after_step(self, step, *args, **kwargs):
+        after_step(self, step, *args, **kwargs)
+        if step == int(where):
+            with torch.no_grad():
+                for group in (g for o in optimizers for g in o.param_groups):
+                    for param in group["params"]:
+                        param.fill_(float("nan"))
+    torch.optim.Optimizer.__init__, run.Protocol.after_step = recording_init, poisoning_after_step
+elif point == "step":  # SIGKILL in step WHERE, after its update, before it is logged or saved
     import tempnet.train.logging as logging
     log = logging.MetricsLogger.log
     def dying_log(self, step, metrics):
         if step == int(where) and os.environ.get("RANK", "0") == "0":
-            if point == "step":
-                os.kill(os.getpid(), signal.SIGKILL)
-            group = os.getpgid(os.getppid()) if "TORCHELASTIC_RUN_ID" in os.environ else 0  # torchrun's group
-            os.killpg(group, getattr(signal, point))
+            os.kill(os.getpid(), signal.SIGKILL)
         return log(self, step, metrics)
     logging.MetricsLogger.log = dying_log
+else:  # SIG[:rank1][:twice]: the signal to the job in step WHERE (updated, not yet logged) or once config.yaml
+    # is written (WHERE=start); the job is the process group (DataLoader workers included), torchrun's under
+    # torchrun; rank1: to rank 1's process only; twice: the job gets it again after the preemption checkpoint
+    name, *options = point.split(":")
+    sig = getattr(signal, name)
+    def send():
+        if "rank1" in options:
+            os.kill(os.getpid(), sig)
+        else:
+            os.killpg(os.getpgid(os.getppid()) if "TORCHELASTIC_RUN_ID" in os.environ else 0, sig)
+    sender = "1" if "rank1" in options else "0"
+    if where == "start":
+        import tempnet.config as config
+        save_config = config.save_config
+        def signalling_save_config(cfg, path):
+            save_config(cfg, path)
+            if Path(path).name == "config.yaml" and not Path(path).parent.name.startswith("checkpoint-"):
+                send()
+        config.save_config = signalling_save_config  # before the trainers import it
+    else:
+        import tempnet.train.logging as logging
+        log = logging.MetricsLogger.log
+        def signalling_log(self, step, metrics):
+            if step == int(where) and os.environ.get("RANK", "0") == sender:
+                send()
+            return log(self, step, metrics)
+        logging.MetricsLogger.log = signalling_log
+    if "twice" in options:
+        import time
+        import tempnet.train.run as run
+        release = run.release
+        def signalling_release(lock):
+            if os.environ.get("RANK", "0") == "0":
+                send()
+                time.sleep(0.5)  # delivered (and handled) before the run goes on
+            release(lock)
+        run.release = signalling_release
 sys.argv = sys.argv[3:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -80,7 +131,8 @@ def wrapper(tmp_path):
 
 
 def faulty(tmp_path, point: str, where: int, argv: list, expect: int, **kw):
-    """`train.py argv` with a fault at POINT (checkpoint, best, step, SIGTERM, SIGINT, ...) WHERE (a step)."""
+    """`train.py argv` with a fault at POINT (checkpoint, best, nan, step, SIGTERM[:rank1][:twice], SIGINT, ...)
+    WHERE (a step; for a signal also `start`: once config.yaml is written)."""
     return python_run(wrapper(tmp_path), point, where, *argv, expect=expect, **kw)
 
 
