@@ -8,12 +8,22 @@
 # sets it, else to the script's own default.
 # Preemption: the job asks SLURM for USR1 before its end (--signal=B:USR1@120, to this shell only); on USR1 it
 # sends SIGTERM to the job step, which the launchers forward to every rank (they do not forward USR1): the
-# trainers save a checkpoint and exit, then the job requeues itself (scontrol requeue). A scheduler's own
-# preemption sends SIGTERM to every process and requeues the job (--requeue).
+# trainers save a checkpoint and exit, then the job requeues itself (scontrol requeue). The trap is set first:
+# after a USR1 that comes before the step has started, the job does not start it and requeues itself (exit
+# 143). A scheduler's own preemption sends SIGTERM to every process and requeues the job (--requeue).
 # Resume: when the run directory (OUT, else the script's --output-dir default) holds a checkpoint-<step>/ with
 # its COMPLETE file, --resume is added to the arguments; a requeued job (SLURM_RESTART_COUNT > 0) resumes
 # instead of repeating an --overwrite it was submitted with.
 set -euo pipefail
+
+preempted=0
+step=
+stop_step() {
+  preempted=1
+  echo "slurm: USR1, stopping the run (SIGTERM to every rank)" >&2
+  if [ -n "$step" ]; then kill -TERM "$step" 2>/dev/null || true; fi
+}
+trap stop_step USR1
 
 error() { echo "error: $*" >&2; exit 2; }
 [ $# -ge 1 ] || error "usage: sbatch --nodes=N <folder>/scripts/slurm.sbatch <folder>/scripts/SCRIPT.sh [arguments]"
@@ -54,16 +64,17 @@ fi
 # ---- one launcher per node ------------------------------------------------------------------------------------
 echo "slurm: job $SLURM_JOB_ID, $NNODES node(s), master $MASTER_ADDR:$MASTER_PORT, run directory ${run_dir:-?}:" \
   "$script ${args[*]}" >&2
-srun --nodes="$NNODES" --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 \
-  bash -c 'export NODE_RANK="$SLURM_NODEID"; exec bash "$@"' node "$script" "${args[@]}" &
-step=$!
-preempted=0
-trap 'preempted=1; echo "slurm: USR1, stopping the run (SIGTERM to every rank)" >&2; kill -TERM "$step" 2>/dev/null || true' USR1
-status=0
-while :; do
-  if wait "$step"; then status=0; else status=$?; fi
-  kill -0 "$step" 2>/dev/null || break  # wait returned for the signal, not for the step: wait again
-done
+status=143  # a USR1 before the step started: it is not started (the status of a run stopped by SIGTERM)
+if [ "$preempted" = 0 ]; then
+  srun --nodes="$NNODES" --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 \
+    bash -c 'export NODE_RANK="$SLURM_NODEID"; exec bash "$@"' node "$script" "${args[@]}" &
+  step=$!
+  if [ "$preempted" = 1 ]; then kill -TERM "$step" 2>/dev/null || true; fi  # USR1 came before $step was set
+  while :; do
+    if wait "$step"; then status=0; else status=$?; fi
+    kill -0 "$step" 2>/dev/null || break  # wait returned for the signal, not for the step: wait again
+  done
+fi
 if [ "$preempted" = 1 ] && [ "$status" -ne 0 ]; then
   echo "slurm: requeueing job $SLURM_JOB_ID (the next start resumes $run_dir)" >&2
   scontrol requeue "$SLURM_JOB_ID"

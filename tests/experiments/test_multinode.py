@@ -102,7 +102,12 @@ exit $status
 """
 
 _SCONTROL_STUB = f"""#!/usr/bin/env bash
-if [ "$1 $2" = "show hostnames" ]; then printf '%s\\n' {' '.join(HOSTS)}; else echo "$*" >> "$STUB_LOG.scontrol"; fi
+if [ "$1 $2" = "show hostnames" ]; then
+  printf '%s\\n' {' '.join(HOSTS)}
+  if [ -n "${{STUB_USR1:-}}" ]; then kill -USR1 "$PPID"; fi  # to the job shell before it starts the step
+else
+  echo "$*" >> "$STUB_LOG.scontrol"
+fi
 """
 
 
@@ -284,6 +289,14 @@ def test_slurm_usr1_stops_every_rank_and_requeues(stubs):
     assert job.returncode == 143, stderr
     terminated = sorted(r["terminated"] for r in _calls(log) if "terminated" in r)
     assert terminated == ["0", "1"]  # SIGTERM (which the launchers forward) reached both nodes' launchers
+    assert (log.parent / (log.name + ".scontrol")).read_text().splitlines() == [f"requeue {JOB}"]
+
+
+def test_slurm_usr1_before_the_step_starts_requeues_without_starting_it(stubs):
+    env, log = stubs
+    proc = _sbatch("GPT_2", "GPT_2/scripts/scratch_tempnet.sh", _job_env(env, STUB_USR1=1))
+    assert proc.returncode == 143 and "slurm: USR1, stopping the run" in proc.stderr, (proc.returncode, proc.stderr)
+    assert not log.exists()  # no launcher started
     assert (log.parent / (log.name + ".scontrol")).read_text().splitlines() == [f"requeue {JOB}"]
 
 
