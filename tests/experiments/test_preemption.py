@@ -1,0 +1,121 @@
+"""Preemption as a scheduler does it, through the real `train.py` of both trainers as a subprocess: SIGTERM,
+SIGINT or SIGUSR1 to every process of the job (the trainer and its DataLoader workers: SLURM, Kubernetes,
+`kill -TERM -PGID`), to one rank of two, during start-up, and again after the save. Every case ends as a
+signal to the trainer alone does: the step finishes, every rank saves, `preempted at step N: saved
+DIR/checkpoint-N` and exit 128 + signal. The signal is sent from inside the trainer once it is provably in
+its loop (or has written config.yaml), see fault_runs.py; the LLM trainer's exact resume after a preemption
+is in test_faults.py, the CLIP trainer's in test_faults_clip.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from fault_runs import faulty, python_run
+from helpers import torchrun
+from lm_runs import ENV, REPO, metrics
+from shard_data import write_pair_shards
+
+pytestmark = pytest.mark.slow
+
+LM = ["train.max_steps=6", "train.save_every=100", "train.progress_bar=false", "train.tensorboard=false"]
+CLIP = ["loss=isogclr_tempnet", "train.epochs=1", "train.save_every=100", "eval.every_epoch=false",
+        "train.progress_bar=false", "train.tensorboard=false"]
+
+
+def _lm(out, *extra):
+    return ["GPT_2/train.py", "--config", "GPT_2/configs/debug.yaml", "--output-dir", out, *LM, *extra]
+
+
+def _clip(out, *extra):
+    return ["Bimodal-CL/train.py", "--config", "Bimodal-CL/configs/debug.yaml", "--output-dir", out, *CLIP, *extra]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """160 pairs in 4 webdataset shards: 5 steps of 32 per epoch."""
+    from tempnet.data.shards import build_index, write_index
+
+    root = tmp_path_factory.mktemp("shards")
+    pattern, _ = write_pair_shards(root, num=160, per_shard=40)
+    return pattern, write_index(build_index(pattern), root / "index.json")
+
+
+def _argv(kind, out, workers, shards):
+    data = f"data.num_workers={workers}"
+    if kind == "lm":
+        return _lm(out, data)
+    if kind == "clip-json":
+        return _clip(out, data)
+    pattern, index = shards
+    return _clip(out, data, "data.format=webdataset", "data.synthetic=false", f"data.train_shards={pattern}",
+                 f"data.train_index={index}", "data.shard_window=2")
+
+
+def _preempted(proc, out, step: int) -> None:
+    """The run ended as a preempted run does: the one line last, the checkpoint complete, no loader error."""
+    assert proc.stderr.splitlines()[-1] == f"preempted at step {step}: saved {out / f'checkpoint-{step}'}"
+    assert (out / f"checkpoint-{step}" / "COMPLETE").is_file()
+    assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["step"] == step
+    assert "DataLoader worker" not in proc.stderr
+
+
+# each trainer and data format with 0, 1 and 2 loader workers, the three signals spread over them; `twice`: the
+# job gets the signal again after the save (schedulers repeat it), which must not change the exit status
+@pytest.mark.parametrize("kind, workers, point", [
+    ("lm", 0, "SIGUSR1"), ("lm", 1, "SIGINT"), ("lm", 2, "SIGTERM:twice"),
+    ("clip-json", 0, "SIGINT"), ("clip-json", 1, "SIGUSR1:twice"), ("clip-json", 2, "SIGTERM"),
+    ("clip-shards", 0, "SIGTERM:twice"), ("clip-shards", 1, "SIGINT"), ("clip-shards", 2, "SIGUSR1"),
+])
+def test_a_signal_to_every_process_of_the_job_saves_and_exits_128_plus_signal(kind, workers, point, shards,
+                                                                                tmp_path):
+    out = tmp_path / "run"
+    sig = getattr(signal, point.split(":")[0])
+    proc = faulty(tmp_path, point, 2, _argv(kind, out, workers, shards), expect=128 + sig)  # sent in step 2
+    _preempted(proc, out, 3)  # step 3 had begun when the ranks agreed: it finishes, then the save
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+
+
+def test_a_loader_worker_killed_by_something_else_still_fails_the_run(tmp_path):
+    out = tmp_path / "run"
+    script = tmp_path / "kill_worker.py"  # SIGKILL one DataLoader worker in step 2, then train on
+    script.write_text(
+        "import multiprocessing, os, runpy, signal, sys\n"
+        "import tempnet.train.logging as logging\n"
+        "log = logging.MetricsLogger.log\n"
+        "def killing_log(self, step, metrics):\n"
+        "    if step == 2:\n"
+        "        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)\n"
+        "    return log(self, step, metrics)\n"
+        "logging.MetricsLogger.log = killing_log\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, script, *map(str, _lm(out, "data.num_workers=2"))], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=400, start_new_session=True)
+    assert proc.returncode == 1 and "RuntimeError: DataLoader worker (pid" in proc.stderr, proc.stderr[-3000:]
+    assert not (out / "final").exists()
+
+
+@pytest.mark.parametrize("trainer", ["lm", "clip-json"])
+def test_a_signal_during_start_up_ends_in_a_checkpoint_that_resumes(trainer, shards, tmp_path):
+    out = tmp_path / "run"
+    argv = _argv(trainer, out, 1, shards)
+    proc = faulty(tmp_path, "SIGTERM", "start", argv, expect=128 + signal.SIGTERM)  # once config.yaml is written
+    _preempted(proc, out, 1)
+    done = python_run(*argv, "--resume")  # what the SLURM requeue runs (the directory holds a checkpoint)
+    assert f"resumed from {out / 'checkpoint-1'}" in done.stderr
+    assert [r["step"] for r in metrics(out)] == list(range(1, 7 if trainer == "lm" else 11))
+
+
+def test_a_signal_to_one_rank_of_two_stops_both_after_the_same_step(tmp_path):
+    out = tmp_path / "run"
+    proc = faulty(tmp_path, "SIGTERM:rank1", 2, _lm(out, "data.num_workers=1"), expect=1,  # torchrun's status
+                  launcher=torchrun(2))
+    assert f"preempted at step 3: saved {out / 'checkpoint-3'}" in proc.stderr.splitlines()
+    assert {"rng_state_0.pt", "rng_state_1.pt", "COMPLETE"} <= {p.name for p in (out / "checkpoint-3").iterdir()}
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+    assert "DataLoader worker" not in proc.stderr
