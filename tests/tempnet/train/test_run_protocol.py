@@ -39,6 +39,27 @@ def test_a_second_run_is_refused_naming_pid_and_host_and_a_dead_one_is_taken_ove
     lock.release()
 
 
+def test_without_flock_the_lock_file_decides_and_another_hosts_lock_is_refused(tmp_path, monkeypatch):
+    from tempnet.train import lock as lock_module
+
+    def no_flock(fd, operation):  # a filesystem without flock (some NFS / Lustre mounts)
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_flock)
+    holder = tmp_path / ".lock"
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)  # no such process here, whatever it is on the other host
+    holder.write_text(json.dumps({"host": "gpu-b03", "pid": dead}))  # a live run there cannot be told from here
+    with pytest.raises(UserError, match=rf"{tmp_path} is in use by pid {dead} on gpu-b03"):
+        RunLock(tmp_path).acquire()
+    holder.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))  # alive on this host
+    with pytest.raises(UserError, match=rf"in use by pid {os.getppid()} on {socket.gethostname()}"):
+        RunLock(tmp_path).acquire()
+    holder.write_text(json.dumps({"host": socket.gethostname(), "pid": dead}))  # dead on this host: taken over
+    with pytest.warns(UserWarning, match=f"taking over the lock of pid {dead}"):
+        RunLock(tmp_path).acquire().release()
+
+
 # ---- divergence --------------------------------------------------------------------------------------
 def test_guard_names_the_first_non_finite_step_and_tolerates_short_fp16_skips():
     guard = DivergenceGuard("cpu")
@@ -49,14 +70,15 @@ def test_guard_names_the_first_non_finite_step_and_tolerates_short_fp16_skips():
     with pytest.raises(Diverged, match="diverged at step 2.*newest finite checkpoint is OUT/checkpoint-1"):
         guard.check("OUT/checkpoint-1")
 
+    assert MAX_SKIPPED_STEPS == 100  # documented: 100 skipped fp16 steps in a row are divergence
     fp16 = DivergenceGuard("cpu")
-    for step in range(1, MAX_SKIPPED_STEPS):  # the scaler skipped these (inf gradients): not divergence
+    for step in range(1, 100):  # 99 steps the scaler skipped (inf gradients): not divergence
         fp16.update(step, torch.tensor(1.0), torch.tensor(float("inf")), skipped=torch.tensor(True))
-    fp16.update(MAX_SKIPPED_STEPS, torch.tensor(1.0), torch.tensor(1.0), skipped=torch.tensor(False))
     assert fp16.first_bad_step() is None
-    for step in range(1, MAX_SKIPPED_STEPS + 1):
-        fp16.update(1000 + step, torch.tensor(1.0), torch.tensor(float("nan")), skipped=torch.tensor(True))
-    assert fp16.first_bad_step() == 1000 + MAX_SKIPPED_STEPS  # the 100th skip in a row
+    fp16.update(100, torch.tensor(1.0), torch.tensor(1.0), skipped=torch.tensor(False))  # the run starts again
+    for step in range(101, 201):
+        fp16.update(step, torch.tensor(1.0), torch.tensor(float("nan")), skipped=torch.tensor(True))
+        assert fp16.first_bad_step() == (200 if step == 200 else None)  # the 100th skip in a row, not before
 
 
 # ---- best checkpoint -----------------------------------------------------------------------------------
@@ -147,26 +169,42 @@ def test_nan_embeddings_score_nan_never_100_and_tables_show_it():
 
 # ---- preemption and the wall-clock cadence ---------------------------------------------------------------
 _SIGNALS = """
-import os, signal, time
-from tempnet.train.signals import Preemption
-with Preemption() as p:
-    os.kill(os.getpid(), signal.SIGUSR1)
+import os, signal, sys, time
+from tempnet.train.signals import Preempted, Preemption
+
+def send(sig):
+    os.kill(os.getpid(), sig)
     time.sleep(0.2)
-    assert p.signum == signal.SIGUSR1 and p.requested() == signal.SIGUSR1, p.signum
-    os.kill(os.getpid(), signal.SIGTERM)  # before the save began: the same preemption, nothing happens
-    time.sleep(0.2)
-    print("still running", flush=True)
-    p.saving, p._at = True, p._at - 10  # the preemption save is under way
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(2)
-    print("not aborted", flush=True)
+
+try:
+    with Preemption() as p:
+        send(signal.SIGUSR1)
+        assert p.signum == signal.SIGUSR1 and p.requested() == signal.SIGUSR1, p.signum
+        p._at -= 10
+        send(signal.SIGTERM)  # before the save began: the same preemption, however late
+        p.saving, p._at = True, time.monotonic()
+        send(signal.SIGTERM)  # the save is under way, within DUPLICATE_S of the first: delivered twice, ignored
+        print("still running", flush=True)
+        p._at -= 10
+        if sys.argv[1] == "after":
+            p.saved = True
+            send(signal.SIGINT)  # the save is done: the process is exiting with 128 + the first signal
+            raise Preempted("preempted", p.signum)
+        send(signal.SIGINT)  # the save is under way, long after the first: abort at once
+        print("not aborted", flush=True)
+except Preempted as exc:
+    send(signal.SIGTERM)  # the handlers stay after a preemption: a repeated signal does not kill the process
+    print("exiting", flush=True)
+    sys.exit(exc.status)
 """
 
 
-def test_a_signal_is_recorded_and_a_second_one_during_the_save_aborts_at_once():
-    proc = subprocess.run([sys.executable, "-c", _SIGNALS], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 128 + 2, proc.stderr  # 130: SIGINT
-    assert proc.stdout == "still running\n" and "second signal (SIGINT)" in proc.stderr
+@pytest.mark.parametrize("when, status, printed", [("during", 128 + 2, "still running\n"),
+                                                    ("after", 128 + 10, "still running\nexiting\n")])
+def test_the_second_signal_window(when, status, printed):
+    proc = subprocess.run([sys.executable, "-c", _SIGNALS, when], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == status and proc.stdout == printed, (proc.returncode, proc.stdout, proc.stderr)
+    assert ("second signal (SIGINT)" in proc.stderr) == (when == "during")
 
 
 def test_the_wall_clock_cadence_asks_for_a_save(tmp_path):
@@ -177,6 +215,9 @@ def test_the_wall_clock_cadence_asks_for_a_save(tmp_path):
     run._clock = lambda: now[0]
     run.after_step(1, torch.tensor(1.0))
     assert not run.time_due and not run.signum
-    now[0] += 121
+    now[0] += 119  # minutes, not seconds: not yet
     run.after_step(2, torch.tensor(1.0))
+    assert not run.time_due
+    now[0] += 2
+    run.after_step(3, torch.tensor(1.0))
     assert run.time_due
