@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The tests that must hold on any machine, run the way another machine would see them: PyTorch's portable CPU
+# kernels (ATEN_CPU_CAPABILITY=default: another reduction order than this CPU's vector kernels), one thread,
+# and every core loaded by two busy processes (slow steps, late signals), which this script starts and kills.
+#   bash scripts/check_portable.sh [pytest arguments, e.g. -x or -k preempt]
+# Covers the fault tests (SIGKILL, preemption, divergence, full disk), the run protocol, the multi-node and
+# SLURM scripts, and the numerics (losses and ops against float64 references, distributed parity).
+# Exit status: pytest's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tests=(tests/experiments/test_faults.py tests/experiments/test_faults_clip.py tests/experiments/test_preemption.py
+       tests/experiments/test_multinode.py tests/tempnet/train/test_run_protocol.py
+       tests/tempnet/losses tests/tempnet/test_ops.py tests/tempnet/test_modules.py tests/tempnet/test_distributed.py)
+
+busy=()
+stop_busy() { for pid in "${busy[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap stop_busy EXIT
+for _ in 1 2; do
+  (while :; do :; done) &
+  busy+=($!)
+done
+echo "check_portable: ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1, busy processes ${busy[*]}" >&2
+ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+  "${PYTHON:-python}" -m pytest -q -p no:cacheprovider "${tests[@]}" "$@"
