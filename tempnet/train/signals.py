@@ -7,8 +7,8 @@ SIGTERM), the status schedulers requeue. The trainers install the handlers befor
 (a signal during start-up ends in a checkpoint after the first step, which `--resume` continues).
 
 Schedulers signal every process of the job: the DataLoader workers ignore these signals
-(`loader_worker_init`), so only the trainer acts and the loader is shut down by the trainer, not killed
-(a worker killed by anything else still fails the run). Once the save has begun, a second signal aborts
+(`loader_worker_init`), so only the trainer acts and shuts its loader down (a worker killed by anything
+else still fails the run). Once the save has begun, a second signal aborts
 at once (the previous checkpoint stays: a checkpoint is renamed into place only when complete); a signal
 within `DUPLICATE_S` of the first is the same one delivered twice (a launcher forwarding what the
 scheduler also sent to every process) and is ignored. Once the preemption checkpoint is saved the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 from tempnet.distributed import max_over_ranks
@@ -39,9 +40,21 @@ class Preempted(Exception):
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """A DataLoader's `worker_init_fn`: the job's preemption signals are the trainer's to act on."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """A DataLoader's `worker_init_fn`: the job's preemption signals are the trainer's to act on.
+
+    The worker blocks them and a thread takes them: the SIGTERM with which the loader itself (the worker's
+    parent) ends a worker that does not stop on its own still ends it; any other sender's is ignored.
+    """
+    parent = os.getppid()
+
+    def take() -> None:
+        while True:
+            info = signal.sigwaitinfo(SIGNALS)
+            if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+                os._exit(0)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # threads started from now on inherit the mask
+    threading.Thread(target=take, name="job-signals", daemon=True).start()
 
 
 class Preemption:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from lm_runs import ENV, REPO, metrics
 
 _WRAPPER = """
-import os, runpy, signal, sys
+import os, runpy, signal, subprocess, sys
 from pathlib import Path
 
 point, where = sys.argv[1], sys.argv[2]
@@ -71,8 +71,9 @@ else:  # SIG[:rank1][:twice]: the signal to the job in step WHERE (updated, not 
     def send():
         if "rank1" in options:
             os.kill(os.getpid(), sig)
-        else:
-            os.killpg(os.getpgid(os.getppid()) if "TORCHELASTIC_RUN_ID" in os.environ else 0, sig)
+        else:  # from another process, as a scheduler sends it (`kill` returns once every process has it)
+            group = os.getpgid(os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else 0)
+            subprocess.run(["kill", "-s", name, "--", f"-{group}"])
     sender = "1" if "rank1" in options else "0"
     if where == "start":
         import tempnet.config as config
