@@ -88,11 +88,11 @@ opts=()
 while [[ "$1" == -* ]]; do opts+=("$1"); shift; done
 printf '%s\\n' "${opts[*]}" >> "$STUB_LOG.srun"
 pids=()
+trap 'for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done' TERM  # before any task starts
 for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do
   SLURM_NODEID=$node SLURM_PROCID=$node "$@" &
   pids+=($!)
 done
-trap 'for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done' TERM
 status=0
 for p in "${pids[@]}"; do
   while :; do wait "$p"; s=$?; kill -0 "$p" 2>/dev/null || break; done

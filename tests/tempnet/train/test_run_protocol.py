@@ -170,8 +170,10 @@ def test_nan_embeddings_score_nan_never_100_and_tables_show_it():
 # ---- preemption and the wall-clock cadence ---------------------------------------------------------------
 _SIGNALS = """
 import os, signal, sys, time
+from tempnet.train import signals
 from tempnet.train.signals import Preempted, Preemption
 
+signals.DUPLICATE_S = 60.0  # "within the window" holds however slowly this process runs
 def send(sig):
     os.kill(os.getpid(), sig)
     time.sleep(0.2)
@@ -180,12 +182,12 @@ try:
     with Preemption() as p:
         send(signal.SIGUSR1)
         assert p.signum == signal.SIGUSR1 and p.requested() == signal.SIGUSR1, p.signum
-        p._at -= 10
+        p._at -= 100
         send(signal.SIGTERM)  # before the save began: the same preemption, however late
         p.saving, p._at = True, time.monotonic()
         send(signal.SIGTERM)  # the save is under way, within DUPLICATE_S of the first: delivered twice, ignored
         print("still running", flush=True)
-        p._at -= 10
+        p._at -= 100
         if sys.argv[1] == "after":
             p.saved = True
             send(signal.SIGINT)  # the save is done: the process is exiting with 128 + the first signal
