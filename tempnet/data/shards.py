@@ -101,6 +101,8 @@ def _scan(url: str) -> dict:
                                 f"the file has {size}")
             middle = start + max(0, length // 2 - 32)
             digest.update(f"{name}\0{length}\0".encode() + data[middle:middle + min(64, length)])
+        if size < 1024 or data[size - 1024:] != bytes(1024):  # a tar ends with two zero blocks
+            raise DataError(f"shard {url} is truncated: it does not end with the tar end-of-archive blocks")
     finally:
         tar.close()
     if not keys:

@@ -96,6 +96,8 @@ def test_every_sample_once_per_epoch_over_2_ranks_x_2_workers_and_epochs_differ(
     single = _epoch_ids(index, 0, world=1, workers=0)[0]
     assert [a + b for a, b in zip(*epoch0)] == single
     assert _epoch_ids(index, 0, world=1, workers=0, start_step=5)[0] == single[5:]
+    # a 2-rank run resumed mid-epoch at step 5: each rank goes on with its own slice of global batch 5
+    assert [a + b for a, b in zip(*_epoch_ids(index, 0, start_step=5))] == single[5:]
 
 
 def test_window_sampler_reads_few_shards_per_stretch(shards):
