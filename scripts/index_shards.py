@@ -24,9 +24,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pattern", help="the shards as a brace pattern, e.g. /data/cc12m/{00000..01242}.tar")
     parser.add_argument("--output", required=True, help="the index JSON to write")
+    parser.add_argument("--workers", type=int, default=None, help="processes scanning shards (default: one per CPU)")
     args = parser.parse_args(argv)
     tic = time.perf_counter()
-    index = build_index(args.pattern)
+    index = build_index(args.pattern, args.workers)
     write_index(index, args.output)
     print(f"{len(index['shardlist'])} shards, {index['num_samples']} samples, hash {index['shard_list_hash'][:12]} "
           f"-> {args.output} ({time.perf_counter() - tic:.1f} s)")

@@ -34,7 +34,7 @@ import multiprocessing
 import os
 import struct
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -163,12 +163,16 @@ def _list_hash(shards: list[dict]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def build_index(shards: str | list[str], workers: int = 16) -> dict:
-    """Scan every shard (a brace pattern or a list of paths; in parallel: on a network filesystem many small
-    reads at once): the index described in the module docstring."""
+def build_index(shards: str | list[str], workers: int | None = None) -> dict:
+    """Scan every shard (a brace pattern or a list of paths) in `workers` processes (default: one per CPU;
+    parsing the tar headers is Python work): the index described in the module docstring."""
     urls = expand_shards(shards) if isinstance(shards, str) else list(shards)
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(urls)))) as pool:
-        rows = list(pool.map(_scan, urls))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(urls)))
+    if workers == 1:
+        rows = [_scan(url) for url in urls]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(_scan, urls, chunksize=max(1, len(urls) // (8 * workers))))
     return {"format": INDEX_FORMAT, "pattern": shards if isinstance(shards, str) else "::".join(urls),
             "num_samples": sum(s["nsamples"] for s in rows), "shard_list_hash": _list_hash(rows),
             "key_held_twice": _key_held_twice(rows), "shardlist": rows}
