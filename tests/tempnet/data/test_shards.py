@@ -253,3 +253,15 @@ def test_resampled_streams_differ_by_rank_and_hold_max_bad_fraction(shards, tmp_
     with pytest.raises(UserError, match=r"of 96 samples are bad, more than data.max_bad_fraction=0.01"):
         stream(0, third)
     assert len(stream(0, third, max_bad_fraction=0.5)) == 4
+
+
+def test_a_shard_cut_anywhere_is_refused_naming_it(tmp_path):
+    pattern, _ = write_pair_shards(tmp_path, num=64, per_shard=32)
+    shard = tmp_path / "shards" / "00001.tar"
+    data = shard.read_bytes()
+    header, size = _member(shard, "000010005.txt")
+    header -= 512
+    for cut in (header + 100, header + 512 + size // 2, header):  # in a header, in a member, between members
+        shard.write_bytes(data[:cut])
+        with pytest.raises(UserError, match=rf"shard \S+00001\.tar is (not a readable tar \(truncated|truncated)"):
+            build_index(pattern)
