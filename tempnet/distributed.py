@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["world_size_and_rank", "node_layout", "is_main_process", "gather_with_grad", "gather_ids",
-           "all_reduce_mean", "all_reduce_min", "all_reduce_max", "max_over_ranks", "broadcast_object", "barrier", "main_process_first",
-           "init_from_env", "destroy"]
+           "all_reduce_mean", "all_reduce_min", "all_reduce_max", "max_over_ranks", "broadcast_object", "barrier",
+           "main_process_first", "init_from_env", "destroy"]
 
 
 def world_size_and_rank() -> tuple[int, int]:

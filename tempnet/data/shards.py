@@ -126,33 +126,49 @@ def _counts(items) -> dict:
     return counts
 
 
-def _shard_keys(url: str) -> set:
+def _shard_keys(url: str) -> list[str]:
     from wids.wids import splitname
 
     tar = _open_tar(url)
     try:
         names = list(tar.reader.names())
-        return {splitname(names[group[0]])[0].split("/")[-1] for group in tar.samples}
+        return [splitname(names[group[0]])[0].split("/")[-1] for group in tar.samples]
     finally:
         tar.close()
 
 
+def _common_key(shards: list[dict]) -> dict | None:
+    """{"key", "shards": [url, url]} of a key two of `shards` both hold (their keys read again), else None."""
+    keys = [_shard_keys(s["url"]) for s in shards]
+    values = np.concatenate([np.array(k, dtype=np.int64) for k in keys])
+    owner = np.concatenate([np.full(len(k), j) for j, k in enumerate(keys)])
+    offset = np.concatenate([np.arange(len(k)) for k in keys])
+    order = np.argsort(values, kind="stable")
+    same = np.flatnonzero(values[order][1:] == values[order][:-1])
+    if not len(same):
+        return None
+    first, second = order[same[0]], order[same[0] + 1]
+    return {"key": keys[owner[first]][offset[first]],
+            "shards": [shards[owner[first]]["url"], shards[owner[second]]["url"]]}
+
+
 def _key_held_twice(shards: list[dict]) -> dict | None:
-    """{"key", "shards": [url, url]} of an integer key that two samples share, else None. Shards whose key
-    ranges overlap are read again to compare their keys (img2dataset's ranges never overlap: no reads)."""
+    """{"key", "shards": [url, url]} of an integer key that two samples share, else None. Only the shards of a
+    run of overlapping key ranges are read again, each once (img2dataset's ranges never overlap: no reads)."""
     for s in shards:
         if s["key_twice"] is not None:
             return {"key": s["key_twice"], "shards": [s["url"], s["url"]]}
     if any(s["min_int_key"] is None for s in shards):
         return None  # not integer keys: data.sample_ids=key refuses them anyway
-    order = sorted(shards, key=lambda s: s["min_int_key"])
-    for i, a in enumerate(order):
-        for b in order[i + 1:]:
-            if b["min_int_key"] > a["max_int_key"]:
-                break
-            common = _shard_keys(a["url"]) & _shard_keys(b["url"])
-            if common:
-                return {"key": min(common), "shards": [a["url"], b["url"]]}
+    run, reach = [], -1
+    for s in [*sorted(shards, key=lambda s: s["min_int_key"]), None]:
+        if s is not None and s["min_int_key"] <= reach:
+            run, reach = run + [s], max(reach, s["max_int_key"])
+            continue
+        found = _common_key(run) if len(run) > 1 else None
+        if found or s is None:
+            return found
+        run, reach = [s], s["max_int_key"]
     return None
 
 
@@ -321,7 +337,8 @@ class ShardedPairs(Dataset):
     epoch e is seeded by (seed, e, id), as ImageTextPairs. A sample that cannot be decoded raises an error
     naming shard and key (on_bad_sample="error"), or is replaced by the next good sample of its shard
     (on_bad_sample="skip", the same replacement every time); more than max_bad_fraction of the data set
-    bad (distinct samples, counted by this process and its workers: `BadSamples`) is an error. Open shards are kept in a small LRU per worker.
+    bad (distinct samples, counted by this process and its workers: `BadSamples`) is an error. Open shards
+    are kept in a small LRU per worker.
     """
 
     def __init__(self, index: ShardIndex, transform: Callable, max_words: int = 30, seed: int = 0,

@@ -1,6 +1,6 @@
 """The CLIP trainer's training data, one interface for both formats (data.format: json | webdataset).
 
-    data = build_train_data(cfg, rank, world, device, tokenizer, out)
+    data = build_train_data(cfg, rank, world, device, tokenizer, out); data.write_files()  # after resume checks
     data.set_epoch(epoch, step_in_epoch); for batch in data.loader: ...
     trainer_state = {**pos, **data.state()}; data.check_state(trainer_state, path)  # on resume
 
@@ -10,8 +10,9 @@ ranks; with data.train_index the scan must match it shard by shard. Then Sharded
 (exact order and resume), or with data.resampled the ResampledShardStream; decoding, transforms and caption
 tokenisation run in the loader's workers. The index's hash (of the shards' content, not their paths) goes
 into every checkpoint's trainer_state.json and a resume on other content is refused; the same shards in
-another folder resume. Nothing is written before the resume checks pass (`TrainData.write_files`). Also here: the start-of-run
-check of the data and eval paths (`check_inputs`) and the synthetic set (`use_synthetic_data`).
+another folder resume. Nothing is written before the resume checks pass (`TrainData.write_files`).
+Also here: the start-of-run check of the data and eval paths (`check_inputs`) and the synthetic set
+(`use_synthetic_data`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class TrainData:
     """What a checkpoint records about the data and a resume must find unchanged (the shard list hash)."""
     index: dict | None = None
     """The shard index built at start (written to OUTPUT_DIR/shard_index.json by `write_files`)."""
+    out: Path | None = None
+    """OUTPUT_DIR."""
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         for obj, takes_step in self.epoch_setters:
@@ -59,10 +62,10 @@ class TrainData:
     def state(self) -> dict:
         return dict(self.identity)
 
-    def write_files(self, out: Path) -> None:
+    def write_files(self) -> None:
         """(rank 0, once the resume checks passed) OUTPUT_DIR/shard_index.json: the shards this run reads."""
         if self.index is not None:
-            write_index(self.index, Path(out) / "shard_index.json")
+            write_index(self.index, Path(self.out) / "shard_index.json")
 
     def check_state(self, stored: dict, path) -> None:
         """Refuse a resume whose data differ from the checkpoint's."""
@@ -139,7 +142,7 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
         stream = ResampledShardStream(index, transform, collate, t.batch_size, steps, rank, t.seed, d.max_words,
                                       d.shuffle_buffer, on_bad, max_bad)
         loader = DataLoader(stream, batch_size=None, num_workers=d.num_workers, pin_memory=pin)
-        return TrainData(loader, index.num_samples, steps, [(stream, True)], identity, built)
+        return TrainData(loader, index.num_samples, steps, [(stream, True)], identity, built, out)
     # a worker keeps the window's shards open (window 0: up to 256, then reads may reopen a shard's index)
     open_shards = max(8, d.shard_window) if d.shard_window else min(len(index.urls), 256)
     dataset = ShardedPairs(index, transform, d.max_words, t.seed, on_bad, max_bad, open_shards=open_shards)
@@ -147,7 +150,7 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin, collate_fn=collate,
                         generator=torch.Generator().manual_seed(t.seed))
     return TrainData(loader, index.num_samples, sampler.steps_per_epoch, [(dataset, False), (sampler, True)],
-                     identity, built)
+                     identity, built, out)
 
 
 def check_inputs(cfg) -> None:

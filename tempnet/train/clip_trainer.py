@@ -287,7 +287,7 @@ class ClipRun:
             protocol.rewind_run_files(self.out, point.step)
         if self.rank == 0:
             save_config(cfg, self.out / "config.yaml")
-            self.data.write_files(self.out)
+            self.data.write_files()
         run = protocol.Protocol(self.out, self.device, self.write_files, self.trainer_state, cfg, t.keep_last,
                                 t.save_every_minutes, point.path if point else None)
         logger = MetricsLogger(self.out, tensorboard=t.tensorboard, resume_step=point.step if point else None,
