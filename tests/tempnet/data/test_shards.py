@@ -2,6 +2,8 @@
 tars written with webdataset's own TarWriter: 200 pairs in 5 shards, sparse keys, one corrupt image."""
 
 import json
+import shutil
+import tarfile
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from shard_data import write_pair_shards
 from tempnet.data.image_text import pre_caption
 from tempnet.data.image_transforms import train_transform
 from tempnet.data.shard_stream import ResampledShardStream
-from tempnet.data.shards import ShardedPairs, ShardIndex, ShardWindowSampler, build_index, read_index, write_index
+from tempnet.data.shards import (ShardedPairs, ShardIndex, ShardWindowSampler, build_index, check_same_content,
+                                  read_index, write_index)
 from tempnet.errors import UserError
 from tempnet.losses import SogCLRLoss
 from tempnet.train.clip_data import TokenizingCollate
@@ -167,8 +170,6 @@ def test_resampled_stream_ids_match_captions_and_late_samples_start_their_averag
 
 def _member(path, suffix):
     """(data offset, size) of the first member of the tar at `path` whose name ends with `suffix`."""
-    import tarfile
-
     with tarfile.open(path) as tar:
         info = next(m for m in tar.getmembers() if m.name.endswith(suffix))
         return info.offset_data, info.size
@@ -181,8 +182,6 @@ def _patched(path, offset, new: bytes):
 
 
 def test_which_changes_of_a_shard_the_hash_detects(tmp_path):
-    import shutil
-
     pattern, _ = write_pair_shards(tmp_path / "a", num=64, per_shard=32)
     shard = tmp_path / "a" / "shards" / "00001.tar"
     base = build_index(pattern)["shard_list_hash"]
@@ -208,11 +207,14 @@ def test_which_changes_of_a_shard_the_hash_detects(tmp_path):
     assert changed(name, b"000010004.jsoN")
     # not caught (the documented limit): a same-size change away from every member's sampled 64 bytes
     assert not changed(start + 40, bytes(b ^ 0xFF for b in original[start + 40:start + 48]))
+    # a data.train_index checked against the files: the first shard that differs is named
+    _patched(shard, middle, bytes(b ^ 0xFF for b in original[middle:middle + 8]))
+    with pytest.raises(UserError, match=r"shard \S+a/shards/00001\.tar is not shard 1 of INDEX \(\S+\): its "
+                                        r"fingerprint differ"):
+        check_same_content(build_index(str(moved / "{00000..00001}.tar")), build_index(pattern), "INDEX")
 
 
 def test_duplicate_keys_are_an_error_with_key_ids_naming_both_shards(tmp_path):
-    import shutil
-
     pattern, _ = write_pair_shards(tmp_path, num=64, per_shard=32)
     folder = tmp_path / "shards"
     shutil.copy(folder / "00000.tar", folder / "00002.tar")  # the same keys again, in another shard
