@@ -15,7 +15,7 @@ import tarfile
 import pytest
 import torch
 
-from bimodal_runs import TRAIN, argv, checkpoint, metrics, run_main, tensors
+from bimodal_runs import TRAIN, argv, checkpoint, metrics, run_main, run_torchrun, tensors
 from fault_runs import error_line, hashes, python_run
 from helpers import REPO
 from shard_data import write_pair_shards
@@ -60,6 +60,23 @@ def test_resume_mid_epoch_from_a_moved_copy_equals_the_uninterrupted_run(shards,
     assert bool(a["criterion.image_state.seen"].all())  # one slot per sample: the dense ids fill the state
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resuming"
+
+
+def test_a_two_rank_resume_mid_epoch_reads_the_same_samples(shards, tmp_path):
+    """torchrun x 2, stopped at step 4 of 10 and resumed: every later step equals the uninterrupted run's (each rank
+    reads its slice of the same global batch; a wrong position shows in the losses and the per-sample state)."""
+    _, pattern, index = shards
+    args = [*RUN, f"data.train_shards={pattern}", f"data.train_index={index}", "data.shard_window=2",
+            "data.num_workers=0", "train.epochs=1", "train.batch_size=8"]
+    run_torchrun(2, tmp_path / "ref", *args)
+    out = tmp_path / "run"
+    run_torchrun(2, out, *args, "train.stop_after_steps=4")
+    run_torchrun(2, out, *args, "--resume")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
+    assert [r["step"] for r in metrics(out)] == list(range(1, 11))
+    assert strip(metrics(out)) == strip(metrics(tmp_path / "ref"))
+    a, b = checkpoint(out, 10)[1]["criterion"], checkpoint(tmp_path / "ref", 10)[1]["criterion"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _rewrite_with_other_images(shard):
