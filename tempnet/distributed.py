@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["world_size_and_rank", "node_layout", "is_main_process", "gather_with_grad", "gather_ids",
-           "all_reduce_mean", "all_reduce_min", "all_reduce_max", "max_over_ranks", "barrier", "main_process_first",
-           "init_from_env", "destroy"]
+           "all_reduce_mean", "all_reduce_min", "all_reduce_max", "max_over_ranks", "broadcast_object", "barrier",
+           "main_process_first", "init_from_env", "destroy"]
 
 
 def world_size_and_rank() -> tuple[int, int]:
@@ -122,16 +122,29 @@ def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
 _CPU_GROUP: list = []
 
 
+def _cpu_group():
+    if not _CPU_GROUP:  # the first call is collective: every rank reaches it at the same point
+        _CPU_GROUP.append(None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo"))
+    return _CPU_GROUP[0]
+
+
 def max_over_ranks(value: int) -> int:
     """The largest of every rank's integer, through a CPU (gloo) group: no GPU stream synchronisation, so
     the trainers can agree on a flag (a signal, a failed write) at every step for one tiny collective."""
     if world_size_and_rank()[0] == 1:
         return int(value)
-    if not _CPU_GROUP:  # the first call is collective: every rank reaches it at the same point
-        _CPU_GROUP.append(None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo"))
     x = torch.tensor([int(value)], dtype=torch.long)
-    dist.all_reduce(x, op=dist.ReduceOp.MAX, group=_CPU_GROUP[0])
+    dist.all_reduce(x, op=dist.ReduceOp.MAX, group=_cpu_group())
     return int(x)
+
+
+def broadcast_object(obj=None):
+    """Rank 0's picklable `obj` on every rank (through the CPU group); `obj` itself in one process."""
+    if world_size_and_rank()[0] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_cpu_group())
+    return box[0]
 
 
 def barrier() -> None:

@@ -33,7 +33,7 @@ def write_pair_shards(root: Path, num: int = 200, per_shard: int = 48, gap_every
                     i += 1
                 key = f"{shard * SHARD_SPAN + i:09d}"
                 image = (src / entry["image"]).read_bytes()
-                if key in corrupt:
+                if corrupt is True or key in corrupt:
                     image = b"not a png" + image[:20]
                 sink.write({"__key__": key, "png": image, "txt": entry["caption"],
                             "json": json.dumps({"key": key, "caption": entry["caption"]})})

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tempnet.data.shards import ShardIndex, decode_pair
+from tempnet.data.shards import BadSamples, ShardIndex, decode_pair
 from tempnet.errors import UserError
 
 __all__ = ["ResampledShardStream"]
@@ -35,16 +35,16 @@ class ResampledShardStream(IterableDataset):
 
     def __init__(self, index: ShardIndex, transform: Callable, collate: Callable, batch_size: int,
                  num_batches: int, rank: int = 0, seed: int = 0, max_words: int = 30, shuffle_buffer: int = 2000,
-                 on_bad_sample: str = "error"):
+                 on_bad_sample: str = "error", max_bad_fraction: float = 0.01):
         self.index, self.transform, self.collate, self.batch_size = index, transform, collate, batch_size
         self.num_batches, self.rank, self.seed, self.max_words = num_batches, rank, seed, max_words
         self.shuffle_buffer, self.on_bad_sample = shuffle_buffer, on_bad_sample
         self.epoch, self.start_step = 0, 0
-        self.bad = torch.zeros(1, dtype=torch.int64).share_memory_()  # dropped so far, shared with workers
+        self.bad = BadSamples(index.num_samples, index.num_positions, max_bad_fraction)
 
     def num_bad(self) -> int:
-        """Bad samples dropped so far (by this process and its loader workers)."""
-        return int(self.bad)
+        """Distinct bad samples dropped so far (by this process and its loader workers)."""
+        return len(self.bad)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch, self.start_step = int(epoch), int(start_step)
@@ -68,7 +68,7 @@ class ResampledShardStream(IterableDataset):
             except ValueError as err:
                 if self.on_bad_sample == "error":
                     raise UserError(f"{err} (data.on_bad_sample=skip drops bad samples)") from None
-                self.bad += 1
+                self.bad.add(sid, err)  # more than max_bad_fraction of the data set bad, or all of it: an error
                 continue
             yield image, caption, sid
 

@@ -2,22 +2,27 @@
 
     SHARD.tar:  KEY.jpg|jpeg|png|webp  KEY.txt  [KEY.json]   (one sample per KEY, in tar order)
 
-A shard index (`build_index`, `scripts/index_shards.py`) lists every shard with its sample count and
-key range, in the order of the brace pattern, plus a hash of that list. It is also a valid `wids`
-dataset descriptor ("shardlist" of {"url", "nsamples"}). From it:
+A shard index (`build_index`, `scripts/index_shards.py`) lists every shard with its sample count, key range,
+size and content fingerprint, in the order of the brace pattern, plus a hash of that list. It is also a
+valid `wids` dataset descriptor ("shardlist" of {"url", "nsamples"}). From it:
 
   * the id of a sample (its slot in the losses' per-sample state) is either its global position in the
     index (`ids="index"`: shard start + offset in the shard, a dense remap, so failed downloads leave no
-    empty slots) or its integer key (`ids="key"`: img2dataset's key, the state sized max key + 1);
+    empty slots) or its integer key (`ids="key"`: img2dataset's key, the state sized max key + 1; a key held
+    twice is an error naming both shards);
   * global position p -> (shard, offset) by a binary search over the shard starts, so a seeded order of
     positions (`ShardWindowSampler`) fixes which sample every step of every rank sees, resumable at any
     step without reading a byte of the skipped data;
-  * a changed shard list (a shard added, removed, rewritten with other samples) changes the hash, and a
-    resumed run refuses it.
+  * the hash covers what the shards hold, not where they lie: per shard its size, sample count, key range
+    and fingerprint (a hash of every tar member's name and size and of 64 bytes from the middle of its
+    data, read from the headers and one small read per member, nothing decoded). A shard added, removed,
+    reordered or rewritten changes the hash and a resumed run refuses it; the same shards in another
+    folder (a per-job scratch copy) keep it.
 
 `ShardedPairs` reads a sample by (shard, offset) with wids' indexed tar reader (mmap of the tar,
 random access to its members); `ShardWindowSampler` keeps those reads inside a window of a few shards
-at a time. The streaming mode without an exact order is tempnet.data.shard_stream.
+at a time. The streaming mode without an exact order is tempnet.data.shard_stream. `BadSamples` counts
+the distinct samples that failed to decode, for both.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import multiprocessing
 import os
+import struct
 from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -37,12 +45,12 @@ from torch.utils.data import Dataset
 
 from tempnet.data.image_text import pre_caption, sample_seed, seeded_transform
 from tempnet.data.sampler import GlobalBatchSampler
-from tempnet.errors import UserError
+from tempnet.errors import DataError, UserError
 
 __all__ = ["INDEX_FORMAT", "IMAGE_EXTENSIONS", "expand_shards", "build_index", "write_index", "read_index",
-           "ShardIndex", "decode_pair", "ShardedPairs", "ShardWindowSampler", "BAD_SAMPLE_MODES"]
+           "ShardIndex", "decode_pair", "ShardedPairs", "ShardWindowSampler", "BAD_SAMPLE_MODES", "BadSamples"]
 
-INDEX_FORMAT = "tempnet-shard-index/1"
+INDEX_FORMAT = "tempnet-shard-index/2"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 BAD_SAMPLE_MODES = ("error", "skip")
 
@@ -58,41 +66,144 @@ def expand_shards(pattern: str) -> list[str]:
 
 
 def _open_tar(url: str):
-    """wids' indexed view of one local tar: len() samples, [i] -> {ext: stream, "__key__": key}."""
+    """wids' indexed view of one local tar: len() samples, [i] -> {ext: stream, "__key__": key}; a file that
+    is not a plain tar (empty, gzip-compressed, cut inside a header) is a DataError naming it."""
     from wids.wids import IndexedTarSamples
 
     if not os.path.isfile(url):
         raise FileNotFoundError(f"shard not found: {url}")
-    return IndexedTarSamples(path=url)
+    with open(url, "rb") as f:
+        head = f.read(2)
+    if not head:
+        raise DataError(f"shard {url} is empty (0 bytes): download it again")
+    if head == b"\x1f\x8b":
+        raise DataError(f"shard {url} is gzip-compressed: webdataset shards here must be plain .tar (gunzip it)")
+    try:
+        return IndexedTarSamples(path=url)
+    except (struct.error, ValueError) as err:  # wids' header parser: a short header, a non-octal size field
+        raise DataError(f"shard {url} is not a readable tar (truncated or damaged): {err}") from None
+
+
+def _scan(url: str) -> dict:
+    """One shard's row of the index, from its tar headers and one 64-byte read per member (nothing decoded)."""
+    from wids.wids import splitname
+
+    tar = _open_tar(url)
+    try:
+        names = list(tar.reader.names())
+        keys = [splitname(names[group[0]])[0].split("/")[-1] for group in tar.samples]
+        size, data, digest = os.path.getsize(url), tar.reader.mmapped_file, hashlib.sha256()
+        members = list(tar.reader.by_index)  # (name, header offset, data length), every member in tar order
+        for name, offset, length in members:
+            start = offset + 512
+            if start + length > size:
+                raise DataError(f"shard {url} is truncated: its member {name} ends at byte {start + length}, "
+                                f"the file has {size}")
+            middle = start + max(0, length // 2 - 32)
+            digest.update(f"{name}\0{length}\0".encode() + data[middle:middle + min(64, length)])
+        if size < 1024 or data[size - 1024:] != bytes(1024):  # a tar ends with two zero blocks
+            raise DataError(f"shard {url} is truncated: it does not end with the tar end-of-archive blocks")
+    finally:
+        tar.close()
+    if not keys:
+        raise DataError(f"shard {url} holds no samples")
+    int_keys = all(k.isdigit() for k in keys)
+    member_twice = next((m for m, n in _counts(m for m, _, _ in members).items() if n > 1), None)
+    twice = next((k for k, n in _counts(keys).items() if n > 1), None)  # a key's members apart in the tar
+    if member_twice is not None:
+        twice = splitname(member_twice)[0].split("/")[-1]
+    return {"url": url, "nsamples": len(keys), "first_key": keys[0], "last_key": keys[-1],
+            "sorted": all(a < b for a, b in zip(keys, keys[1:])),
+            "min_int_key": min(map(int, keys)) if int_keys else None,
+            "max_int_key": max(map(int, keys)) if int_keys else None,
+            "filesize": size, "fingerprint": digest.hexdigest(), "key_twice": twice}
+
+
+def _counts(items) -> dict:
+    counts: dict = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def _shard_keys(url: str) -> list[str]:
+    from wids.wids import splitname
+
+    tar = _open_tar(url)
+    try:
+        names = list(tar.reader.names())
+        return [splitname(names[group[0]])[0].split("/")[-1] for group in tar.samples]
+    finally:
+        tar.close()
+
+
+def _common_key(shards: list[dict]) -> dict | None:
+    """{"key", "shards": [url, url]} of a key two of `shards` both hold (their keys read again), else None."""
+    keys = [_shard_keys(s["url"]) for s in shards]
+    values = np.concatenate([np.array(k, dtype=np.int64) for k in keys])
+    owner = np.concatenate([np.full(len(k), j) for j, k in enumerate(keys)])
+    offset = np.concatenate([np.arange(len(k)) for k in keys])
+    order = np.argsort(values, kind="stable")
+    same = np.flatnonzero(values[order][1:] == values[order][:-1])
+    if not len(same):
+        return None
+    first, second = order[same[0]], order[same[0] + 1]
+    return {"key": keys[owner[first]][offset[first]],
+            "shards": [shards[owner[first]]["url"], shards[owner[second]]["url"]]}
+
+
+def _key_held_twice(shards: list[dict]) -> dict | None:
+    """{"key", "shards": [url, url]} of an integer key that two samples share, else None. Only the shards of a
+    run of overlapping key ranges are read again, each once (img2dataset's ranges never overlap: no reads)."""
+    for s in shards:
+        if s["key_twice"] is not None:
+            return {"key": s["key_twice"], "shards": [s["url"], s["url"]]}
+    if any(s["min_int_key"] is None for s in shards):
+        return None  # not integer keys: data.sample_ids=key refuses them anyway
+    run, reach = [], -1
+    for s in [*sorted(shards, key=lambda s: s["min_int_key"]), None]:
+        if s is not None and s["min_int_key"] <= reach:
+            run, reach = run + [s], max(reach, s["max_int_key"])
+            continue
+        found = _common_key(run) if len(run) > 1 else None
+        if found or s is None:
+            return found
+        run, reach = [s], s["max_int_key"]
+    return None
 
 
 def _list_hash(shards: list[dict]) -> str:
-    """sha256 of (file name, sample count, key range) of every shard, in order (the folder may move)."""
-    rows = [[os.path.basename(s["url"]), s["nsamples"], s["first_key"], s["last_key"]] for s in shards]
+    """sha256 of every shard's content identity, in order: sample count, key range, size, fingerprint.
+    No path or file name: the same shards in another folder hash the same."""
+    rows = [[s["nsamples"], s["first_key"], s["last_key"], s["filesize"], s["fingerprint"]] for s in shards]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def build_index(pattern: str) -> dict:
-    """Scan every shard's tar headers (no image is decoded): the index described in the module docstring."""
-    shards = []
-    for url in expand_shards(pattern):
-        from wids.wids import splitname
+def build_index(shards: str | list[str], workers: int | None = None) -> dict:
+    """Scan every shard (a brace pattern or a list of paths) in `workers` processes (default: one per CPU;
+    parsing the tar headers is Python work): the index described in the module docstring."""
+    urls = expand_shards(shards) if isinstance(shards, str) else list(shards)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(urls)))
+    if workers == 1:
+        rows = [_scan(url) for url in urls]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(_scan, urls, chunksize=max(1, len(urls) // (8 * workers))))
+    return {"format": INDEX_FORMAT, "pattern": shards if isinstance(shards, str) else "::".join(urls),
+            "num_samples": sum(s["nsamples"] for s in rows), "shard_list_hash": _list_hash(rows),
+            "key_held_twice": _key_held_twice(rows), "shardlist": rows}
 
-        tar = _open_tar(url)
-        try:
-            names = list(tar.reader.names())
-            keys = [splitname(names[group[0]])[0].split("/")[-1] for group in tar.samples]
-        finally:
-            tar.close()
-        if not keys:
-            raise UserError(f"shard {url} holds no samples")
-        int_keys = all(k.isdigit() for k in keys)
-        shards.append({"url": url, "nsamples": len(keys), "first_key": keys[0], "last_key": keys[-1],
-                       "sorted": all(a < b for a, b in zip(keys, keys[1:])),
-                       "max_int_key": max(map(int, keys)) if int_keys else None,
-                       "filesize": os.path.getsize(url)})
-    return {"format": INDEX_FORMAT, "pattern": pattern, "num_samples": sum(s["nsamples"] for s in shards),
-            "shard_list_hash": _list_hash(shards), "shardlist": shards}
+
+def check_same_content(index: dict, found: dict, where: str) -> None:
+    """`found` (a fresh scan of the shards) must hold what `index` (read from `where`) lists, shard by shard."""
+    expected, actual = index["shardlist"], found["shardlist"]
+    if len(expected) != len(actual):
+        raise UserError(f"{where} lists {len(expected)} shards, the shards given are {len(actual)}")
+    for i, (a, b) in enumerate(zip(expected, actual)):
+        fields = [k for k in ("filesize", "nsamples", "first_key", "last_key", "fingerprint") if a[k] != b[k]]
+        if fields:
+            raise UserError(f"shard {b['url']} is not shard {i} of {where} ({a['url']}): its {', '.join(fields)} "
+                            "differ (rewritten since it was indexed? rerun scripts/index_shards.py)")
 
 
 def write_index(index: dict, path: str | Path) -> Path:
@@ -108,9 +219,15 @@ def read_index(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"shard index not found: {path}")
-    index = json.loads(path.read_text())
-    if index.get("format") != INDEX_FORMAT:
-        raise UserError(f"{path} is not a shard index of scripts/index_shards.py (format {index.get('format')!r})")
+    try:
+        index = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        index = None
+    if not isinstance(index, dict) or not str(index.get("format", "")).startswith("tempnet-shard-index/"):
+        raise UserError(f"{path} is not a shard index of scripts/index_shards.py (an index is its JSON output; "
+                        "the shards themselves go in data.train_shards)")
+    if index["format"] != INDEX_FORMAT:
+        raise UserError(f"{path} was written by an older scripts/index_shards.py ({index['format']}): rerun it")
     if _list_hash(index["shardlist"]) != index["shard_list_hash"]:
         raise UserError(f"{path}: its shard list does not match its hash (edited by hand?): rebuild it")
     return index
@@ -123,6 +240,12 @@ class ShardIndex:
         if ids not in ("index", "key"):
             raise ValueError(f"sample ids must be 'index' or 'key', got {ids!r}")
         self.shards, self.ids, self.hash = index["shardlist"], ids, index["shard_list_hash"]
+        twice = index["key_held_twice"]
+        if ids == "key" and twice is not None:
+            a, b = twice["shards"]
+            where = f"twice in shard {a}" if a == b else f"in shard {a} and in shard {b}"
+            raise UserError(f"data.sample_ids=key: key {twice['key']!r} is {where}; two samples cannot share one "
+                            "per-sample state slot (use data.sample_ids=index)")
         self.urls = [s["url"] for s in self.shards]
         self.counts = np.array([s["nsamples"] for s in self.shards], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)  # [S + 1]
@@ -178,6 +301,35 @@ def decode_pair(sample: dict, where: str, max_words: int) -> tuple[Image.Image, 
     return image, caption
 
 
+class BadSamples:
+    """The distinct samples (by id) that failed to decode, shared by a process and its loader workers: a bit
+    per id, a count and a lock, so a sample met again (a later epoch, a shard drawn again, two workers at
+    once) is counted once. `add` is an error once the count passes max_fraction x the data set's size, or
+    reaches it (nothing decodes: a stream would otherwise search for a good sample for ever)."""
+
+    def __init__(self, num_ids: int, data_size: int, max_fraction: float):
+        self.bits = torch.zeros((num_ids + 7) // 8, dtype=torch.uint8).share_memory_()
+        self.count = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.lock = multiprocessing.Lock()
+        self.data_size, self.max_fraction = int(data_size), float(max_fraction)
+
+    def __len__(self) -> int:
+        return int(self.count)
+
+    def add(self, sid: int, err: Exception) -> None:
+        byte, bit = divmod(int(sid), 8)
+        with self.lock:
+            if not int(self.bits[byte]) >> bit & 1:
+                self.bits[byte] |= 1 << bit
+                self.count += 1
+            count = int(self.count)
+        if count >= self.data_size:
+            raise UserError(f"none of the {self.data_size} samples can be decoded; the last: {err}")
+        if count > self.max_fraction * self.data_size:
+            raise UserError(f"{count} of {self.data_size} samples are bad, more than data.max_bad_fraction="
+                            f"{self.max_fraction:g}; the last: {err}")
+
+
 class ShardedPairs(Dataset):
     """Map-style pairs over the index: item p (a global position) -> (image [3, H, W], caption, id, id).
 
@@ -185,7 +337,8 @@ class ShardedPairs(Dataset):
     epoch e is seeded by (seed, e, id), as ImageTextPairs. A sample that cannot be decoded raises an error
     naming shard and key (on_bad_sample="error"), or is replaced by the next good sample of its shard
     (on_bad_sample="skip", the same replacement every time); more than max_bad_fraction of the data set
-    replaced in one worker is an error. Open shards are kept in a small LRU per worker.
+    bad (distinct samples, counted by this process and its workers: `BadSamples`) is an error. Open shards
+    are kept in a small LRU per worker.
     """
 
     def __init__(self, index: ShardIndex, transform: Callable, max_words: int = 30, seed: int = 0,
@@ -195,11 +348,11 @@ class ShardedPairs(Dataset):
         self.index, self.transform, self.max_words, self.seed, self.epoch = index, transform, max_words, seed, 0
         self.on_bad_sample, self.max_bad_fraction, self.open_shards = on_bad_sample, max_bad_fraction, open_shards
         self._tars: OrderedDict = OrderedDict()
-        self.bad = torch.zeros(1, dtype=torch.int64).share_memory_()  # replacements so far, shared with workers
+        self.bad = BadSamples(index.num_samples, index.num_positions, max_bad_fraction)
 
     def num_bad(self) -> int:
-        """Bad samples replaced so far (by this process and its loader workers)."""
-        return int(self.bad)
+        """Distinct bad samples met so far (by this process and its loader workers)."""
+        return len(self.bad)
 
     def __len__(self) -> int:
         return self.index.num_positions
@@ -235,10 +388,7 @@ class ShardedPairs(Dataset):
             except ValueError as err:
                 if self.on_bad_sample == "error":
                     raise UserError(f"{err} (data.on_bad_sample=skip replaces bad samples)") from None
-                self.bad += 1
-                if int(self.bad) > self.max_bad_fraction * self.index.num_positions:
-                    raise UserError(f"more than data.max_bad_fraction={self.max_bad_fraction} of the samples are "
-                                    f"bad; the last: {err}") from None
+                self.bad.add(sid, err)
         raise UserError(f"shard {self.index.urls[shard]}: no sample can be decoded")
 
     def __getitem__(self, position: int):

@@ -103,9 +103,11 @@ class DataConfig:
     format: str = "json"
     """json (train_json + image_root) or webdataset (img2dataset shards: KEY.jpg|png|webp + KEY.txt)."""
     train_shards: str = ""
-    """webdataset: the shards as a brace pattern, e.g. /cc12m/{00000..01242}.tar."""
+    """webdataset: the shards as a brace pattern, e.g. /cc12m/{00000..01242}.tar (may change on resume: a
+    resume checks the shards' content, so a copy in another folder resumes)."""
     train_index: str = ""
-    """webdataset: the shard index of scripts/index_shards.py ("" = rank 0 indexes the shards at start into
+    """webdataset: the shard index of scripts/index_shards.py; the shards (data.train_shards, else the files it
+    lists) must still hold what it lists ("" = rank 0 indexes the shards at start into
     OUTPUT_DIR/shard_index.json)."""
     sample_ids: str = "index"
     """webdataset: the per-sample state slot of a sample: index (its position in the index: dense) or key
@@ -289,6 +291,7 @@ RESUME_SAFE = ("train.epochs", "train.stop_after_epochs", "train.stop_after_step
                "train.save_every", "train.save_every_minutes", "train.keep_last", "train.tensorboard",
                "train.progress_bar", "data.num_workers",
                "data.on_bad_sample", "data.max_bad_fraction",  # a run stopped by a bad image may resume with skip
+               "data.train_shards", "data.train_index",  # the shards' content is checked (shard_list_hash), not paths
                "eval")
 
 

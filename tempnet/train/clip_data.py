@@ -1,15 +1,18 @@
 """The CLIP trainer's training data, one interface for both formats (data.format: json | webdataset).
 
-    data = build_train_data(cfg, rank, world, device, tokenizer, out)
+    data = build_train_data(cfg, rank, world, device, tokenizer, out); data.write_files()  # after resume checks
     data.set_epoch(epoch, step_in_epoch); for batch in data.loader: ...
     trainer_state = {**pos, **data.state()}; data.check_state(trainer_state, path)  # on resume
 
-json: ImageTextPairs + GlobalBatchSampler (captions tokenised in the step, as before). webdataset: the
-shard index (data.train_index, else built by rank 0 into OUTPUT_DIR/shard_index.json), ShardedPairs +
-ShardWindowSampler (exact order and resume), or with data.resampled the ResampledShardStream; decoding,
-transforms and caption tokenisation run in the loader's workers. The index's hash goes into every
-checkpoint's trainer_state.json and a resume with another shard list is refused. Also here: the start-of-run
-check of the data and eval paths (`check_inputs`) and the synthetic set (`use_synthetic_data`).
+json: ImageTextPairs + GlobalBatchSampler (captions tokenised in the step, as before). webdataset: rank 0
+scans the shards (data.train_shards, else the files data.train_index lists) and hands the index to the other
+ranks; with data.train_index the scan must match it shard by shard. Then ShardedPairs + ShardWindowSampler
+(exact order and resume), or with data.resampled the ResampledShardStream; decoding, transforms and caption
+tokenisation run in the loader's workers. The index's hash (of the shards' content, not their paths) goes
+into every checkpoint's trainer_state.json and a resume on other content is refused; the same shards in
+another folder resume. Nothing is written before the resume checks pass (`TrainData.write_files`).
+Also here: the start-of-run check of the data and eval paths (`check_inputs`) and the synthetic set
+(`use_synthetic_data`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from tempnet.data.image_transforms import train_transform
 from tempnet.data.sampler import GlobalBatchSampler
 from tempnet.data.shard_stream import ResampledShardStream
 from tempnet.data.synthetic_image_text import make_synthetic_image_text
-from tempnet.data.shards import ShardedPairs, ShardIndex, ShardWindowSampler, build_index, read_index, write_index
-from tempnet.errors import ConfigError, UserError
+from tempnet.data.shards import (ShardedPairs, ShardIndex, ShardWindowSampler, build_index, check_same_content,
+                                  read_index, write_index)
+from tempnet.errors import USER_ERRORS, ConfigError, UserError
 from tempnet.train.clip_config import RetrievalSetConfig, ZeroShotSetConfig
 from tempnet.train.signals import loader_worker_init
 
@@ -47,6 +51,10 @@ class TrainData:
     """Objects with set_epoch(epoch) or set_epoch(epoch, start_step)."""
     identity: dict = field(default_factory=dict)
     """What a checkpoint records about the data and a resume must find unchanged (the shard list hash)."""
+    index: dict | None = None
+    """The shard index built at start (written to OUTPUT_DIR/shard_index.json by `write_files`)."""
+    out: Path | None = None
+    """OUTPUT_DIR."""
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         for obj, takes_step in self.epoch_setters:
@@ -55,12 +63,17 @@ class TrainData:
     def state(self) -> dict:
         return dict(self.identity)
 
+    def write_files(self) -> None:
+        """(rank 0, once the resume checks passed) OUTPUT_DIR/shard_index.json: the shards this run reads."""
+        if self.index is not None:
+            write_index(self.index, Path(self.out) / "shard_index.json")
+
     def check_state(self, stored: dict, path) -> None:
         """Refuse a resume whose data differ from the checkpoint's."""
         for key, value in self.identity.items():
             if stored.get(key) != value:
                 raise UserError(f"{path} was trained on other data: its {key} is {stored.get(key)!r}, this run's "
-                                f"is {value!r} (a changed shard list cannot resume; start a new run)")
+                                f"is {value!r} (shards added, removed or rewritten cannot resume; start a new run)")
 
 
 class TokenizingCollate:
@@ -75,21 +88,31 @@ class TokenizingCollate:
                 torch.tensor(text_ids))
 
 
-def _shard_index(cfg, out: Path) -> dict:
+def _scan_shards(d) -> dict:
+    """The index of the shards this run reads; with data.train_index they must hold what it lists."""
+    if not d.train_index:
+        return build_index(d.train_shards)
+    index = read_index(d.train_index)
+    found = build_index(d.train_shards or [s["url"] for s in index["shardlist"]])
+    check_same_content(index, found, f"data.train_index {d.train_index}")
+    return found
+
+
+def _shard_index(cfg) -> dict:
+    """Rank 0 scans the shards (a user error there is raised on every rank) and broadcasts the index."""
     d = cfg.data
     if not d.train_shards and not d.train_index:
         raise ConfigError("data.format=webdataset needs data.train_shards (a brace pattern) or data.train_index")
-    if d.train_index:
-        index = read_index(d.train_index)
-        if d.train_shards and index["pattern"] != d.train_shards:
-            raise ConfigError(f"data.train_index {d.train_index} indexes {index['pattern']!r}, not data.train_shards="
-                              f"{d.train_shards!r}")
-        return index
-    path = Path(out) / "shard_index.json"
+    outcome = None
     if tdist.is_main_process():
-        write_index(build_index(d.train_shards), path)
-    tdist.barrier()
-    return read_index(path)
+        try:
+            outcome = (True, _scan_shards(d))
+        except USER_ERRORS as err:
+            outcome = (False, err)
+    ok, value = tdist.broadcast_object(outcome)
+    if not ok:
+        raise value
+    return value
 
 
 def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer: Callable, out: Path) -> TrainData:
@@ -109,7 +132,8 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin,
                             worker_init_fn=loader_worker_init, generator=torch.Generator().manual_seed(t.seed))
         return TrainData(loader, len(dataset), sampler.steps_per_epoch, [(dataset, False), (sampler, True)])
-    index = ShardIndex(_shard_index(cfg, out), d.sample_ids)
+    built = _shard_index(cfg)
+    index = ShardIndex(built, d.sample_ids)
     identity = {"shard_list_hash": index.hash, "num_samples": index.num_samples}
     collate = TokenizingCollate(tokenizer)
     if d.resampled:
@@ -117,10 +141,10 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
         if steps < 1:
             raise UserError(f"the shards hold {index.num_positions} samples, fewer than one global batch")
         stream = ResampledShardStream(index, transform, collate, t.batch_size, steps, rank, t.seed, d.max_words,
-                                      d.shuffle_buffer, on_bad)
+                                      d.shuffle_buffer, on_bad, max_bad)
         loader = DataLoader(stream, batch_size=None, num_workers=d.num_workers, pin_memory=pin,
                             worker_init_fn=loader_worker_init)
-        return TrainData(loader, index.num_samples, steps, [(stream, True)], identity)
+        return TrainData(loader, index.num_samples, steps, [(stream, True)], identity, built, out)
     # a worker keeps the window's shards open (window 0: up to 256, then reads may reopen a shard's index)
     open_shards = max(8, d.shard_window) if d.shard_window else min(len(index.urls), 256)
     dataset = ShardedPairs(index, transform, d.max_words, t.seed, on_bad, max_bad, open_shards=open_shards)
@@ -128,7 +152,7 @@ def build_train_data(cfg, rank: int, world: int, device: torch.device, tokenizer
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, pin_memory=pin, collate_fn=collate,
                         worker_init_fn=loader_worker_init, generator=torch.Generator().manual_seed(t.seed))
     return TrainData(loader, index.num_samples, sampler.steps_per_epoch, [(dataset, False), (sampler, True)],
-                     identity)
+                     identity, built, out)
 
 
 def check_inputs(cfg) -> None:

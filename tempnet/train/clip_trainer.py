@@ -270,7 +270,7 @@ class ClipRun:
         self.model.load_state_dict(ckpt.load_weights(path / "model.safetensors", self.device))
         if self.tempnets is not None:
             self.tempnets.load_state_dict(ckpt.load_weights(path / "tempnets.safetensors", self.device))
-        stored = ckpt.load_state(path / "optimizer.pt", self.device)
+        stored = ckpt.load_state(path / "optimizer.pt", "cpu")  # the per-sample state may stay on the host
         for key, obj in self._stateful().items():
             obj.load_state_dict(stored[key])
         ckpt.load_rng(path, self.rank)
@@ -288,6 +288,7 @@ class ClipRun:
             protocol.rewind_run_files(self.out, point.step)
         if self.rank == 0:
             save_config(cfg, self.out / "config.yaml")
+            self.data.write_files()
         run = protocol.Protocol(self.out, self.device, self.write_files, self.trainer_state, cfg, t.keep_last,
                                 t.save_every_minutes, point.path if point else None, preemption)
         logger = MetricsLogger(self.out, tensorboard=t.tensorboard, resume_step=point.step if point else None,

@@ -1,14 +1,23 @@
 """Bimodal-CL on webdataset shards (data.format=webdataset, configs/debug.yaml's tiny model, CPU): a run
-interrupted mid-epoch and resumed, with another number of loader workers, equals the uninterrupted run;
-a changed shard list is refused on resume; the CC12M launch script runs."""
+interrupted mid-epoch and resumed from a copy of its shards in another folder, with another number of loader
+workers, equals the uninterrupted run; a shard rewritten in place is refused on resume and the run directory
+is left as it was; broken shard files and a data.train_index that is not an index are one `error:` line
+(train.py and scripts/index_shards.py as subprocesses); a resume keeps host-memory per-sample state off the
+device; the CC12M launch script runs."""
 
+import gzip
+import io
 import json
 import re
+import shutil
+import tarfile
 
 import pytest
 import torch
 
-from bimodal_runs import checkpoint, metrics, run_main, tensors
+from bimodal_runs import TRAIN, argv, checkpoint, metrics, run_main, run_torchrun, tensors
+from fault_runs import error_line, hashes, python_run
+from helpers import REPO
 from shard_data import write_pair_shards
 from tempnet.data.shards import build_index, write_index
 from tempnet.errors import UserError, user_message
@@ -27,17 +36,20 @@ def shards(tmp_path_factory):
     return root, pattern, index
 
 
-def test_resume_mid_epoch_equals_the_uninterrupted_run(shards, tmp_path):
-    _, pattern, index = shards
-    data = [f"data.train_shards={pattern}", f"data.train_index={index}", "data.shard_window=2"]
+def test_resume_mid_epoch_from_a_moved_copy_equals_the_uninterrupted_run(shards, tmp_path):
+    root, pattern, index = shards
+    data = [f"data.train_index={index}", "data.shard_window=2"]
     ref = tmp_path / "ref"
-    run_main(ref, *RUN, *data, "data.num_workers=0")
+    run_main(ref, *RUN, f"data.train_shards={pattern}", *data, "data.num_workers=0")
     out = tmp_path / "crashed"
-    run_main(out, *RUN, *data, "data.num_workers=2", "train.stop_after_steps=3")  # step 3 of 5 in epoch 1
+    run_main(out, *RUN, f"data.train_shards={pattern}", *data, "data.num_workers=2",
+             "train.stop_after_steps=3")  # step 3 of 5 in epoch 1
     assert (out / "checkpoint-3" / "COMPLETE").is_file()
     assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["shard_list_hash"] == \
         json.loads(index.read_text())["shard_list_hash"]
-    run_main(out, *RUN, *data, "data.num_workers=0", resume=True)
+    scratch = tmp_path / "scratch"  # the same shards staged to another folder (a per-job copy)
+    shutil.copytree(root / "shards", scratch)
+    run_main(out, *RUN, f"data.train_shards={scratch}/{{00000..00003}}.tar", *data, "data.num_workers=0", resume=True)
 
     strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
     assert [r["step"] for r in metrics(ref)] == list(range(1, 11))
@@ -50,20 +62,123 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(shards, tmp_path):
         assert torch.equal(a[key], b[key]), f"{key} differs after resuming"
 
 
-def test_a_changed_shard_list_is_refused_on_resume(shards, tmp_path):
-    root, pattern, _ = shards
+def test_a_two_rank_resume_mid_epoch_reads_the_same_samples(shards, tmp_path):
+    """torchrun x 2, stopped at step 4 of 10 and resumed: every later step equals the uninterrupted run's (each rank
+    reads its slice of the same global batch; a wrong position shows in the losses and the per-sample state)."""
+    _, pattern, index = shards
+    args = [*RUN, f"data.train_shards={pattern}", f"data.train_index={index}", "data.shard_window=2",
+            "data.num_workers=0", "train.epochs=1", "train.batch_size=8"]
+    run_torchrun(2, tmp_path / "ref", *args)
     out = tmp_path / "run"
-    data = [f"data.train_shards={pattern}", "data.num_workers=0"]  # indexed at start into OUT/shard_index.json
-    run_main(out, *RUN, *data, "train.stop_after_steps=2")
-    shard = root / "shards" / "00003.tar"
-    backup = shard.read_bytes()
-    try:
-        shard.write_bytes(backup[:len(backup) // 2])  # a shard rewritten (truncated): another sample list
-        (out / "shard_index.json").unlink()
-        with pytest.raises(UserError, match="shard_list_hash"):
-            run_main(out, *RUN, *data, resume=True)
-    finally:
-        shard.write_bytes(backup)
+    run_torchrun(2, out, *args, "train.stop_after_steps=4")
+    run_torchrun(2, out, *args, "--resume")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
+    assert [r["step"] for r in metrics(out)] == list(range(1, 11))
+    assert strip(metrics(out)) == strip(metrics(tmp_path / "ref"))
+    a, b = checkpoint(out, 10)[1]["criterion"], checkpoint(tmp_path / "ref", 10)[1]["criterion"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _rewrite_with_other_images(shard):
+    """The shard downloaded again: the same keys in the same order, other image bytes (rotated by one)."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    images = [data for m, data in members if m.name.endswith(".png")]
+    images = images[1:] + images[:1]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for m, data in members:
+            data = images.pop(0) if m.name.endswith(".png") else data
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    shard.write_bytes(buffer.getvalue())
+
+
+def test_a_rewritten_shard_is_refused_on_resume_and_nothing_is_written(shards, tmp_path):
+    root, _, _ = shards
+    own = tmp_path / "shards"
+    shutil.copytree(root / "shards", own)
+    out = tmp_path / "run"
+    args = [*RUN, f"data.train_shards={own}/{{00000..00003}}.tar", "data.num_workers=0"]  # indexed at start
+    run_main(out, *args, "train.stop_after_steps=2")
+    index = json.loads((out / "shard_index.json").read_text())
+    _rewrite_with_other_images(own / "00003.tar")
+    again = build_index(str(own / "00003.tar"))["shardlist"][0]
+    assert all(again[k] == index["shardlist"][3][k] for k in ("nsamples", "first_key", "last_key"))
+    before = hashes(out)
+    proc = python_run(TRAIN, *argv(out, *args, resume=True), expect=2)
+    assert "was trained on other data: its shard_list_hash" in error_line(proc)
+    assert hashes(out) == before  # shard_index.json included: a refused resume changes no file
+
+
+def _broken_shards(folder, kind: str) -> str:
+    """A pattern of two shards, the second broken: cut inside a tar header, empty, or gzip-compressed."""
+    pattern, _ = write_pair_shards(folder, num=64, per_shard=32)
+    shard = folder / "shards" / "00001.tar"
+    data = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        header = tar.getmembers()[4].offset
+    shard.write_bytes({"truncated": data[:header + 100], "empty": b"", "gzip": gzip.compress(data)}[kind])
+    return pattern
+
+
+BROKEN = {"truncated": r"is not a readable tar \(truncated or damaged\)", "empty": r"is empty \(0 bytes\)",
+          "gzip": r"is gzip-compressed"}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tmp_path):
+    pattern = _broken_shards(tmp_path / "data", kind)
+    expected = rf"error: shard \S+00001\.tar {BROKEN[kind]}"
+    proc = python_run(REPO / "scripts" / "index_shards.py", pattern, "--output", tmp_path / "index.json", expect=2)
+    assert re.match(expected, error_line(proc)) and not (tmp_path / "index.json").exists()
+    proc = python_run(TRAIN, *argv(tmp_path / "run", *RUN, f"data.train_shards={pattern}"), expect=2)
+    assert re.match(expected, error_line(proc))
+
+
+@pytest.mark.parametrize("what", ["albef_json", "tar"])
+def test_a_train_index_that_is_not_an_index_is_one_line(what, shards, tmp_path):
+    root, _, _ = shards
+    path = {"albef_json": root / "pairs" / "train.json", "tar": root / "shards" / "00000.tar"}[what]
+    proc = python_run(TRAIN, *argv(tmp_path / "run", *RUN, f"data.train_index={path}"), expect=2)
+    assert error_line(proc) == f"error: {path} is not a shard index of scripts/index_shards.py (an index is its " \
+                               "JSON output; the shards themselves go in data.train_shards)"
+
+
+def test_a_resampled_stream_where_nothing_decodes_stops_in_one_line(tmp_path):
+    pattern, keys = write_pair_shards(tmp_path / "data", num=64, per_shard=32, corrupt=True)
+    proc = python_run(TRAIN, *argv(tmp_path / "run", *RUN, f"data.train_shards={pattern}", "data.resampled=true",
+                                   "data.on_bad_sample=skip", "data.max_bad_fraction=1.0", "data.num_workers=2",
+                                   "data.shuffle_buffer=8"), expect=2)
+    assert re.fullmatch(r"error: none of the 64 samples can be decoded; the last: shard \S+, key '\d+': cannot "
+                        r"decode its \.png image.*", error_line(proc))
+
+
+def test_a_resume_keeps_host_state_off_the_device(tmp_path, monkeypatch):
+    """loss_args.state_on_host: the checkpoint's per-sample state goes from the file into the host buffers, never
+    through the run's device. The device here is `meta` (standing in for a GPU: a tensor put there has no data,
+    so a state that passed through it could not be copied back)."""
+    from tempnet.config import config_to_dict
+    from tempnet.train import checkpoint as ckpt
+    from tempnet.train import run as protocol
+    from tempnet.train.cli import build_parser, parse
+    from tempnet.train.clip_config import RESUME_SAFE, BimodalConfig
+    from tempnet.train.clip_trainer import ClipRun
+
+    out = tmp_path / "run"
+    host = ["loss=isogclr_tempnet", "loss_args.state_on_host=true", "data.num_workers=0", "train.tensorboard=false",
+            "train.progress_bar=false", "eval.every_epoch=false"]
+    run_main(out, *host, "train.stop_after_steps=2")
+    _, cfg = parse(argv(out, *host, resume=True), BimodalConfig, build_parser("Bimodal-CL"))
+    run = ClipRun(cfg, out, torch.device("meta"))
+    assert {b.device.type for b in run.criterion.buffers() if b.numel() == run.data.num_samples} == {"cpu"}
+    load_weights = ckpt.load_weights  # safetensors cannot load onto meta: the weights come via the host
+    monkeypatch.setattr(ckpt, "load_weights", lambda file, dev: {k: v.to(dev) for k, v in load_weights(file).items()})
+    run.load(protocol.resume_point(out, config_to_dict(cfg), RESUME_SAFE))
+    stored = torch.load(out / "checkpoint-2" / "optimizer.pt", weights_only=True)["criterion"]
+    state = run.criterion.state_dict()
+    per_sample = [k for k, v in stored.items() if v.dim() == 1 and len(v) == run.data.num_samples]
+    assert per_sample and all(state[k].device.type == "cpu" and torch.equal(state[k], stored[k]) for k in per_sample)
 
 
 TINY = ["model.image.source=timm", "model.image.name=vit_tiny_patch16_224", "model.image.pretrained=false",

@@ -2,6 +2,8 @@
 tars written with webdataset's own TarWriter: 200 pairs in 5 shards, sparse keys, one corrupt image."""
 
 import json
+import shutil
+import tarfile
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from shard_data import write_pair_shards
 from tempnet.data.image_text import pre_caption
 from tempnet.data.image_transforms import train_transform
 from tempnet.data.shard_stream import ResampledShardStream
-from tempnet.data.shards import ShardedPairs, ShardIndex, ShardWindowSampler, build_index, read_index, write_index
+from tempnet.data.shards import (ShardedPairs, ShardIndex, ShardWindowSampler, build_index, check_same_content,
+                                  read_index, write_index)
 from tempnet.errors import UserError
 from tempnet.losses import SogCLRLoss
 from tempnet.train.clip_data import TokenizingCollate
@@ -96,6 +99,8 @@ def test_every_sample_once_per_epoch_over_2_ranks_x_2_workers_and_epochs_differ(
     single = _epoch_ids(index, 0, world=1, workers=0)[0]
     assert [a + b for a, b in zip(*epoch0)] == single
     assert _epoch_ids(index, 0, world=1, workers=0, start_step=5)[0] == single[5:]
+    # a 2-rank run resumed mid-epoch at step 5: each rank goes on with its own slice of global batch 5
+    assert [a + b for a, b in zip(*_epoch_ids(index, 0, start_step=5))] == single[5:]
 
 
 def test_window_sampler_reads_few_shards_per_stretch(shards):
@@ -161,3 +166,104 @@ def test_resampled_stream_ids_match_captions_and_late_samples_start_their_averag
     fresh(feats[-1][0], feats[-1][1], ids[-1], ids[-1])
     assert torch.equal(loss.image_state.s[ids[-1][late]], fresh.image_state.s[ids[-1][late]])
     assert not torch.equal(loss.image_state.s[ids[-1][~late]], fresh.image_state.s[ids[-1][~late]])
+
+
+def _member(path, suffix):
+    """(data offset, size) of the first member of the tar at `path` whose name ends with `suffix`."""
+    with tarfile.open(path) as tar:
+        info = next(m for m in tar.getmembers() if m.name.endswith(suffix))
+        return info.offset_data, info.size
+
+
+def _patched(path, offset, new: bytes):
+    data = bytearray(path.read_bytes())
+    data[offset:offset + len(new)] = new
+    path.write_bytes(bytes(data))
+
+
+def test_which_changes_of_a_shard_the_hash_detects(tmp_path):
+    pattern, _ = write_pair_shards(tmp_path / "a", num=64, per_shard=32)
+    shard = tmp_path / "a" / "shards" / "00001.tar"
+    base = build_index(pattern)["shard_list_hash"]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "a" / "shards", moved)  # a per-job scratch copy: same content, another folder
+    assert build_index(str(moved / "{00000..00001}.tar"))["shard_list_hash"] == base
+    assert build_index([str(moved / "00001.tar"), str(moved / "00000.tar")])["shard_list_hash"] != base  # reordered
+    original = shard.read_bytes()
+
+    def changed(offset, new: bytes) -> bool:
+        _patched(shard, offset, new)
+        try:
+            return build_index(pattern)["shard_list_hash"] != base
+        finally:
+            shard.write_bytes(original)
+
+    start, size = _member(shard, "000010003.png")
+    middle = start + size // 2
+    # another download of the same keys: an image with other bytes of the same size (in the sampled middle)
+    assert changed(middle, bytes(b ^ 0xFF for b in original[middle:middle + 8]))
+    assert changed(*(lambda s, n: (s, b"x" * n))(*_member(shard, "000010005.txt")))  # a caption, same length
+    name = original.index(b"000010004.json")  # a member renamed in its header
+    assert changed(name, b"000010004.jsoN")
+    # not caught (the documented limit): a same-size change away from every member's sampled 64 bytes
+    assert not changed(start + 40, bytes(b ^ 0xFF for b in original[start + 40:start + 48]))
+    # a data.train_index checked against the files: the first shard that differs is named
+    _patched(shard, middle, bytes(b ^ 0xFF for b in original[middle:middle + 8]))
+    with pytest.raises(UserError, match=r"shard \S+a/shards/00001\.tar is not shard 1 of INDEX \(\S+\): its "
+                                        r"fingerprint differ"):
+        check_same_content(build_index(str(moved / "{00000..00001}.tar")), build_index(pattern), "INDEX")
+
+
+def test_duplicate_keys_are_an_error_with_key_ids_naming_both_shards(tmp_path):
+    pattern, _ = write_pair_shards(tmp_path, num=64, per_shard=32)
+    folder = tmp_path / "shards"
+    shutil.copy(folder / "00000.tar", folder / "00002.tar")  # the same keys again, in another shard
+    index = build_index(str(folder / "{00000..00002}.tar"))
+    assert ShardIndex(index, "index").num_samples == 96  # positions: harmless
+    with pytest.raises(UserError, match=r"key '000000000' is in shard \S+00000\.tar and in shard \S+00002\.tar"):
+        ShardIndex(index, "key")
+    assert build_index(pattern)["key_held_twice"] is None  # img2dataset's disjoint ranges: no overlap
+
+
+def test_bad_samples_are_counted_once_over_epochs_and_workers(shards):
+    _, _, keys, _, index = shards
+    bad = keys.index(CORRUPT)
+    data = ShardedPairs(ShardIndex(index), train_transform(32, augment=False), on_bad_sample="skip")
+    collate = TokenizingCollate(lambda c: (torch.zeros(len(c), 2), torch.ones(len(c), 2)))
+    for epoch in range(3):  # 1 bad of 200 (0.5%): three epochs stay under the 1% limit
+        data.set_epoch(epoch)
+        loader = DataLoader(data, batch_size=50, num_workers=2, collate_fn=collate)
+        ids = [i for batch in loader for i in batch[2].tolist()]
+        assert ids.count(bad + 1) == 2 and bad not in ids
+    data[bad - 1], data[bad]  # noqa: B018  (read in this process too)
+    assert data.num_bad() == 1  # one distinct sample, met by two workers in three epochs and by this process
+
+
+def test_resampled_streams_differ_by_rank_and_hold_max_bad_fraction(shards, tmp_path):
+    _, _, _, _, index = shards
+
+    def stream(rank, idx=index, **kw):
+        s = ResampledShardStream(ShardIndex(idx), train_transform(32, augment=False), _keep_captions, batch_size=8,
+                                 num_batches=4, rank=rank, seed=1, shuffle_buffer=16, on_bad_sample="skip", **kw)
+        s.set_epoch(0)
+        return [b[2].tolist() for b in DataLoader(s, batch_size=None, num_workers=0)]
+
+    assert stream(0) == stream(0) and stream(0) != stream(1)  # each rank its own draw
+    pattern, _ = write_pair_shards(tmp_path, num=96, per_shard=32, corrupt=tuple(f"{10000 + i:09d}" for i in range(
+        40)))  # shard 1 undecodable: a third of the data
+    third = build_index(pattern)
+    with pytest.raises(UserError, match=r"of 96 samples are bad, more than data.max_bad_fraction=0.01"):
+        stream(0, third)
+    assert len(stream(0, third, max_bad_fraction=0.5)) == 4
+
+
+def test_a_shard_cut_anywhere_is_refused_naming_it(tmp_path):
+    pattern, _ = write_pair_shards(tmp_path, num=64, per_shard=32)
+    shard = tmp_path / "shards" / "00001.tar"
+    data = shard.read_bytes()
+    header, size = _member(shard, "000010005.txt")
+    header -= 512
+    for cut in (header + 100, header + 512 + size // 2, header):  # in a header, in a member, between members
+        shard.write_bytes(data[:cut])
+        with pytest.raises(UserError, match=rf"shard \S+00001\.tar is (not a readable tar \(truncated|truncated)"):
+            build_index(pattern)
