@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tempnet.errors import ConfigError
+from tempnet.errors import ConfigError, DataError, user_message
 from tempnet.eval.tables import Cell, Column, Row, Table, _row_order, _rows, oldest_first
 
 __all__ = ["ClipBenchmarkModel", "PackedTokenizer", "RetrievalPairs", "run_task", "write_results", "average",
@@ -93,7 +93,10 @@ def _dataset(task: dict, transform: Callable):
     if name == "folder":
         from tempnet.data.zeroshot_sets import build_zeroshot_set
 
-        dataset, names, templates = build_zeroshot_set("folder", root, transform, task.get("templates") or [])
+        try:
+            dataset, names, templates = build_zeroshot_set("folder", root, transform, task.get("templates") or [])
+        except FileNotFoundError as exc:  # no such folder, or no class folder in it
+            raise DataError(f"task {task['key']!r}: {user_message(exc)}") from None
         dataset.classes = names
         return dataset, None, names, [t.replace("{}", "{c}") for t in templates]  # CLIP_benchmark fills {c}
     if name == "retrieval_json":
@@ -104,10 +107,38 @@ def _dataset(task: dict, transform: Callable):
         return RetrievalPairs(RetrievalSet(task["json"], root), transform), image_captions_collate_fn, None, None
     if not Path(root).exists() and not task.get("download", False):
         raise FileNotFoundError(f"task {task['key']!r}: the data folder of {name} does not exist: {root}")
-    dataset = build_dataset(name, root=root, transform=transform, split=task.get("split", "test"),
-                            download=task.get("download", False), annotation_file=task.get("annotation_file"),
-                            task=task["task"])
+    try:
+        dataset = build_dataset(name, root=root, transform=transform, split=task.get("split", "test"),
+                                download=task.get("download", False), annotation_file=task.get("annotation_file"),
+                                task=task["task"])
+    except ValueError as exc:
+        if str(exc).startswith("Unsupported dataset"):
+            raise ConfigError(f"task {task['key']!r}: dataset {name!r} is neither folder, retrieval_json nor one of "
+                              f"CLIP_benchmark's{_nearest_name(name)}") from None
+        raise DataError(f"task {task['key']!r}: cannot load {name} from {root}: {_first_line(exc)}") from None
+    except (RuntimeError, OSError, AssertionError) as exc:  # each torchvision / webdataset set says it its own way
+        raise DataError(f"task {task['key']!r}: cannot load {name} from {root}: {_first_line(exc)}") from None
+    if len(dataset) == 0:
+        raise DataError(f"task {task['key']!r}: {name} in {root} holds no samples of split {task.get('split', 'test')}")
     return dataset, get_dataset_collate_fn(name), getattr(dataset, "classes", None), getattr(dataset, "templates", None)
+
+
+def _nearest_name(name: str) -> str:
+    """"; did you mean X?" from the names CLIP_benchmark ships templates or collections for (its builder has no list)."""
+    import difflib
+    from importlib import resources
+
+    from clip_benchmark.datasets.builder import dataset_collection
+
+    templates = resources.files("clip_benchmark.datasets") / "en_zeroshot_classification_templates.json"
+    known = {"folder", "retrieval_json", *json.loads(templates.read_text()),
+             *(n for names in dataset_collection.values() for n in names)}
+    near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _classification(model, loader, tokenizer, classnames, templates, device, amp) -> dict:

@@ -264,6 +264,13 @@ class LMTrainConfig:
 
     def check_runnable(self) -> None:
         """Checks that the (valid but empty) defaults fail: called by the trainer before it starts."""
+        if self.data.synthetic:  # it generates these: a value the user set would be replaced without a word
+            given = [f"{k}={v}" for k, v in (("model.path", self.model.path), ("model.tokenizer", self.model.tokenizer),
+                                              ("data.files", self.data.files), ("data.dataset", self.data.dataset)) if v]
+            if given:
+                raise ConfigError(f"data.synthetic=true generates the corpus, tokenizer and base model under "
+                                  f"OUTPUT_DIR/debug_assets, but {', '.join(given)} is set: set data.synthetic=false "
+                                  "to train on your own model and data, or leave these keys unset")
         if self.model.mode == "scratch" and not self.model.base:
             raise ConfigError("model.mode=scratch needs model.base (keyword arguments of the model's config)")
         if self.model.mode != "scratch" and not self.model.path and not self.data.synthetic:
