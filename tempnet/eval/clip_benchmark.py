@@ -124,7 +124,8 @@ def _dataset(task: dict, transform: Callable):
 
 
 def _nearest_name(name: str) -> str:
-    """"; did you mean X?" from the names CLIP_benchmark ships templates or collections for (its builder has no list)."""
+    """"; did you mean X?" among the names CLIP_benchmark ships templates or collections for (no list of every
+    name exists: its builder is a chain of ifs)."""
     import difflib
     from importlib import resources
 
