@@ -36,7 +36,7 @@ from tempnet.errors import ConfigError, DataError, user_message
 from tempnet.eval.tables import Cell, Column, Row, Table, _row_order, _rows, oldest_first
 
 __all__ = ["ClipBenchmarkModel", "PackedTokenizer", "RetrievalPairs", "run_task", "write_results", "average",
-           "TASKS", "read_clip_benchmark_results", "clip_benchmark_table"]
+           "TASKS", "read_clip_benchmark_results", "clip_benchmark_table", "classification_metrics"]
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
 
@@ -147,15 +147,22 @@ def _classification(model, loader, tokenizer, classnames, templates, device, amp
     same acc1 / acc5 / mean_per_class_recall. (Its accuracy() calls float() on a 1-element array, an error
     under NumPy >= 2.3, so the three numbers are computed here.)"""
     from clip_benchmark.metrics.zeroshot_classification import run_classification, zero_shot_classifier
-    from sklearn.metrics import balanced_accuracy_score
 
     classifier = zero_shot_classifier(model, tokenizer, classnames, templates, device.type, amp=amp)
     logits, target = run_classification(model, classifier, loader, device.type, amp=amp)
     if target.dim() == 2:
         raise ConfigError("multi-label sets (mean_average_precision) are not supported by this adapter")
+    return classification_metrics(logits, target)
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
+    """acc1, acc5 (NaN with fewer than 5 classes) and mean_per_class_recall (the mean over the classes present
+    in `target` of the share of that class's samples predicted right) of logits [N, C] and labels [N]."""
+    from sklearn.metrics import balanced_accuracy_score
+
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [N, k]
     hit = top == target[:, None]
-    acc5 = hit.any(dim=1).float().mean().item() if len(classnames) >= 5 else float("nan")
+    acc5 = hit.any(dim=1).float().mean().item() if logits.shape[1] >= 5 else float("nan")
     return {"acc1": hit[:, 0].float().mean().item(), "acc5": acc5,
             "mean_per_class_recall": float(balanced_accuracy_score(target, logits.argmax(dim=1)))}
 
