@@ -21,7 +21,7 @@ prints one `error: ...` line and exits with status 2.
 import sys
 
 import tempnet.integrations.lm_eval  # noqa: F401  (registers --model tempnet)
-from tempnet.errors import UserError, check_model_path, run_cli
+from tempnet.errors import UserError, check_model_dir, run_cli
 
 TEMPNET_MODELS = ("tempnet",)
 
@@ -33,7 +33,7 @@ def check_model_args(model: str, model_args: dict | None) -> None:
     path = args.get("pretrained")
     if path is None:
         return
-    path = check_model_path(str(path), "--model_args pretrained")
+    path = check_model_dir(str(path), "--model_args pretrained")
     apply = str(args.get("apply_tempnet", "true")).strip().lower() not in ("false", "0", "no")
     if model in TEMPNET_MODELS and apply:
         import os

@@ -1,7 +1,8 @@
 # Sourced by every multi-process launch script (<folder>/scripts/*.sh): where this node sits in a run over one
 # or several nodes (machines), from the environment, and the matching flags of each launcher.
 #   NNODES       nodes (default 1)                 NODE_RANK    this node, 0 .. NNODES-1 (default 0)
-#   MASTER_ADDR  node 0's address (127.0.0.1)      MASTER_PORT  a free port on node 0 (default 29500)
+#   MASTER_ADDR  node 0's address (127.0.0.1; required when NNODES > 1)
+#   MASTER_PORT  a free port on node 0, 1024 .. 65535 (default 29500)
 #   NPROC        processes per node (each script's default: the paper's GPU count); world size NNODES x NPROC
 #   HOSTFILE     DeepSpeed only: a hostfile ("host slots=N" lines) instead of the generated one; with NNODES=1,
 #                DeepSpeed's own launch over ssh (pdsh) to every host it lists, started once
@@ -21,7 +22,11 @@ _nodes_error() { echo "error: $*" >&2; exit 2; }
 [[ "$NNODES" =~ ^[1-9][0-9]*$ ]] || _nodes_error "NNODES=$NNODES must be a positive integer"
 [[ "$NODE_RANK" =~ ^[0-9]+$ ]] && [ "$NODE_RANK" -lt "$NNODES" ] \
   || _nodes_error "NODE_RANK=$NODE_RANK must be an integer from 0 to NNODES-1=$((NNODES - 1))"
-[[ "$MASTER_PORT" =~ ^[0-9]+$ ]] || _nodes_error "MASTER_PORT=$MASTER_PORT must be a port number"
+[[ "$MASTER_PORT" =~ ^[1-9][0-9]{0,4}$ ]] && [ "$MASTER_PORT" -ge 1024 ] && [ "$MASTER_PORT" -le 65535 ] \
+  || _nodes_error "MASTER_PORT=$MASTER_PORT must be a port number from 1024 to 65535 (below 1024 needs root)"
+# several nodes meet at node 0: the default 127.0.0.1 would make every node wait for itself, forever
+[ "$NNODES" -eq 1 ] || [ -n "$_master_addr_given" ] \
+  || _nodes_error "NNODES=$NNODES needs MASTER_ADDR, the address of node 0 (the same on every node)"
 
 launcher_args() {
   local nproc="$2"

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from tempnet.errors import DataError, UserError, check_model_path, run_cli
+from tempnet.errors import DataError, UserError, check_model_dir, check_model_path, run_cli
 from tempnet.integrations.head import DTYPES
 
 
@@ -200,7 +200,7 @@ def cmd_generate(args) -> int:
     prompts = args.prompt or [line for line in args.prompt_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise UserError(f"no prompts in {args.prompt_file}")
-    check_model_path(args.model, "model")
+    check_model_dir(args.model, "model")
     if args.tokenizer:
         check_model_path(args.tokenizer, "--tokenizer")
     if args.tempnet is not None and not args.tempnet.is_file():
@@ -226,7 +226,6 @@ def cmd_generate(args) -> int:
 def cmd_export(args) -> int:
     from tempnet.integrations.export import export_tempnet
 
-    check_model_path(args.checkpoint, "checkpoint")
     export_tempnet(args.checkpoint, args.out, DTYPES[args.dtype] if args.dtype else None)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
     return 0
@@ -237,7 +236,7 @@ def cmd_attach(args) -> int:
 
     from tempnet.integrations.export import attach_tempnet
 
-    check_model_path(args.base, "base")
+    check_model_dir(args.base, "base")
     if not args.tempnet.is_file():
         raise FileNotFoundError(f"tempnet: no such file: {args.tempnet}")
     kwargs = {"dtype": DTYPES[args.dtype]} if args.dtype else {}

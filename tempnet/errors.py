@@ -14,7 +14,7 @@ import sys
 from typing import Callable, Iterable, Sequence
 
 __all__ = ["UserError", "ConfigError", "DataError", "USER_ERRORS", "run_cli", "user_message", "check_model_path",
-           "unknown_keys"]
+           "check_model_dir", "unknown_keys"]
 
 
 class UserError(Exception):
@@ -99,4 +99,15 @@ def check_model_path(name: str | os.PathLike, what: str) -> str:
         or not _REPO_ID.match(text) or (os.sep in text and os.path.isdir(first))  # "runs/final": ./runs exists
     if local:
         raise FileNotFoundError(f"{what}: no such file or directory: {text}")
+    return text
+
+
+def check_model_dir(name: str | os.PathLike, what: str) -> str:
+    """`check_model_path`, and a local directory must be a Hugging Face model (hold config.json), so every command
+    that loads a model refuses a trainer's `checkpoint-<step>/` (the state to resume from) with the same line."""
+    text = check_model_path(name, what)
+    if os.path.isdir(text) and not os.path.isfile(os.path.join(text, "config.json")):
+        hint = ("; a trainer's checkpoint-<step>/ is the state --resume reads: give the run's final/ directory"
+                if os.path.isfile(os.path.join(text, "trainer_state.json")) else "")
+        raise UserError(f"{what} {text} is not a model checkpoint: it has no config.json{hint}")
     return text

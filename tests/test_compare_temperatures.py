@@ -62,6 +62,15 @@ def test_kl_optimal_tau_is_the_minimum_over_a_dense_scan():
     assert C.gap_closed(1.0, 2.0, 1.0) == 1 and C.gap_closed(2.0, 2.0, 1.0) == 0 and C.gap_closed(1, 1, 1) is None
 
 
+def test_fixed_tau_grid_is_41_log_spaced_values_from_0_1_to_10():
+    from tempnet.demo.temperatures import FIXED_GRID
+
+    grid = np.array(FIXED_GRID)
+    assert len(grid) == 41 and grid[0] == 0.1 and grid[-1] == 10.0 and 1.0 in FIXED_GRID
+    # equal steps in log tau: each value 10^(2/40) times the previous (up to the grid's 6-decimal rounding)
+    assert np.allclose(grid[1:] / grid[:-1], 10 ** (2 / 40), rtol=1e-4, atol=0)
+
+
 # ---- the rules through the real processors, on a tiny random model ------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():
@@ -100,6 +109,7 @@ def test_every_rule_through_its_processor_and_the_optimum_below_all(tiny):
     # the per-position optimum is the minimum on every position (up to the float32 rounding of processor outputs)
     assert T.oracle_excess(res) <= 1e-6
     assert res["best_fixed"]["valid_nll"] <= res["tau_1"]["valid_nll"] + 1e-12  # the grid holds tau = 1
+    assert res["best_fixed"]["tuning"]["grid"] == list(T.FIXED_GRID)  # tuned over the documented grid
     assert res["oracle_per_position"]["gap_closed"] == pytest.approx(1) and res["tau_1"]["gap_closed"] == 0
     # the dynatemp row is the processor with its chosen parameters, applied to the model's logits
     z, _ = T.score_positions(model, test.docs)

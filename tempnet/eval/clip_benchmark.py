@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tempnet.errors import ConfigError
+from tempnet.errors import ConfigError, DataError, user_message
 from tempnet.eval.tables import Cell, Column, Row, Table, _row_order, _rows, oldest_first
 
 __all__ = ["ClipBenchmarkModel", "PackedTokenizer", "RetrievalPairs", "run_task", "write_results", "average",
-           "TASKS", "read_clip_benchmark_results", "clip_benchmark_table"]
+           "TASKS", "read_clip_benchmark_results", "clip_benchmark_table", "classification_metrics"]
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
 
@@ -93,7 +93,10 @@ def _dataset(task: dict, transform: Callable):
     if name == "folder":
         from tempnet.data.zeroshot_sets import build_zeroshot_set
 
-        dataset, names, templates = build_zeroshot_set("folder", root, transform, task.get("templates") or [])
+        try:
+            dataset, names, templates = build_zeroshot_set("folder", root, transform, task.get("templates") or [])
+        except FileNotFoundError as exc:  # no such folder, or no class folder in it
+            raise DataError(f"task {task['key']!r}: {user_message(exc)}") from None
         dataset.classes = names
         return dataset, None, names, [t.replace("{}", "{c}") for t in templates]  # CLIP_benchmark fills {c}
     if name == "retrieval_json":
@@ -104,10 +107,39 @@ def _dataset(task: dict, transform: Callable):
         return RetrievalPairs(RetrievalSet(task["json"], root), transform), image_captions_collate_fn, None, None
     if not Path(root).exists() and not task.get("download", False):
         raise FileNotFoundError(f"task {task['key']!r}: the data folder of {name} does not exist: {root}")
-    dataset = build_dataset(name, root=root, transform=transform, split=task.get("split", "test"),
-                            download=task.get("download", False), annotation_file=task.get("annotation_file"),
-                            task=task["task"])
+    try:
+        dataset = build_dataset(name, root=root, transform=transform, split=task.get("split", "test"),
+                                download=task.get("download", False), annotation_file=task.get("annotation_file"),
+                                task=task["task"])
+    except ValueError as exc:
+        if str(exc).startswith("Unsupported dataset"):
+            raise ConfigError(f"task {task['key']!r}: dataset {name!r} is neither folder, retrieval_json nor one of "
+                              f"CLIP_benchmark's{_nearest_name(name)}") from None
+        raise DataError(f"task {task['key']!r}: cannot load {name} from {root}: {_first_line(exc)}") from None
+    except (RuntimeError, OSError, AssertionError) as exc:  # each torchvision / webdataset set says it its own way
+        raise DataError(f"task {task['key']!r}: cannot load {name} from {root}: {_first_line(exc)}") from None
+    if len(dataset) == 0:
+        raise DataError(f"task {task['key']!r}: {name} in {root} holds no samples of split {task.get('split', 'test')}")
     return dataset, get_dataset_collate_fn(name), getattr(dataset, "classes", None), getattr(dataset, "templates", None)
+
+
+def _nearest_name(name: str) -> str:
+    """"; did you mean X?" among the names CLIP_benchmark ships templates or collections for (no list of every
+    name exists: its builder is a chain of ifs)."""
+    import difflib
+    from importlib import resources
+
+    from clip_benchmark.datasets.builder import dataset_collection
+
+    templates = resources.files("clip_benchmark.datasets") / "en_zeroshot_classification_templates.json"
+    known = {"folder", "retrieval_json", *json.loads(templates.read_text()),
+             *(n for names in dataset_collection.values() for n in names)}
+    near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _classification(model, loader, tokenizer, classnames, templates, device, amp) -> dict:
@@ -115,15 +147,22 @@ def _classification(model, loader, tokenizer, classnames, templates, device, amp
     same acc1 / acc5 / mean_per_class_recall. (Its accuracy() calls float() on a 1-element array, an error
     under NumPy >= 2.3, so the three numbers are computed here.)"""
     from clip_benchmark.metrics.zeroshot_classification import run_classification, zero_shot_classifier
-    from sklearn.metrics import balanced_accuracy_score
 
     classifier = zero_shot_classifier(model, tokenizer, classnames, templates, device.type, amp=amp)
     logits, target = run_classification(model, classifier, loader, device.type, amp=amp)
     if target.dim() == 2:
         raise ConfigError("multi-label sets (mean_average_precision) are not supported by this adapter")
+    return classification_metrics(logits, target)
+
+
+def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
+    """acc1, acc5 (NaN with fewer than 5 classes) and mean_per_class_recall (the mean over the classes present
+    in `target` of the share of that class's samples predicted right) of logits [N, C] and labels [N]."""
+    from sklearn.metrics import balanced_accuracy_score
+
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [N, k]
     hit = top == target[:, None]
-    acc5 = hit.any(dim=1).float().mean().item() if len(classnames) >= 5 else float("nan")
+    acc5 = hit.any(dim=1).float().mean().item() if logits.shape[1] >= 5 else float("nan")
     return {"acc1": hit[:, 0].float().mean().item(), "acc5": acc5,
             "mean_per_class_recall": float(balanced_accuracy_score(target, logits.argmax(dim=1)))}
 

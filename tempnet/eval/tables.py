@@ -36,7 +36,7 @@ from tempnet.eval.paper_numbers import PAPER
 
 __all__ = [
     "TASK_METRICS", "Column", "Cell", "Row", "Table", "read_llm_results", "read_clip_results",
-    "read_alpaca_results", "build_tables", "to_markdown", "to_json",
+    "read_alpaca_results", "alpaca_win_rate", "build_tables", "to_markdown", "to_json",
 ]
 
 #: lm-eval metric per task, in the paper's column order (LLaMA-1's extra tasks after the common seven).
@@ -174,7 +174,7 @@ def read_alpaca_results(results_dir: str | Path) -> dict[str, dict[str, float] |
 
     The row's generator (from its model_outputs.json, else the row name) is looked up in the first
     `leaderboard.csv` below the row; without one, the win rate is computed from `annotations.json`
-    (preference 1 = reference, 2 = ours, 1.5 = tie; no length control).
+    (`alpaca_win_rate`; no length control).
     """
     out = {}
     for row_dir in _rows(Path(results_dir), "alpaca"):
@@ -192,15 +192,23 @@ def read_alpaca_results(results_dir: str | Path) -> dict[str, dict[str, float] |
                 break
         if scores is None:
             for ann in sorted(row_dir.rglob("annotations.json")):
-                prefs = [_float(a.get("preference")) for a in _load_json(ann)
-                         if a.get("generator_2", name) == name]
-                prefs = [p for p in prefs if p is not None]
-                if prefs:
-                    scores = {"lc_win_rate": None, "lc_stderr": None,
-                              "win_rate": 100.0 * sum(p - 1.0 for p in prefs) / len(prefs), "win_rate_stderr": None}
+                win_rate = alpaca_win_rate([_float(a.get("preference")) for a in _load_json(ann)
+                                            if a.get("generator_2", name) == name])
+                if win_rate is not None:
+                    scores = {"lc_win_rate": None, "lc_stderr": None, "win_rate": win_rate, "win_rate_stderr": None}
                     break
         out[row_dir.name] = scores
     return out
+
+
+def alpaca_win_rate(preferences: list[float | None]) -> float | None:
+    """The win rate (percent) of generator_2 (ours) over generator_1 (the reference) from AlpacaEval preferences,
+    by alpaca_eval's rule (`get_winrate`): 1 = the reference wins, 2 = ours wins, a weighted annotator's value in
+    between counts in proportion, 0 and 1.5 are draws; anything else (None, NaN, out of [1, 2]) is no preference.
+    None when no annotation is a preference."""
+    values = [1.5 if p == 0 else p for p in preferences if p is not None]
+    values = [p for p in values if 1.0 <= p <= 2.0]
+    return 100.0 * sum(p - 1.0 for p in values) / len(values) if values else None
 
 
 # ---- cells ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import os
 import torch
 from safetensors import SafetensorError
 
-from tempnet.errors import DataError, UserError
+from tempnet.errors import DataError, UserError, check_model_dir
 
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, build_head, check_head_shapes, checkpoint_shapes,
                                        head_shapes, load_tempnet_file, read_checkpoint_tensors,
@@ -36,8 +36,7 @@ def export_tempnet(source: TempNetCausalLMMixin | str | os.PathLike, file: str |
         return
     from transformers import PreTrainedConfig
 
-    if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
-        raise UserError(f"{source} is not a model checkpoint: it has no config.json")
+    check_model_dir(source, "checkpoint")
     try:
         config_dict, _ = PreTrainedConfig.get_config_dict(source)
     except OSError as exc:  # not on the Hub and not cached, or no network

@@ -85,7 +85,8 @@ class DataConfig:
     """DataLoader workers per rank."""
     synthetic: bool = False
     """Generate a tiny corpus, tokenizer and (finetune / frozen) base checkpoint under
-    OUTPUT_DIR/debug_assets and point data.files, model.tokenizer and model.path at them: no download."""
+    OUTPUT_DIR/debug_assets and point data.files, model.tokenizer and model.path at them: no download. Setting any
+    of those (or data.dataset) as well is an error: the run would train the generated model, not yours."""
     synthetic_documents: int = 400
     """Documents (or instruction records) of the synthetic corpus."""
     synthetic_vocab_size: int = 384
@@ -263,7 +264,17 @@ class LMTrainConfig:
                              "has no trainable temperature; use tempnet_dro, tempnet_ce or dro")
 
     def check_runnable(self) -> None:
-        """Checks that the (valid but empty) defaults fail: called by the trainer before it starts."""
+        """Checks that the (valid but empty) defaults fail, and that data.synthetic replaces no path the user set:
+        called by the trainer before it starts."""
+        if self.data.synthetic:  # it generates these: a value the user set would be replaced without a word
+            paths = (("model.path", self.model.path), ("model.tokenizer", self.model.tokenizer),
+                     ("data.files", self.data.files), ("data.dataset", self.data.dataset))
+            given = [f"{key}={value}" for key, value in paths if value]
+            if given:
+                raise ConfigError(f"data.synthetic=true generates the corpus, tokenizer and base model under "
+                                  f"OUTPUT_DIR/debug_assets, but {' and '.join(given)} "
+                                  f"{'is' if len(given) == 1 else 'are'} set: set data.synthetic=false "
+                                  "to train on your own model and data, or leave these keys unset")
         if self.model.mode == "scratch" and not self.model.base:
             raise ConfigError("model.mode=scratch needs model.base (keyword arguments of the model's config)")
         if self.model.mode != "scratch" and not self.model.path and not self.data.synthetic:

@@ -82,7 +82,31 @@ def clip_files(tmp_path_factory):
     Image.effect_noise((32, 32), 60).convert("RGB").save(root / "broken.jpg", quality=95)
     (root / "broken.jpg").write_bytes((root / "broken.jpg").read_bytes()[:600])  # truncated: opens, fails to load
     variant("corrupt_image.json", 9, image="broken.jpg")
+    _clip_benchmark_inputs(root)
     return root
+
+
+def _clip_benchmark_inputs(root: Path) -> None:
+    """A Bimodal-CL checkpoint of the debug model, and task lists of scripts/eval_clip_benchmark.py whose data
+    folder is empty or whose dataset name is misspelt."""
+    import torch
+
+    from tempnet.config import load_config, save_config
+    from tempnet.train import checkpoint as ckpt
+    from tempnet.train.clip_config import BimodalConfig
+    from tempnet.train.clip_trainer import build_model
+
+    cfg = load_config(BimodalConfig, REPO / "Bimodal-CL" / "configs" / "debug.yaml", ["data.synthetic=false"])
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model, torch.device("cpu"))
+    checkpoint = root / "clip_run" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    ckpt.save_weights(model.state_dict(), checkpoint / "model.safetensors")
+    save_config(cfg, checkpoint / "config.yaml")
+    (root / "no_data").mkdir()
+    for name, dataset in (("folder", "folder"), ("cifar10", "cifar10"), ("flickr30k", "flickr30k"),
+                          ("misspelt", "cifar1O")):
+        (root / f"tasks_{name}.yaml").write_text(json.dumps([{"dataset": dataset, "root": str(root / "no_data")}]))
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +128,10 @@ def checkpoints(tmp_path_factory):
     other = tempnet_model_from_config(GPT2Config(vocab_size=200, **config), objective="tempnet_dro", hidden_size=8,
                                       rho=2.0)
     export_tempnet(other, root / "other_vocab.safetensors")
+    trainer_checkpoint = root / "run" / "checkpoint-2"  # what a trainer writes: the state --resume reads
+    trainer_checkpoint.mkdir(parents=True)
+    (trainer_checkpoint / "model.safetensors").write_bytes((root / "tempnet" / "model.safetensors").read_bytes())
+    (trainer_checkpoint / "trainer_state.json").write_text('{"step": 2}')
     os.mkfifo(root / "fifo")
     (root / "target.safetensors").write_bytes(b"keep me")
     (root / "link.safetensors").symlink_to(root / "target.safetensors")
@@ -141,7 +169,14 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
         return ["scripts/eval_lm.py", ["run", "--model", "tempnet", "--model_args", f"pretrained={pretrained}",
                                        "--tasks", tasks, "--limit", "1"]]
 
+    def clip_benchmark(tasks):
+        return ["scripts/eval_clip_benchmark.py", ["--checkpoint", str(clip / "clip_run" / "checkpoint-3"), "--tasks",
+                                                   str(clip / f"tasks_{tasks}.yaml"), "--output", str(out / tasks),
+                                                   "--num-workers", "0"]]
+
     plain, other, export = ck / "plain", ck / "other_vocab.safetensors", ck / "tempnet"
+    trainer_ck = ck / "run" / "checkpoint-2"
+    not_a_model = f"{trainer_ck} is not a model checkpoint: it has no config.json; a trainer's checkpoint-<step>/"
     return {
         # LLM trainer: data
         "lm_empty_file": (gpt2("a", lm / "empty.txt"), "empty.txt is empty"),
@@ -167,6 +202,11 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
                                   "model.path: no such file or directory"),
         "lm_missing_relative_model_path": (gpt2("p", good, "model.mode=finetune", "model.path=GPT_2/no_model"),
                                            "model.path: no such file or directory: GPT_2/no_model"),
+        # data.synthetic generates model.path: a path the user set must not be replaced without a word
+        "lm_synthetic_with_model_path": (["LLaMA-2/train.py", ["--config", "LLaMA-2/configs/debug.yaml", "--output-dir",
+                                                               str(out / "l2"), "model.path=MY_MODEL"]],
+                                         "data.synthetic=true generates the corpus, tokenizer and base model under "
+                                         "OUTPUT_DIR/debug_assets, but model.path=MY_MODEL is set"),
         # CLIP trainer
         "clip_annotations_not_json": (clip_run("q", "not_json.json"), "cannot parse annotation file"),
         "clip_caption_number": (clip_run("r", "caption_number.json"),
@@ -205,6 +245,17 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
         "export_to_directory": (cli("export", export, ck), "is a directory"),
         "export_missing_checkpoint": (cli("export", ck / "no" / "ckpt", out / "u.safetensors"),
                                       "checkpoint: no such file or directory"),
+        # a trainer's checkpoint-<step>/ (no config.json): every command that loads a model says so in one line
+        "generate_trainer_checkpoint": (cli("generate", trainer_ck, "--prompt", "hi"), f"model {not_a_model}"),
+        "export_trainer_checkpoint": (cli("export", trainer_ck, out / "c.safetensors"), f"checkpoint {not_a_model}"),
+        "attach_trainer_checkpoint": (cli("attach", trainer_ck, other, out / "attached2"), f"base {not_a_model}"),
+        "eval_trainer_checkpoint": (eval_lm(trainer_ck), f"pretrained {not_a_model}"),
+        # scripts/eval_clip_benchmark.py: a data folder without the data, a misspelt dataset name
+        "clip_benchmark_empty_folder": (clip_benchmark("folder"), "task 'folder': Couldn't find any class folder in"),
+        "clip_benchmark_no_cifar10": (clip_benchmark("cifar10"), "task 'cifar10': cannot load cifar10 from"),
+        "clip_benchmark_no_flickr30k": (clip_benchmark("flickr30k"), "task 'flickr30k': flickr30k in"),
+        "clip_benchmark_misspelt": (clip_benchmark("misspelt"), "dataset 'cifar1O' is neither folder, retrieval_json "
+                                                                "nor one of CLIP_benchmark's; did you mean cifar10?"),
         # scripts/eval_lm.py
         "eval_unknown_task": (eval_lm(export, "no_such_task_xyz"), "--tasks: Tasks not found: no_such_task_xyz"),
         "eval_missing_path": (eval_lm("runs/missing/final"), "pretrained: no such file or directory: runs/missing/final"),
@@ -239,6 +290,8 @@ def test_bad_input_is_one_error_line_naming_it(results, name):
         run_dir = Path(argv[argv.index("--output-dir") + 1])
         started = [p.name for p in run_dir.glob("*") if p.name in RUN_FILES or p.name.startswith("checkpoint")]
         assert not started, f"a refused run left run files behind (a rerun would be refused): {started}"
+    if "--output" in argv:  # eval_clip_benchmark.py writes its results only when every task ran
+        assert not Path(argv[argv.index("--output") + 1]).exists()
 
 
 def test_export_leaves_what_it_refused_alone(results, checkpoints):

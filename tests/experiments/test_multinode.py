@@ -191,14 +191,19 @@ def test_a_given_hostfile_and_bad_layouts(stubs, tmp_path):
     env, log = stubs
     hostfile = tmp_path / "hosts"
     hostfile.write_text("a slots=8\nb slots=8\n")
-    (call,) = _launch("GPT_2/scripts/scratch_tempnet.sh", env, log, NNODES="2", NODE_RANK="0", HOSTFILE=str(hostfile))
+    (call,) = _launch("GPT_2/scripts/scratch_tempnet.sh", env, log, NNODES="2", NODE_RANK="0", MASTER_ADDR="10.0.0.7",
+                      HOSTFILE=str(hostfile))
     assert _flags(call["argv"])["--hostfile"] == str(hostfile) and "--no_ssh" in call["argv"]
     (call,) = _launch("GPT_2/scripts/scratch_tempnet.sh", env, log, HOSTFILE=str(hostfile))  # DeepSpeed over ssh
     assert _flags(call["argv"]) == {"--num_gpus": "8", "--hostfile": str(hostfile), "--master_port": "29500"}
     log.unlink()
     for bad, message in (({"NNODES": "2", "NODE_RANK": "2"}, "error: NODE_RANK=2 must be an integer from 0 to"),
                          ({"NNODES": "0"}, "error: NNODES=0 must be a positive integer"),
-                         ({"NPROC": "two"}, "error: NPROC=two must be a positive integer")):
+                         ({"NPROC": "two"}, "error: NPROC=two must be a positive integer"),
+                         # each node would rendezvous with its own 127.0.0.1 and wait forever
+                         ({"NNODES": "2", "NODE_RANK": "1"}, "error: NNODES=2 needs MASTER_ADDR"),
+                         ({"MASTER_PORT": "70000"}, "error: MASTER_PORT=70000 must be a port number from 1024 to 65535"),
+                         ({"MASTER_PORT": "80"}, "error: MASTER_PORT=80 must be a port number from 1024 to 65535")):
         proc = subprocess.run(["bash", "LLaMA-2/scripts/frozen_7b.sh"], cwd=REPO, env={**env, **bad},
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and proc.stderr.startswith(message), (bad, proc.stderr)
@@ -240,6 +245,17 @@ def test_slurm_starts_one_launcher_per_node(script, stubs):
     sbatch = (REPO / script.split("/")[0] / "scripts" / "slurm.sbatch").read_text()
     for line in ("#SBATCH --ntasks-per-node=1", "#SBATCH --signal=B:USR1@120", "#SBATCH --requeue"):
         assert line in sbatch
+
+
+@pytest.mark.parametrize("job", [1, 9_999, 45_536, 99_999, 2**31 - 1])
+def test_slurm_default_port_is_a_usable_port(job, stubs):
+    """20000 + job id mod 10000 lies in 20000..29999 for any job id: a port the launchers accept, and
+    above the privileged ones (a larger modulus would pass 65535 for job ids such as 99999)."""
+    env, log = stubs
+    proc = _sbatch("LLaMA-2", "LLaMA-2/scripts/frozen_7b.sh", _job_env(env, SLURM_JOB_ID=job))
+    assert proc.returncode == 0, proc.stderr
+    ports = {c["env"]["MASTER_PORT"] for c in _calls(log)}
+    assert len(ports) == 1 and 1024 <= int(ports.pop()) < 65536
 
 
 @pytest.mark.parametrize("script", TRAINING)

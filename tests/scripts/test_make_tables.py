@@ -240,3 +240,30 @@ def test_metric_override_and_bad_input(results, tmp_path, capsys):
     assert "no 'results' section" in user_error([str(tmp_path / "bad")])
     with pytest.raises(SystemExit):
         make_tables.main([str(results), "--metric", "hellaswag"])
+
+
+def test_alpaca_preference_direction_from_annotations(tmp_path):
+    """Unscored by a leaderboard, a row's win rate comes from alpaca_eval's annotations.json: preference 2 means
+    generator_2 (our outputs) won, 1 that the reference (generator_1) won, 0 and 1.5 a draw."""
+    from tempnet.eval.tables import alpaca_win_rate, read_alpaca_results
+
+    row = tmp_path / "alpaca" / "llama2_chat_7b_tempnet"
+    row.mkdir(parents=True)
+    (row / "model_outputs.json").write_text(json.dumps([{"instruction": "hi", "output": "hello",
+                                                         "generator": "llama2_chat_7b_tempnet"}]))
+    ours_win, reference_wins, draw = 2.0, 1.0, 0
+    (row / "annotations.json").write_text(json.dumps(
+        [{"generator_1": "gpt4_turbo", "generator_2": "llama2_chat_7b_tempnet", "preference": p}
+         for p in (ours_win, ours_win, ours_win, reference_wins, draw, None)]))
+    assert read_alpaca_results(tmp_path)["llama2_chat_7b_tempnet"]["win_rate"] == pytest.approx(100 * 3.5 / 5)
+    assert alpaca_win_rate([2.0, 2.0]) == 100 and alpaca_win_rate([1.0, 1.0]) == 0 and alpaca_win_rate([None]) is None
+    assert alpaca_win_rate([1.8, 1.5]) == pytest.approx(65)  # a weighted annotator's preference counts in proportion
+
+
+def test_alpaca_win_rate_is_alpaca_evals_own():
+    from tempnet.eval.tables import alpaca_win_rate
+
+    get_winrate = pytest.importorskip("alpaca_eval.metrics").get_winrate
+    preferences = [2.0, 1.0, 1.5, 0.0, 1.25, 2.0, 1.9]
+    want = get_winrate([{"preference": p} for p in preferences])["win_rate"]
+    assert alpaca_win_rate(preferences) == pytest.approx(want)

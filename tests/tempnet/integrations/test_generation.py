@@ -73,6 +73,28 @@ def test_left_padded_batch_equals_one_by_one(tiny_llama):
             assert torch.allclose(b[i], s[0], rtol=1e-4, atol=1e-4)
 
 
+def test_tau_of_several_sampled_sequences_per_left_padded_prompt(tiny_llama):
+    """num_return_sequences = 3 of two left-padded prompts of different lengths: returned row r continues prompt
+    r // 3, and its tau at step j is the head's tau at the last position of that row's own unpadded prefix."""
+    model = _no_eos(tiny_llama)
+    prompts = [torch.randint(3, VOCAB, (n,)) for n in (3, 6)]
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)  # pad id 0, on the left
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = p, 1
+    torch.manual_seed(0)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=STEPS, do_sample=True, top_k=0,
+                         num_return_sequences=3, return_tau=True)
+    assert out["tau"].shape == (6, STEPS)
+    assert len({tuple(row.tolist()) for row in out.sequences[:, width:]}) > 1  # the samples differ
+    with torch.no_grad():
+        by_prefix = torch.tensor([[model(input_ids=torch.cat([prompts[r // 3], row[width:width + j]])[None],
+                                         use_cache=False).tau[0, -1, 0].item() for j in range(STEPS)]
+                                  for r, row in enumerate(out.sequences)])
+    assert by_prefix.std() > 1e-3 and torch.allclose(out["tau"], by_prefix, atol=1e-5)
+
+
 def test_sampling_with_the_processor_equals_the_wrapper(tiny_llama):
     """A plain model + TempNetLogitsProcessor(tempnet) samples exactly what the wrapper samples."""
     model, base = _no_eos(tiny_llama), _base_of(tiny_llama)
