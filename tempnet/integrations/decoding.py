@@ -174,13 +174,13 @@ class HiddenStateTemperatureLogitsProcessor(TemperatureLogitsProcessor):
 
     def __init__(self, head: nn.Module, model: nn.Module, record: bool = False):
         super().__init__(record)
+        self.head, self.model = head.eval(), model
+        self._capture, self._store = None, None
+
+    def __enter__(self):  # a fresh hook each time, so one processor serves many forwards (lm-eval's batches)
         from tempnet.integrations.hidden_head import capture_last_hidden
 
-        self.head = head.eval()
-        self._capture = capture_last_hidden(model)
-        self._store = None
-
-    def __enter__(self):
+        self._capture = capture_last_hidden(self.model)
         self._store = self._capture.__enter__()
         return self
 

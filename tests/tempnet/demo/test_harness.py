@@ -157,7 +157,7 @@ def test_hidden_state_head_scores_through_lm_eval(tiny):
     head = HiddenTemperatureHead(16, 8, 0.05, 5.0)
     torch.nn.init.normal_(head.mlp[2].weight, std=1.0)
     res = H.evaluate(model, tok, {"head": HiddenStateTemperatureLogitsProcessor(head, model)}, root / "tasks",
-                     {"last_token": names["last_token"]})
+                     {"last_token": names["last_token"]}, batch_size=8)  # several batches: one processor, many forwards
     nll = []
     for context, target in items["last_token"]:
         with torch.no_grad():
