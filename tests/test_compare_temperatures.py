@@ -105,7 +105,6 @@ def test_every_rule_through_its_processor_and_the_optimum_below_all(tiny):
         tuning = res[m]["tuning"]
         gaps = [abs(h - tuning["target_entropy"]) for h in tuning["valid_entropy"]]
         assert tuning["grid"][int(np.argmin(gaps))] == res[m]["params"]
-        assert res[m]["test_ppl"] == math.inf or res[m]["test_ppl"] > res["tau_1"]["test_ppl"]  # truncation costs NLL
     # the per-position optimum is the minimum on every position (up to the float32 rounding of processor outputs)
     assert T.oracle_excess(res) <= 1e-6
     assert res["best_fixed"]["valid_nll"] <= res["tau_1"]["valid_nll"] + 1e-12  # the grid holds tau = 1
