@@ -162,7 +162,7 @@ def test_compare_temperatures_writes_the_contract(tmp_path):
 
     out = tmp_path / "cmp"
     main(["--compare-temperatures", "--output-dir", str(out), "--steps", "6", "--train-docs", "60", "--valid-docs",
-          "3", "--budget", "test_docs=3", "--budget", "head_steps=5", "--budget", "prompts=2", "--budget", "new_tokens=3"])
+          "3", "--budget", "test_docs=4", "--budget", "head_steps=5", "--budget", "prompts=2", "--budget", "new_tokens=3"])
     res = json.loads((out / "temperatures.json").read_text())
     assert set(res["frozen_ce"]) == set(METHODS) and set(res["joint_tempnet_dro"]) == set(JOINT_METHODS)
     for setting in ("frozen_ce", "joint_tempnet_dro"):

@@ -45,6 +45,9 @@ def make_items(docs: np.ndarray, seed: int, min_context: int = MIN_CONTEXT) -> d
     has at least `min_context` tokens."""
     rng = np.random.default_rng(seed)
     n, length = docs.shape
+    if n < MC_CHOICES or length < min_context + MC_TOKENS:
+        raise ValueError(f"need at least {MC_CHOICES} documents of {min_context + MC_TOKENS} tokens for the tasks, "
+                         f"got {n} of {length}")
     mc, last = [], []
     for i in range(n):
         c = int(rng.integers(min_context, length - MC_TOKENS + 1))

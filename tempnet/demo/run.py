@@ -109,6 +109,7 @@ def _remove_own_runs(work: Path, seeds: list[int], rows, clip_losses) -> None:
 def _budget(args) -> dict:
     """The comparison's budget: COMPARE_QUICK / COMPARE_FULL, then --steps / --train-docs / --valid-docs and
     the hidden --budget KEY=INT."""
+    from tempnet.demo.harness import MC_CHOICES
     from tempnet.demo.temperatures import COMPARE_FULL, COMPARE_QUICK
 
     budget = {**(COMPARE_QUICK if args.quick else COMPARE_FULL)}
@@ -120,6 +121,9 @@ def _budget(args) -> dict:
         if key not in budget or not value.isdigit() or int(value) < 1:
             raise UserError(f"--budget {item!r}: expected KEY=N with N >= 1 and KEY one of {sorted(budget)}")
         budget[key] = int(value)
+    if budget["test_docs"] < MC_CHOICES:
+        raise UserError(f"--budget test_docs={budget['test_docs']}: the harness's multiple-choice items need at least "
+                        f"{MC_CHOICES} test documents")
     return budget
 
 
