@@ -10,6 +10,8 @@ Three local tasks (task YAML + data files, no download), written from held-out d
     last_token  LAMBADA-style (perplexity, acc): a document's prefix and its next token
     rolling     wikitext-style rolling log-likelihood of whole documents (word_perplexity: one word per token)
 
+The perplexities aggregate with `perplexity_or_inf` / `weighted_perplexity_or_inf` (registered by
+`tempnet.integrations.lm_eval`): lm-eval's own, but inf where a rule drives a target's probability to ~0.
 `bayes_scores` is the ceiling: the same metrics with the true log-probabilities log p* (what no model can
 beat in expectation). Every method is a logits processor scored by lm-eval's own loglikelihood path
 (`TempNetLM(logits_processor=...)`); `TruthLogitsProcessor` returns log p* itself, so the harness run of the
@@ -71,10 +73,11 @@ _BODIES = {
     "mc": 'output_type: multiple_choice\ndoc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\n'
           'doc_to_target: "{{label}}"\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n',
     "last_token": 'output_type: loglikelihood\ndoc_to_text: "{{context}}"\ndoc_to_target: "{{\' \' + target}}"\n'
-                  'metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n'
+                  'metric_list:\n  - metric: perplexity\n    aggregation: perplexity_or_inf\n    higher_is_better: false\n'
                   '  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n',
     "rolling": 'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
-               'metric_list:\n  - metric: word_perplexity\n',
+               'metric_list:\n  - metric: word_perplexity\n    aggregation: weighted_perplexity_or_inf\n'
+               '    higher_is_better: false\n',
 }
 
 

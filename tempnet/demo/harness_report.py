@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from tempnet.demo.harness import METRICS
@@ -82,7 +83,7 @@ def plot_harness(harness: dict, path: Path) -> Path:
             ys, xs, errs = [], [], []
             for i, method in enumerate(methods):
                 cell = harness[setting].get(method, {}).get(task)
-                if cell is not None and cell.get(metric) is not None:
+                if cell is not None and cell.get(metric) is not None and math.isfinite(cell[metric]):
                     ys.append(i + 0.38 * (k - 0.5 * (len(settings) - 1)))
                     xs.append(cell[metric])
                     errs.append(cell.get(f"{metric}_std") or 0)
@@ -90,8 +91,9 @@ def plot_harness(harness: dict, path: Path) -> Path:
         bayes = harness[settings[0]].get("bayes", {}).get(task, {}).get(metric)
         if bayes is not None:
             ax.axvline(bayes, c="k", ls="--", lw=1, label="bayes (knows p*)")
-        lo = min(harness[s][m][task][metric] for s in settings for m in harness[s] if task in harness[s][m])
-        hi = max(harness[s][m][task][metric] for s in settings for m in harness[s] if task in harness[s][m])
+        values = [harness[s][m][task][metric] for s in settings for m in harness[s] if task in harness[s][m]]
+        values = [v for v in values if v is not None and math.isfinite(v)]  # an infinite perplexity: no bar
+        lo, hi = min(values), max(values)
         pad = 0.15 * (hi - lo) + 1e-3
         ax.set_xlim(max(0.0, lo - pad), hi + pad)
         ax.set_yticks(range(len(methods)), methods if ax is axes[0][0] else [""] * len(methods), fontsize=8)

@@ -14,17 +14,19 @@ known.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
 
 import torch
-from lm_eval.api.registry import register_model
+from lm_eval.api.metrics import mean, weighted_mean
+from lm_eval.api.registry import register_aggregation, register_model
 from lm_eval.models.huggingface import HFLM
 
 from tempnet.integrations.head import DTYPES
 from tempnet.integrations.hf import TempNetCausalLMMixin, tempnet_model_from_pretrained
 from tempnet.modules import FixedTemperature
 
-__all__ = ["TempNetLM"]
+__all__ = ["TempNetLM", "perplexity_or_inf", "weighted_perplexity_or_inf"]
 
 _DTYPES = {**DTYPES, "auto": "auto"}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -45,6 +47,23 @@ class _TempNetAutoModel:
     @staticmethod
     def from_pretrained(path, **kwargs):
         return tempnet_model_from_pretrained(path, **kwargs)
+
+
+def _exp_or_inf(x: float) -> float:
+    return math.exp(x) if x < 709.0 else math.inf
+
+
+@register_aggregation("perplexity_or_inf")
+def perplexity_or_inf(items) -> float:
+    """lm-eval's `perplexity` aggregation, but inf where exp overflows (a rule that gives some target a
+    probability of ~0, which lm-eval's own aggregation turns into an OverflowError that stops the whole run)."""
+    return _exp_or_inf(-mean(items))
+
+
+@register_aggregation("weighted_perplexity_or_inf")
+def weighted_perplexity_or_inf(items) -> float:
+    """lm-eval's `weighted_perplexity` (word perplexity of rolling tasks), inf where exp overflows."""
+    return _exp_or_inf(-weighted_mean(items))
 
 
 @register_model("tempnet")
