@@ -134,11 +134,13 @@ def test_a_processor_reaches_lm_eval_and_no_positive_tau_moves_last_token_acc(ti
 
     _, model, tok, items, names, root = tiny
     procs = {"tau_1": FixedTemperatureLogitsProcessor(1.0), "tau_0.3": FixedTemperatureLogitsProcessor(0.3),
-             "edt": EDTLogitsProcessor(0.5, 0.8, 2.0), "random": RandomTau()}
+             "edt": EDTLogitsProcessor(0.5, 0.8, 2.0), "random": RandomTau(),
+             "tau_1e-4": FixedTemperatureLogitsProcessor(1e-4)}  # some target at probability ~exp(-1e4)
     res = H.evaluate(model, tok, procs, root / "tasks", {"last_token": names["last_token"], "mc": names["mc"]})
     accs = {m: r["last_token"]["acc"] for m, r in res.items()}
     assert len(set(accs.values())) == 1, accs
-    assert len({round(r["last_token"]["perplexity"], 6) for r in res.values()}) == 4
+    assert len({round(r["last_token"]["perplexity"], 6) for r in res.values()}) == 5
+    assert res["tau_1e-4"]["last_token"]["perplexity"] == math.inf  # reported, not an OverflowError
     # the perplexity of tau = 0.3 by hand: the model's logits over 0.3 at each item's last context position
     nll = []
     for context, target in items["last_token"]:
