@@ -93,9 +93,7 @@ def plot_harness(harness: dict, path: Path) -> Path:
             ax.axvline(bayes, c="k", ls="--", lw=1, label="bayes (knows p*)")
         values = [harness[s][m][task][metric] for s in settings for m in harness[s] if task in harness[s][m]]
         values = [v for v in values if v is not None and math.isfinite(v)]  # an infinite perplexity: no bar
-        lo, hi = min(values), max(values)
-        pad = 0.15 * (hi - lo) + 1e-3
-        ax.set_xlim(max(0.0, lo - pad), hi + pad)
+        ax.set_xlim(0.0, 1.08 * max(values + [bayes or 0.0]) + 1e-9)  # bars start at 0
         ax.set_yticks(range(len(methods)), methods if ax is axes[0][0] else [""] * len(methods), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(f"{task} {metric}" + (" (lower better)" if metric in _LOWER_IS_BETTER else ""), fontsize=9)
