@@ -70,6 +70,7 @@ def render_harness(harness: dict, n_seeds: int, what: str) -> str:
 def plot_harness(harness: dict, path: Path) -> Path:
     """One panel per (task, metric), a bar per method and setting, the Bayes ceiling as a dashed line."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -93,7 +94,12 @@ def plot_harness(harness: dict, path: Path) -> Path:
             ax.axvline(bayes, c="k", ls="--", lw=1, label="bayes (knows p*)")
         values = [harness[s][m][task][metric] for s in settings for m in harness[s] if task in harness[s][m]]
         values = [v for v in values if v is not None and math.isfinite(v)]  # an infinite perplexity: no bar
-        ax.set_xlim(0.0, 1.08 * max(values + [bayes or 0.0]) + 1e-9)  # bars start at 0
+        if metric in _LOWER_IS_BETTER:  # perplexities span orders of magnitude where a rule breaks
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlim(0.8 * min(values + [bayes or math.inf]), 1.25 * max(values))
+        else:
+            ax.set_xlim(0.0, 1.08 * max(values + [bayes or 0.0]) + 1e-9)  # bars start at 0
         ax.set_yticks(range(len(methods)), methods if ax is axes[0][0] else [""] * len(methods), fontsize=8)
         ax.invert_yaxis()
         ax.set_title(f"{task} {metric}" + (" (lower better)" if metric in _LOWER_IS_BETTER else ""), fontsize=9)
