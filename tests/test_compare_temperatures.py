@@ -105,7 +105,15 @@ def test_every_rule_through_its_processor_and_the_optimum_below_all(tiny):
     rules = T.rules_for(lang, 258, corpus, setup, {"hidden_head": head}, model)
     res = T.compare_setting(model, rules, lang, valid, test, test.docs[:2, :1], 4, 0, head)
     assert set(res) == {"tau_1", "best_fixed", "dynatemp", "edt", "hidden_head", "oracle_per_position",
-                        "dro_optimal_truth"}
+                        "dro_optimal_truth", "min_p", "top_n_sigma", "p_less"}
+    # equal tuning budgets: every multi-parameter rule searched GRID_SIZE settings; the samplers sit at the
+    # validation entropy of tau = 1 as closely as their grids allow
+    assert {m: res[m]["grid_size"] for m in ("dynatemp", "edt", "min_p", "top_n_sigma", "p_less")} == dict.fromkeys(
+        ("dynatemp", "edt", "min_p", "top_n_sigma", "p_less"), T.GRID_SIZE)
+    for m in T.SAMPLERS:
+        tuning = res[m]["tuning"]
+        gaps = [abs(h - tuning["target_entropy"]) for h in tuning["valid_entropy"]]
+        assert tuning["grid"][int(np.argmin(gaps))] == res[m]["params"]
     # the per-position optimum is the minimum on every position (up to the float32 rounding of processor outputs)
     assert T.oracle_excess(res) <= 1e-6
     assert res["best_fixed"]["valid_nll"] <= res["tau_1"]["valid_nll"] + 1e-12  # the grid holds tau = 1
@@ -160,18 +168,67 @@ def test_hidden_head_training_lowers_its_loss(tiny):
 @pytest.mark.slow
 def test_compare_temperatures_writes_the_contract(tmp_path):
     from tempnet.demo.run import main
-    from tempnet.demo.temperatures import JOINT_METHODS, METHODS
+    from tempnet.demo.temperatures import GRIDS, JOINT_METHODS, METHODS, SAMPLERS
 
     out = tmp_path / "cmp"
     main(["--compare-temperatures", "--output-dir", str(out), "--steps", "6", "--train-docs", "60", "--valid-docs",
-          "3", "--budget", "test_docs=3", "--budget", "head_steps=5", "--budget", "prompts=2", "--budget", "new_tokens=3"])
+          "3", "--budget", "test_docs=4", "--budget", "head_steps=5", "--budget", "prompts=2", "--budget", "new_tokens=3"])
     res = json.loads((out / "temperatures.json").read_text())
     assert set(res["frozen_ce"]) == set(METHODS) and set(res["joint_tempnet_dro"]) == set(JOINT_METHODS)
     for setting in ("frozen_ce", "joint_tempnet_dro"):
         for method, rec in res[setting].items():
-            for key in ("kl_to_truth", "test_ppl", "ece", "sample_true_logprob", "sample_entropy"):
+            exact = ("kl_to_truth", "test_ppl", "ece") if method not in SAMPLERS else ("ece",)
+            for key in exact + ("sample_true_logprob", "sample_entropy"):
                 assert rec[key] is not None and math.isfinite(rec[key]), (setting, method, key)
+            assert ("grid_size" in rec) == (method in GRIDS) and rec.get("grid_size", 0) == len(GRIDS.get(method, ()))
+    assert res["settings"]["grid_sizes"] == {m: len(g) for m, g in GRIDS.items()}
+    # harness.json: {setting: {method: {task: {metric: number}}}}, the Bayes ceiling beside the methods
+    harness = json.loads((out / "harness.json").read_text())
+    assert set(harness) == {"frozen_ce", "joint_tempnet_dro"}
+    for setting, methods in harness.items():
+        assert set(methods) == {m for m in res[setting] if m not in SAMPLERS} | {"bayes"}
+        for method, tasks in methods.items():
+            assert {t: set(m) for t, m in tasks.items()} == {"mc": {"acc", "acc_norm"}, "last_token": {
+                "acc", "perplexity"}, "rolling": {"word_perplexity"}}, (setting, method)
+            assert all(isinstance(v, float) and math.isfinite(v) for t in tasks.values() for v in t.values())
+        # a positive tau keeps every position's argmax: last_token acc is one number for every rule
+        assert len({rec["last_token"]["acc"] for m, rec in methods.items() if m != "bayes"}) == 1
+    assert "identical in every row above" in (out / "harness.md").read_text()
+    assert (out / "harness.png").stat().st_size > 0
     assert res["checks"]["oracle_excess_max"] <= 1e-6 and res["checks"]["best_fixed_minus_tau_1_valid_nll"] <= 1e-12
     assert (out / "temperatures.md").read_text().count("| tempnet_dro |") == 2
     assert (out / "temperatures.png").stat().st_size > 0
     assert (out / "runs" / "temperatures" / "frozen_tempnet_dro_seed0" / "final").is_dir()  # through the trainer
+
+
+@pytest.mark.slow
+def test_compare_temperatures_on_your_own_text(tmp_path):
+    """--data: no truth, so harness.json holds frozen_ce with the methods that need none, on last_token and
+    rolling of the text's held-out lines; through the command line, as a user runs it."""
+    import subprocess
+    import sys
+
+    from tempnet.demo.temperatures import TEXT_METHODS
+
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "sun", "in"]
+    text = tmp_path / "my.txt"
+    text.write_text("".join(" ".join(rng.choice(words, size=int(rng.integers(6, 14)))) + "\n" for _ in range(400)))
+    out = tmp_path / "mine"
+    run = subprocess.run([sys.executable, "-m", "tempnet.demo", "--compare-temperatures", "--data", str(text),
+                          "--output-dir", str(out), "--steps", "4", "--budget", "head_steps=3"],
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    harness = json.loads((out / "harness.json").read_text())
+    assert list(harness) == ["frozen_ce"] and set(harness["frozen_ce"]) == set(TEXT_METHODS)
+    for method, tasks in harness["frozen_ce"].items():
+        assert {t: set(m) for t, m in tasks.items()} == {"last_token": {"acc", "perplexity"},
+                                                         "rolling": {"word_perplexity"}}, method
+        assert all(math.isfinite(v) for t in tasks.values() for v in t.values())
+    assert not (out / "temperatures.json").exists()  # no truth, no closeness to it
+    missing = subprocess.run([sys.executable, "-m", "tempnet.demo", "--compare-temperatures", "--data",
+                              str(tmp_path / "nope.txt"), "--output-dir", str(tmp_path / "x")],
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"error: --data: no such file {tmp_path / 'nope.txt'}"]
+    assert not (tmp_path / "x").exists()

@@ -25,7 +25,7 @@ import torch
 
 from tempnet.errors import UserError
 
-__all__ = ["LMSetup", "Corpus", "synthetic_corpus", "text_corpus", "lm_overrides", "train_objective",
+__all__ = ["LMSetup", "Corpus", "synthetic_corpus", "text_corpus", "pack_lines", "lm_overrides", "train_objective",
            "evaluate_lm", "tau_stats", "truth_stats", "generate_sample", "ROWS", "SPREAD_THRESHOLD"]
 
 #: A correlation of tau with anything is reported only when tau's std over the positions exceeds this; below it
@@ -84,6 +84,8 @@ class Corpus:
     mask: np.ndarray
     truth: dict | None = None
     language: object | None = None
+    valid_lines: list | None = None
+    """Real text: the validation lines (the source of `valid`)."""
 
 
 def synthetic_corpus(root: Path, setup: LMSetup, n_train_docs: int, n_valid_docs: int, seed: int = 0) -> Corpus:
@@ -130,16 +132,20 @@ def text_corpus(path: Path, root: Path, setup: LMSetup, vocab_size: int = 512) -
     (data / "train.txt").write_text("\n".join(train_lines) + "\n")
     train_tokenizer("gpt2", train_lines, vocab_size, root / "tokenizer")
     tok = AutoTokenizer.from_pretrained(root / "tokenizer")
-    eos, width = tok.eos_token_id, setup.seq_len
-    stream = [t for line in valid_lines for t in tok(line)["input_ids"] + [eos]]
-    n_rows = len(stream) // width
-    if n_rows == 0:
-        raise UserError(f"--data {path}: the validation part ({n_valid} lines) has {len(stream)} tokens, fewer than "
-                         f"one sequence of {width}; give a longer file")
-    valid = np.asarray(stream[:n_rows * width], dtype=np.int64).reshape(n_rows, width)
+    valid = pack_lines(tok, valid_lines, setup.seq_len)
+    if len(valid) == 0:
+        raise UserError(f"--data {path}: the validation part ({n_valid} lines) has fewer tokens than one sequence of "
+                        f"{setup.seq_len}; give a longer file")
     v = len(tok)
     return Corpus(data / "train.txt", root / "tokenizer", v, math.log(v) - setup.rho_gap, valid,
-                  np.ones((n_rows, width - 1), dtype=bool))
+                  np.ones((len(valid), setup.seq_len - 1), dtype=bool), valid_lines=valid_lines)
+
+
+def pack_lines(tok, lines: list[str], width: int) -> np.ndarray:
+    """Lines tokenised and joined by EOS (as the trainer packs them), cut into rows [N, width] (the rest dropped)."""
+    stream = [t for line in lines for t in tok(line)["input_ids"] + [tok.eos_token_id]]
+    n_rows = len(stream) // width
+    return np.asarray(stream[:n_rows * width], dtype=np.int64).reshape(n_rows, width)
 
 
 def lm_overrides(setup: LMSetup, corpus: Corpus, seed: int, cache_dir: Path) -> list[str]:

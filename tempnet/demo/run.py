@@ -1,7 +1,7 @@
 """`python -m tempnet.demo`: the whole method on a laptop, in minutes, on data whose truth is known.
 
     python -m tempnet.demo [--quick] [--output-dir DIR] [--data PATH] [--seeds N]
-    python -m tempnet.demo --compare-temperatures [--quick] [--seeds N] [--output-dir DIR]
+    python -m tempnet.demo --compare-temperatures [--quick] [--seeds N] [--output-dir DIR] [--data PATH]
 
 1. A tiny GPT-2 trained by the shared LLM trainer under the paper's four ablation objectives (ce, dro,
    tempnet_ce, tempnet_dro) plus the studied pooling variant (tempnet_dro+uncentred: tempnet.pooling=
@@ -17,7 +17,9 @@ DIR/tables.md and DIR/demo_*.png, and prints the tables (Qiu et al., ICML 2024, 
 
 --compare-temperatures runs `tempnet.demo.temperatures` instead: which temperature rule (fixed, llama.cpp's
 dynamic temperature, EDT, TempNet, a hidden-state head) brings the model's next-token distribution closest
-to the truth; DIR/temperatures.json, DIR/temperatures.md, DIR/temperatures.png.
+to the truth; DIR/temperatures.json, DIR/temperatures.md, DIR/temperatures.png; and what lm-evaluation-harness
+measures for each (multiple choice, LAMBADA-style last token, rolling perplexity, beside the Bayes ceiling):
+DIR/harness.json, .md, .png. With --data (truth unknown): harness.* on that text's last_token and rolling tasks.
 
 The demo writes only what it knows: DIR must be new, empty, or a directory it wrote before (it holds
 `.tempnet-demo`); training runs go below DIR/runs/, and only the run folders about to be rewritten are removed.
@@ -44,7 +46,8 @@ QUICK = {"steps": 120, "train_docs": 1000, "valid_docs": 32, "clip_epochs": 2}
 #: The file that marks a directory the demo wrote, and every name it writes there.
 MARKER = ".tempnet-demo"
 OUTPUTS = {MARKER, "lm.json", "tau_entropy.json", "clip.json", "run.json", "tables.md", "tables", "runs",
-           "temperatures.json", "temperatures.md", "temperatures.png", "demo_tau_entropy.png", "demo_tau_sample.png",
+           "temperatures.json", "temperatures.md", "temperatures.png", "harness.json", "harness.md", "harness.png",
+           "demo_tau_entropy.png", "demo_tau_sample.png",
            "demo_loss_curves.png"}
 
 
@@ -59,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per row, reported as mean ± std (default 1)")
     p.add_argument("--compare-temperatures", action="store_true", help="instead: which temperature (fixed, dynatemp, "
                    "EDT, TempNet, a hidden-state head) gets closest to the true next-token distribution "
-                   "(temperatures.json / .md / .png)")
+                   "(temperatures.json / .md / .png), and what lm-eval measures for each (harness.json / .md / .png); "
+                   "with --data: harness.* on that text")
     hidden = argparse.SUPPRESS  # for tests and experiments: shorter or different budgets
     p.add_argument("--steps", type=int, help=hidden)
     p.add_argument("--train-docs", type=int, help=hidden)
@@ -85,7 +89,7 @@ def prepare_output_dir(out: Path) -> None:
         raise UserError(f"--output-dir {out}: exists and is not a directory")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     unknown = [name for name in entries if name not in OUTPUTS]
-    ours = any(name in entries for name in (MARKER, "run.json", "temperatures.json"))
+    ours = any(name in entries for name in (MARKER, "run.json", "temperatures.json", "harness.json"))
     if unknown or (entries and not ours):
         shown = ", ".join((unknown or entries)[:5]) + (" ..." if len(unknown or entries) > 5 else "")
         raise UserError(f"--output-dir {out}: holds files the demo did not write ({shown}); choose a new or empty "
@@ -105,6 +109,7 @@ def _remove_own_runs(work: Path, seeds: list[int], rows, clip_losses) -> None:
 def _budget(args) -> dict:
     """The comparison's budget: COMPARE_QUICK / COMPARE_FULL, then --steps / --train-docs / --valid-docs and
     the hidden --budget KEY=INT."""
+    from tempnet.demo.harness import MC_CHOICES
     from tempnet.demo.temperatures import COMPARE_FULL, COMPARE_QUICK
 
     budget = {**(COMPARE_QUICK if args.quick else COMPARE_FULL)}
@@ -116,6 +121,9 @@ def _budget(args) -> dict:
         if key not in budget or not value.isdigit() or int(value) < 1:
             raise UserError(f"--budget {item!r}: expected KEY=N with N >= 1 and KEY one of {sorted(budget)}")
         budget[key] = int(value)
+    if budget["test_docs"] < MC_CHOICES:
+        raise UserError(f"--budget test_docs={budget['test_docs']}: the harness's multiple-choice items need at least "
+                        f"{MC_CHOICES} test documents")
     return budget
 
 
@@ -128,18 +136,21 @@ def main(argv=None) -> dict:
     seeds = list(range(args.seeds))
     out = args.output_dir
     if args.compare_temperatures:
-        if args.data is not None:
-            raise UserError("--compare-temperatures needs the synthetic language's truth: drop --data")
+        if args.data is not None and not args.data.is_file():
+            raise UserError(f"--data: no such file {args.data}")
         budget = _budget(args)
         prepare_output_dir(out)
         from tempnet.demo import lm as L
-        from tempnet.demo.temperatures import run_comparison
+        from tempnet.demo.temperatures import run_comparison, run_text_comparison
 
         setup = L.LMSetup(steps=budget["steps"], extra=list(args.override))
         if args.quick:
             print("[temperatures] --quick: a shorter run; the LM is less trained and the frozen TempNets may still sit "
                   "on their plateau (one tau for every position)", flush=True)
-        return run_comparison(out, budget, seeds, setup, log=lambda m: print(m, flush=True))
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        if args.data is not None:
+            return run_text_comparison(out, budget, seeds, setup, args.data, log=log)
+        return run_comparison(out, budget, seeds, setup, log=log)
     budget = {**(QUICK if args.quick else FULL)}
     for key in ("steps", "train_docs", "valid_docs", "clip_epochs"):
         if getattr(args, key) is not None:

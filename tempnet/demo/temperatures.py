@@ -14,10 +14,18 @@ model frozen, model.mode=frozen as in LLaMA-2/configs/frozen_*.yaml; in joint_te
 TempNet); hidden_head (AutoDeco's MLP on the last hidden state, `tempnet.integrations.hidden_head`); and two
 references that read the truth: oracle_per_position (the KL-optimal tau at each position, the best any
 per-token temperature can do on these logits) and dro_optimal_truth (the truth's DRO-optimal tau, the
-target of the robust loss). Every rule is a logits processor of `tempnet.integrations.decoding` (the
+target of the robust loss). The sampling baselines users have today, min_p, top_n_sigma and p_less (a fixed
+temperature, then truncation), join them in the sampling measures; a truncated distribution gives tokens of
+the source zero probability, so their KL and perplexity are infinite (null in the JSON). Every rule is a logits processor of `tempnet.integrations.decoding` (the
 references: `TruthTemperatureLogitsProcessor` below), used both on the teacher-forced test positions and in
 `generate` for the sampling measures. The tuning criterion is the validation NLL of the source's tokens
-(what a user without the truth can compute).
+(what a user without the truth can compute); the truncation samplers, whose NLL is infinite, are tuned to
+the diversity of plain sampling instead: the grid point whose mean entropy on the validation positions is
+closest to that of tau = 1, so their quality is compared at the model's own diversity. Every multi-parameter
+rule searches a grid of `GRID_SIZE` settings (equal tuning budgets; best_fixed: its 41 temperatures).
+
+The harness (`tempnet.demo.harness`): every method but the samplers is also scored by lm-evaluation-harness
+on the mc / last_token / rolling tasks built from the test documents, beside the Bayes scorer; DIR/harness.json.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -33,26 +42,46 @@ import torch
 from tempnet.eval import calibration as C
 from tempnet.integrations.decoding import (EDTLogitsProcessor, EntropyDynamicTemperatureLogitsProcessor,
                                            FixedTemperatureLogitsProcessor, HiddenStateTemperatureLogitsProcessor,
-                                           TemperatureLogitsProcessor, TempNetLogitsProcessor)
+                                           MinPLogitsProcessor, PLessLogitsProcessor, TemperatureLogitsProcessor,
+                                           TempNetLogitsProcessor, TopNSigmaLogitsProcessor)
 
-__all__ = ["METHODS", "JOINT_METHODS", "rules_for", "oracle_excess", "FIXED_GRID", "DYNATEMP_GRID", "EDT_GRID", "COMPARE_FULL", "COMPARE_QUICK", "Split",
+__all__ = ["METHODS", "JOINT_METHODS", "SAMPLERS", "HARNESS_METHODS", "TEXT_METHODS", "rules_for", "oracle_excess",
+           "FIXED_GRID", "DYNATEMP_GRID", "EDT_GRID", "MIN_P_GRID", "TOP_N_SIGMA_GRID", "P_LESS_GRID", "GRID_SIZE",
+           "COMPARE_FULL", "COMPARE_QUICK", "Split", "text_split", "tune_entropy", "harness_processors",
            "TruthTemperatureLogitsProcessor", "make_split", "score_positions", "evaluate_method", "tune",
            "sample_measures", "compare_setting", "run_comparison", "MEASURES", "TRUE_LOGPROB_FLOOR"]
 
+#: The sampling baselines: a fixed temperature, then truncation (for sampling only).
+SAMPLERS = ("min_p", "top_n_sigma", "p_less")
 METHODS = ("tau_1", "best_fixed", "dynatemp", "edt", "tempnet_dro", "tempnet_ce", "hidden_head",
-           "oracle_per_position", "dro_optimal_truth")
-JOINT_METHODS = ("tau_1", "best_fixed", "dynatemp", "edt", "tempnet_dro", "oracle_per_position", "dro_optimal_truth")
+           "oracle_per_position", "dro_optimal_truth") + SAMPLERS
+JOINT_METHODS = ("tau_1", "best_fixed", "dynatemp", "edt", "tempnet_dro", "oracle_per_position",
+                 "dro_optimal_truth") + SAMPLERS
+#: The methods scored by lm-eval (every one that gives each source token a probability).
+HARNESS_METHODS = tuple(m for m in METHODS if m not in SAMPLERS)
+#: --data (truth unknown): the methods that need no truth.
+TEXT_METHODS = ("tau_1", "best_fixed", "dynatemp", "edt", "tempnet_dro", "tempnet_ce", "hidden_head")
 MEASURES = ("kl_to_truth", "test_ppl", "ece", "sample_true_logprob", "sample_entropy", "gap_closed",
             "tau_mean", "tau_std", "valid_nll")
 #: Fixed temperatures tried: 41 log-spaced values in [0.1, 10] (1.0 among them; the jointly trained model's logits
 #: live on the scale of its own tau, up to tau_max = 5, so the grid reaches past it).
 FIXED_GRID = tuple(float(t) for t in np.round(np.geomspace(0.1, 10.0, 41), 6))
-#: The base temperatures of the two entropy rules (the same reach).
+#: The base temperatures of the entropy rules and the samplers (the same reach).
 BASE_TEMPERATURES = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 4.0)
+#: Settings searched by every multi-parameter rule: 8 base temperatures x 9 values of the rule's own knobs.
+GRID_SIZE = 72
 #: llama.cpp dynatemp as (--temp T, --dynatemp-range R, exponent): t_min = max(0, T - R), t_max = T + R.
 DYNATEMP_GRID = tuple((t, r, e) for t in BASE_TEMPERATURES for r in (0.25, 0.5, 1.0) for e in (0.5, 1.0, 2.0))
 #: EDT as (t0, n, theta): T = t0 * n^(theta / H); only theta * log n matters, so n stays at the paper's 0.8.
-EDT_GRID = tuple((t0, 0.8, th) for t0 in BASE_TEMPERATURES for th in (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0))
+EDT_GRID = tuple((t0, 0.8, th) for t0 in BASE_TEMPERATURES
+                 for th in (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0))
+#: min-p as (T, min_p).
+MIN_P_GRID = tuple((t, m) for t in BASE_TEMPERATURES for m in (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7))
+#: top-n-sigma as (T, n).
+TOP_N_SIGMA_GRID = tuple((t, n) for t in BASE_TEMPERATURES for n in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0))
+#: p-less has no knob but its temperature: 72 temperatures over the base temperatures' range.
+P_LESS_GRID = tuple((float(t),) for t in np.round(np.geomspace(0.6, 4.0, GRID_SIZE), 6))
+assert all(len(g) == GRID_SIZE for g in (DYNATEMP_GRID, EDT_GRID, MIN_P_GRID, TOP_N_SIGMA_GRID, P_LESS_GRID))
 #: Sampling quality counts a token the source never emits as log p* = log of this.
 TRUE_LOGPROB_FLOOR = 1e-6
 #: Budgets: LM steps and documents, hidden-head steps, sampled prompts and tokens per prompt.
@@ -73,6 +102,11 @@ class Split:
         self.target = docs[:, 1:].reshape(-1)
         self.p = truth_rows(lang, self.context, model_vocab)
         self.tau_star = lang.context_tau_star(rho, tau_min, tau_max, context_ids=self.context)
+
+
+def text_split(docs: np.ndarray) -> SimpleNamespace:
+    """Rows of real text [N, L] as a split without truth (docs, context, target): what tuning reads."""
+    return SimpleNamespace(docs=docs, context=docs[:, :-1].reshape(-1), target=docs[:, 1:].reshape(-1))
 
 
 def truth_rows(lang, context: np.ndarray, model_vocab: int) -> np.ndarray:
@@ -174,6 +208,15 @@ def tune(make, grid, z_valid: torch.Tensor, valid: Split) -> tuple[tuple, float,
     return grid[best], nlls[best], nlls
 
 
+def tune_entropy(make, grid, z_valid: torch.Tensor, valid, target: float) -> tuple[tuple, float, list]:
+    """The grid point whose processor's mean entropy on the validation positions is closest to `target` (the
+    diversity of plain sampling); returns (point, its entropy, every entropy)."""
+    entropies = [float(C.entropy_of_log_probs(apply_processor(make(point), z_valid, valid.context)[0]).mean())
+                 for point in grid]
+    best = int(np.argmin([abs(h - target) for h in entropies]))
+    return grid[best], entropies[best], entropies
+
+
 # ---- sampling -------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_measures(model, proc, lang, prompts: np.ndarray, new_tokens: int, seed: int) -> dict:
@@ -206,23 +249,47 @@ def sample_measures(model, proc, lang, prompts: np.ndarray, new_tokens: int, see
 
 
 # ---- one setting ---------------------------------------------------------------------------------------------
+def plain_entropy(z: torch.Tensor) -> float:
+    """Mean entropy of softmax(z) over positions: the diversity of plain sampling (tau = 1)."""
+    return float(C.entropy_of_log_probs(C.log_softmax(z.double().numpy())).mean())
+
+
+def tune_rule(rule, z_valid: torch.Tensor, valid, h_tau1: float):
+    """A rule of `rules_for` -> (processor factory, chosen point or None, tuning record or None): ("grid", f, g)
+    by the validation NLL, ("entropy", f, g) by the distance to plain sampling's entropy h_tau1."""
+    if not isinstance(rule, tuple):
+        return rule, None, None
+    how, factory, grid = rule
+    if how == "grid":
+        params, _, crit = tune(factory, grid, z_valid, valid)
+        record = {"valid_nll": crit}
+    else:
+        params, _, crit = tune_entropy(factory, grid, z_valid, valid, h_tau1)
+        record = {"valid_entropy": crit, "target_entropy": h_tau1}
+    record["grid"] = [list(g) if isinstance(g, tuple) else g for g in grid]
+    return (lambda f=factory, p=params: f(p)), params, record
+
+
+def harness_processors(rules: dict, results: dict, methods) -> dict:
+    """{method: a fresh processor with the parameters chosen on validation} for the harness."""
+    out = {}
+    for name in methods:
+        rule, params = rules[name], results[name].get("params")
+        out[name] = rule() if params is None else rule[1](tuple(params) if isinstance(params, list) else params)
+    return out
+
+
 def compare_setting(model, rules: dict, lang, valid: Split, test: Split, prompts: np.ndarray, new_tokens: int,
                     seed: int, hidden_head=None) -> dict:
-    """Every method of `rules` ({name: processor factory, or ("grid", factory, grid)}) on one model: tuned on
+    """Every method of `rules` ({name: processor factory, or (criterion, factory, grid)}) on one model: tuned on
     valid, measured on test (exact) and in sampling. Returns {method: record} with "gap_closed" filled and the
     per-position KL under "kl" (dropped before writing)."""
     z_valid, tau_hidden_valid = score_positions(model, valid.docs, hidden_head)
     z_test, tau_hidden = score_positions(model, test.docs, hidden_head)
+    h_tau1 = plain_entropy(z_valid)
     results = {}
     for name, rule in rules.items():
-        params, grid_record = None, None
-        if isinstance(rule, tuple):  # ("grid", factory, grid): tuned on validation
-            _, factory, grid = rule
-            params, _, nlls = tune(factory, grid, z_valid, valid)
-            grid_record = {"grid": [list(g) if isinstance(g, tuple) else g for g in grid], "valid_nll": nlls}
-            make = lambda f=factory, p=params: f(p)  # noqa: E731
-        else:
-            make = rule
+        make, params, grid_record = tune_rule(rule, z_valid, valid, h_tau1)
         if name == "hidden_head":  # its tau comes from the hidden state, captured by its processor's hook
             proc = make()
             logq = C.tempered_log_probs(z_test.double().numpy(), tau_hidden.double().numpy())
@@ -238,7 +305,7 @@ def compare_setting(model, rules: dict, lang, valid: Split, test: Split, prompts
         rec["valid_nll"] = float(-logq_valid[np.arange(len(valid.target)), valid.target].mean())
         if params is not None:
             rec["params"] = list(params) if isinstance(params, tuple) else params
-            rec["tuning"] = grid_record
+            rec["tuning"], rec["grid_size"] = grid_record, len(grid_record["grid"])
         results[name] = {**rec, **sample}
     kl1, klo = results["tau_1"]["kl_to_truth"], results["oracle_per_position"]["kl_to_truth"]
     for rec in results.values():
@@ -247,16 +314,17 @@ def compare_setting(model, rules: dict, lang, valid: Split, test: Split, prompts
 
 
 def oracle_excess(results: dict) -> float:
-    """max over methods and test positions of KL(oracle) - KL(method): <= 0 up to rounding, since the
-    per-position optimum is the minimum over every temperature (a check written with the results)."""
+    """max over the temperature methods and test positions of KL(oracle) - KL(method): <= 0 up to rounding, since
+    the per-position optimum is the minimum over every temperature (a check written with the results). The
+    samplers are no temperature: where truncation keeps all of p*'s support it can come closer than any tau."""
     oracle = results["oracle_per_position"]["kl"]
-    return float(max((oracle - rec["kl"]).max() for rec in results.values()))
+    return float(max((oracle - rec["kl"]).max() for name, rec in results.items() if name not in SAMPLERS))
 
 
 def rules_for(lang, vocab, corpus, setup, heads: dict, model) -> dict:
-    """{method: processor factory, or ("grid", factory, grid)} for one setting; `heads`: {name: TempNet module
-    or hidden head} for the learned rows present in it."""
-    tau_ctx = lang.context_tau_star(corpus.rho, setup.tau_min, setup.tau_max)
+    """{method: processor factory, or (criterion, factory, grid)} for one setting; `heads`: {name: TempNet module
+    or hidden head} for the learned rows present in it; lang=None (real text): no references that read the
+    truth."""
     rules = {
         "tau_1": lambda: FixedTemperatureLogitsProcessor(1.0),
         "best_fixed": ("grid", lambda t: FixedTemperatureLogitsProcessor(t), FIXED_GRID),
@@ -268,8 +336,14 @@ def rules_for(lang, vocab, corpus, setup, heads: dict, model) -> dict:
             rules[name] = lambda h=heads[name]: TempNetLogitsProcessor(h)
     if "hidden_head" in heads:
         rules["hidden_head"] = lambda h=heads["hidden_head"]: HiddenStateTemperatureLogitsProcessor(h, model)
+    if lang is None:
+        return rules
+    tau_ctx = lang.context_tau_star(corpus.rho, setup.tau_min, setup.tau_max)
     rules["oracle_per_position"] = lambda: TruthTemperatureLogitsProcessor(lang, "oracle", vocab)
     rules["dro_optimal_truth"] = lambda: TruthTemperatureLogitsProcessor(lang, "dro", vocab, tau_ctx, setup.tau_min)
+    rules["min_p"] = ("entropy", lambda g: MinPLogitsProcessor(*g), MIN_P_GRID)
+    rules["top_n_sigma"] = ("entropy", lambda g: TopNSigmaLogitsProcessor(*g), TOP_N_SIGMA_GRID)
+    rules["p_less"] = ("entropy", lambda g: PLessLogitsProcessor(*g), P_LESS_GRID)
     return rules
 
 
@@ -299,6 +373,9 @@ def _plain(run_dir: Path):
 
 def run_seed(seed: int, budget: dict, setup, corpus, work: Path, log=print) -> dict:
     """Both settings for one training seed: {"frozen_ce": {...}, "joint_tempnet_dro": {...}, "timings_s"}."""
+    from transformers import AutoTokenizer
+
+    from tempnet.demo import harness as H
     from tempnet.demo.lm import train_objective
     from tempnet.integrations.hidden_head import train_hidden_head
 
@@ -329,19 +406,34 @@ def run_seed(seed: int, budget: dict, setup, corpus, work: Path, log=print) -> d
     timings["train_hidden_head"] = time.time() - t0
     t0 = time.time()
     log(f"[temperatures] measure frozen_ce (seed {seed})")
-    frozen = compare_setting(plain_ce, rules_for(lang, vocab, corpus, setup, heads, plain_ce), lang, valid, test,
-                             prompts, budget["new_tokens"], seed, heads["hidden_head"])
+    frozen_rules = rules_for(lang, vocab, corpus, setup, heads, plain_ce)
+    frozen = compare_setting(plain_ce, frozen_rules, lang, valid, test, prompts, budget["new_tokens"], seed,
+                             heads["hidden_head"])
     plain_joint, own = _plain(runs["tempnet_dro"])
     log(f"[temperatures] measure joint_tempnet_dro (seed {seed})")
-    joint = compare_setting(plain_joint, rules_for(lang, vocab, corpus, setup, {"tempnet_dro": own}, plain_joint),
-                            lang, valid, test, prompts, budget["new_tokens"], seed)
+    joint_rules = rules_for(lang, vocab, corpus, setup, {"tempnet_dro": own}, plain_joint)
+    joint = compare_setting(plain_joint, joint_rules, lang, valid, test, prompts, budget["new_tokens"], seed)
     timings["measure"] = time.time() - t0
+    t0 = time.time()
+    log(f"[temperatures] lm-eval on the mc / last_token / rolling tasks of the test documents (seed {seed})")
+    items = H.make_items(test.docs, seed)
+    task_dir = work / f"harness_tasks_seed{seed}"
+    names = H.write_tasks(items, task_dir)
+    tokenizer = AutoTokenizer.from_pretrained(corpus.tokenizer_dir)
+    harness = {"frozen_ce": H.evaluate(plain_ce, tokenizer, harness_processors(frozen_rules, frozen, [
+                   m for m in HARNESS_METHODS if m in frozen]), task_dir, names),
+               "joint_tempnet_dro": H.evaluate(plain_joint, tokenizer, harness_processors(joint_rules, joint, [
+                   m for m in HARNESS_METHODS if m in joint]), task_dir, names)}
+    bayes = H.bayes_scores(lang, items)
+    for setting in harness.values():
+        setting["bayes"] = bayes
+    timings["harness"] = time.time() - t0
     checks = {"oracle_excess_max": max(oracle_excess(frozen), oracle_excess(joint)),
               "best_fixed_minus_tau_1_valid_nll": max(r["best_fixed"]["valid_nll"] - r["tau_1"]["valid_nll"]
                                                       for r in (frozen, joint))}
     p = test.p
     source_entropy = float(-(p * np.log(np.where(p > 0, p, 1.0))).sum(-1).mean())  # H(p*) per test token
-    return {"frozen_ce": frozen, "joint_tempnet_dro": joint, "timings_s": timings, "checks": checks,
+    return {"frozen_ce": frozen, "joint_tempnet_dro": joint, "harness": harness, "timings_s": timings, "checks": checks,
             "source_entropy": source_entropy,
             "hidden_head_loss": [head_losses[0], head_losses[-1]]}
 
@@ -350,8 +442,7 @@ def run_comparison(out: Path, budget: dict, seeds: list[int], setup, log=print) 
     """Train, measure and write DIR/temperatures.json, DIR/temperatures.md and DIR/temperatures.png; the runs
     go to DIR/runs/temperatures/ (the only folder this removes)."""
     from tempnet.demo import lm as L
-    from tempnet.demo import report as R
-    from tempnet.demo.temperatures_report import aggregate_seeds, plot, render
+    from tempnet.demo.temperatures_report import aggregate_seeds
 
     work = out / "runs" / "temperatures"
     shutil.rmtree(work, ignore_errors=True)
@@ -360,16 +451,84 @@ def run_comparison(out: Path, budget: dict, seeds: list[int], setup, log=print) 
     per_seed = [run_seed(seed, budget, setup, corpus, work, log) for seed in seeds]
     result = aggregate_seeds(per_seed)
     result["settings"] = {"budget": budget, "seeds": seeds, "rho": corpus.rho, "tau_range": [setup.tau_min, setup.tau_max],
-                          "grids": {"best_fixed": list(FIXED_GRID), "dynatemp (T, range, exponent)": DYNATEMP_GRID,
-                                    "edt (t0, n, theta)": EDT_GRID},
-                          "tuning": "each grid point chosen by the validation NLL of the source's tokens",
+                          "grids": GRIDS, "grid_sizes": {k: len(v) for k, v in GRIDS.items()},
+                          "tuning": "dynatemp, edt, best_fixed: the grid point with the lowest validation NLL of the "
+                                    "source's tokens; min_p, top_n_sigma, p_less (infinite NLL): the grid point whose "
+                                    "mean validation entropy is closest to that of tau = 1",
                           "true_logprob_floor": TRUE_LOGPROB_FLOOR, "optimal_tau_range": C.OPTIMAL_TAU_RANGE,
                           "timings_s": [s["timings_s"] for s in per_seed], "total_s": time.time() - t_start}
-    R.write_json(out / "temperatures.json", result)
-    markdown = render(result)
-    (out / "temperatures.md").write_text(markdown)
-    figure = plot(result, out / "temperatures.png")
-    log("\n" + markdown)
-    log(f"[temperatures] done in {time.time() - t_start:.0f} s; {out / 'temperatures.json'}, "
-        f"{out / 'temperatures.md'}, {figure}")
-    return result
+    return _write_outputs(out, result, [s["harness"] for s in per_seed], len(seeds), "the synthetic language's tasks",
+                          t_start, log)
+
+
+def run_text_comparison(out: Path, budget: dict, seeds: list[int], setup, data: Path, log=print) -> dict:
+    """--data: the same frozen CE model and TempNets trained on a local text; the rules that need no truth tuned
+    on the first half of its validation lines, lm-eval's last_token and rolling tasks written from the second
+    half; DIR/harness.json / .md / .png for frozen_ce."""
+    from transformers import AutoTokenizer
+
+    from tempnet.demo import harness as H
+    from tempnet.demo import lm as L
+    from tempnet.errors import UserError
+    from tempnet.integrations.hidden_head import train_hidden_head
+
+    work = out / "runs" / "temperatures"
+    shutil.rmtree(work, ignore_errors=True)
+    t_start = time.time()
+    corpus = L.text_corpus(data, work / "lm_data", setup)
+    tokenizer = AutoTokenizer.from_pretrained(corpus.tokenizer_dir)
+    half = len(corpus.valid_lines) // 2
+    tune_rows = L.pack_lines(tokenizer, corpus.valid_lines[:half], setup.seq_len)
+    if half == 0 or len(tune_rows) == 0:
+        raise UserError(f"--data {data}: the first half of the validation part ({half} lines) must hold at least "
+                        f"one sequence of {setup.seq_len} tokens to tune the rules on; give a longer file")
+    valid = text_split(tune_rows)
+    names = H.text_tasks(corpus.valid_lines[half:], work / "harness_tasks")
+    train_lines = Path(corpus.train_file).read_text().splitlines()
+    head_rows = L.pack_lines(tokenizer, train_lines, setup.seq_len)[:1000]
+    cache, per_seed = work / "token_cache", []
+    for seed in seeds:
+        log(f"[temperatures] --data {data.name}: train ce and the frozen TempNets (seed {seed})")
+        base = L.train_objective("ce", setup, corpus, seed, work / f"ce_seed{seed}", cache)
+        heads = {obj: _plain(_train_frozen(obj, setup, corpus, seed, base, work / f"frozen_{obj}_seed{seed}", cache))[1]
+                 for obj in ("tempnet_dro", "tempnet_ce")}
+        plain, _ = _plain(base)
+        heads["hidden_head"], _ = train_hidden_head(plain, head_rows, budget["head_steps"], setup.tau_min,
+                                                    setup.tau_max, seed=seed)
+        rules = rules_for(None, corpus.vocab_size, corpus, setup, heads, plain)
+        z_valid, _ = score_positions(plain, valid.docs)
+        h_tau1, procs = plain_entropy(z_valid), {}
+        for name in TEXT_METHODS:
+            make, _, _ = tune_rule(rules[name], z_valid, valid, h_tau1)
+            procs[name] = make()
+        log(f"[temperatures] lm-eval on last_token and rolling of {data.name} (seed {seed})")
+        per_seed.append({"frozen_ce": H.evaluate(plain, tokenizer, procs, work / "harness_tasks", names)})
+    return _write_outputs(out, None, per_seed, len(seeds), f"{data.name}'s last_token and rolling tasks", t_start, log)
+
+
+#: Every tuned rule's grid, by method name (in temperatures.json).
+GRIDS = {"best_fixed": FIXED_GRID, "dynatemp": DYNATEMP_GRID, "edt": EDT_GRID, "min_p": MIN_P_GRID,
+         "top_n_sigma": TOP_N_SIGMA_GRID, "p_less": P_LESS_GRID}
+
+
+def _write_outputs(out: Path, result: dict | None, harness_per_seed: list[dict], n_seeds: int, what: str,
+                   t_start: float, log) -> dict:
+    """temperatures.json / .md / .png (when `result`, the comparison on known truth) and harness.json / .md / .png."""
+    from tempnet.demo import report as R
+    from tempnet.demo.harness_report import aggregate_harness, plot_harness, render_harness
+    from tempnet.demo.temperatures_report import plot, render
+
+    written, markdown = [], ""
+    if result is not None:
+        R.write_json(out / "temperatures.json", result)
+        markdown = render(result)
+        (out / "temperatures.md").write_text(markdown)
+        written += [out / "temperatures.json", out / "temperatures.md", plot(result, out / "temperatures.png")]
+    harness = aggregate_harness(harness_per_seed)
+    R.write_json(out / "harness.json", harness)
+    harness_md = render_harness(harness, n_seeds, what)
+    (out / "harness.md").write_text(harness_md)
+    written += [out / "harness.json", out / "harness.md", plot_harness(harness, out / "harness.png")]
+    log("\n" + markdown + "\n" + harness_md)
+    log(f"[temperatures] done in {time.time() - t_start:.0f} s; " + ", ".join(str(p) for p in written))
+    return {**(result or {}), "harness": harness}

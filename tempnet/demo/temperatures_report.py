@@ -13,7 +13,8 @@ SETTINGS = {"frozen_ce": "a model trained with plain CE, temperature rules appli
 LABELS = {"tau_1": "tau = 1", "best_fixed": "best fixed tau", "dynatemp": "dynatemp (llama.cpp)", "edt": "EDT",
           "tempnet_dro": "TempNet, robust loss", "tempnet_ce": "TempNet, plain CE",
           "hidden_head": "hidden-state head (AutoDeco)", "oracle_per_position": "per-position optimum (truth)",
-          "dro_optimal_truth": "truth's DRO-optimal tau"}
+          "dro_optimal_truth": "truth's DRO-optimal tau", "min_p": "min-p", "top_n_sigma": "top-n-sigma",
+          "p_less": "p-less"}
 _KEYS = ("kl_to_truth", "gap_closed", "test_ppl", "ece", "sample_true_logprob", "sample_true_logprob_mc",
          "sample_true_logprob_mc_se", "sample_entropy", "tau_mean", "tau_std", "valid_nll")
 
@@ -32,6 +33,7 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
             params = [s[setting][method].get("params") for s in per_seed]
             if any(p is not None for p in params):
                 agg["params"] = params
+                agg["grid_size"] = per_seed[0][setting][method]["grid_size"]
             out[setting][method] = agg
     out["source_entropy"] = float(np.mean([s["source_entropy"] for s in per_seed]))
     out["checks"] = {k: max(s["checks"][k] for s in per_seed) for k in per_seed[0]["checks"]}
@@ -55,10 +57,11 @@ def render(result: dict) -> str:
     for setting, what in SETTINGS.items():
         lines += [f"### Which temperature gets closest to the truth: {setting} ({what})", "",
                   "| method | KL(p* \\|\\| q) (nats) | gap closed | test ppl | top-1 ECE | sampled: true log p | "
-                  "sampled: entropy | tau mean (std) | chosen on validation |", "|---|---|---|---|---|---|---|---|---|"]
+                  "sampled: entropy | tau mean (std) | chosen on validation (of grid size) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for method, rec in result[setting].items():
             params = rec.get("params")
-            chosen = "" if params is None else "; ".join(str(p) for p in params)
+            chosen = "" if params is None else "; ".join(str(p) for p in params) + f" (of {rec['grid_size']})"
             lines.append(f"| {method} | {_cell(rec, 'kl_to_truth', '{:.4f}')} | {_cell(rec, 'gap_closed', '{:.3g}')} | "
                          f"{_cell(rec, 'test_ppl', '{:.4g}')} | {_cell(rec, 'ece', '{:.4f}')} | "
                          f"{_cell(rec, 'sample_true_logprob', '{:.3f}')} | {_cell(rec, 'sample_entropy', '{:.3f}')} | "
@@ -72,7 +75,10 @@ def render(result: dict) -> str:
               f"{s['true_logprob_floor']:g})] per token, entropy = H(q) per token (nats). Tuned on the validation "
               "NLL: best_fixed over 41 log-spaced tau in [0.1, 10]; dynatemp (T, range, exponent) over T in "
               "{0.6, 0.8, 1, 1.2, 1.5, 2, 3, 4} x range {0.25, 0.5, 1} x exponent {0.5, 1, 2}; EDT (t0, n, theta) over "
-              "t0 in the same T x theta {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2}, n = 0.8. tempnet_*: a fresh "
+              "t0 in the same T x theta {0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 4}, n = 0.8. The samplers (min_p as "
+              "(T, min_p), top_n_sigma as (T, n), p_less as (T,); 72 settings each, like dynatemp and EDT) truncate, so "
+              "their KL and perplexity are infinite (n/a) and they are tuned to the validation entropy of tau = 1 "
+              "(equal diversity). tempnet_*: a fresh "
               "TempNet trained by the LLM trainer on the frozen model (joint_tempnet_dro: the model's own "
               "TempNet); references: oracle_per_position and dro_optimal_truth read the truth._", ""]
     return "\n".join(lines)

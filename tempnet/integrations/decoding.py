@@ -13,9 +13,18 @@ scores, so one `generate` harness compares them on equal terms:
                                            tau = head(h), h the model's last hidden state at the step
                                            (AutoDeco's temperature head, tempnet.integrations.hidden_head)
 
+The sampling baselines users have today truncate after a fixed temperature T (tokens outside the kept set
+get -inf, so they are for sampling, not for scoring):
+
+    MinPLogitsProcessor(tau, min_p)        keep p >= min_p * max p         (transformers' MinPLogitsWarper)
+    TopNSigmaLogitsProcessor(tau, n)       keep z >= max z - n * std(z)    (top-n-sigma, Tang et al. 2024)
+    PLessLogitsProcessor(tau)              keep p >= sum_j p_j^2           (p-less sampling, hyperparameter-free)
+
 H is the entropy (nats) of softmax(scores). Pass them in `generate(logits_processor=[...])`:
 transformers runs them after its own penalties/masks and before temperature/top-k/top-p.
 With `record=True` each processor keeps the temperature of every step in `history` ([B] per step).
+`positions(input_ids, logits)` applies a processor to every position of a teacher-forced forward (how
+lm-eval scores a rule: `tempnet.integrations.lm_eval.TempNetLM(logits_processor=...)`).
 Greedy and sampling with the TempNet processor on a plain model match the TempNet wrapper model
 exactly; beam search feeds processors log-probabilities, so there the wrapper is the exact method.
 """
@@ -33,7 +42,7 @@ from tempnet.modules import FixedTemperature
 __all__ = [
     "TemperatureLogitsProcessor", "TempNetLogitsProcessor", "FixedTemperatureLogitsProcessor",
     "EntropyDynamicTemperatureLogitsProcessor", "EDTLogitsProcessor", "HiddenStateTemperatureLogitsProcessor",
-    "entropy_of_scores", "MIN_TEMPERATURE",
+    "MinPLogitsProcessor", "TopNSigmaLogitsProcessor", "PLessLogitsProcessor", "entropy_of_scores", "MIN_TEMPERATURE",
 ]
 
 #: The smallest temperature the dynamic baselines return (their formulas reach 0 for a one-hot distribution).
@@ -64,6 +73,12 @@ class TemperatureLogitsProcessor(LogitsProcessor):
         if self.record:
             self.history.append(tau[:, 0].detach().float().cpu())
         return scores / tau.to(scores.device)
+
+    def positions(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced: ids [B, L], logits [B, L, V] -> processed [B, L, V], each position a row of its own
+        whose input_ids is its own token (the context every processor here reads: the last token)."""
+        b, length, v = logits.shape
+        return self(input_ids.reshape(b * length, 1), logits.reshape(b * length, v)).reshape(b, length, v)
 
 
 class TempNetLogitsProcessor(TemperatureLogitsProcessor):
@@ -159,13 +174,13 @@ class HiddenStateTemperatureLogitsProcessor(TemperatureLogitsProcessor):
 
     def __init__(self, head: nn.Module, model: nn.Module, record: bool = False):
         super().__init__(record)
+        self.head, self.model = head.eval(), model
+        self._capture, self._store = None, None
+
+    def __enter__(self):  # a fresh hook each time, so one processor serves many forwards (lm-eval's batches)
         from tempnet.integrations.hidden_head import capture_last_hidden
 
-        self.head = head.eval()
-        self._capture = capture_last_hidden(model)
-        self._store = None
-
-    def __enter__(self):
+        self._capture = capture_last_hidden(self.model)
         self._store = self._capture.__enter__()
         return self
 
@@ -183,9 +198,72 @@ class HiddenStateTemperatureLogitsProcessor(TemperatureLogitsProcessor):
         """tau at every position of the model's latest forward: [B, T, 1]."""
         return self.head(self._hidden())
 
+    def positions(self, input_ids: torch.LongTensor, logits: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced (inside `with`, after the forward that gave `logits`): logits / tau of every position."""
+        tau = self.temperature_of_positions().to(logits.device)  # [B, L, 1]
+        if self.record:
+            self.history.append(tau.reshape(-1).float().cpu())
+        return logits / tau
+
     @torch.no_grad()
     def temperature(self, scores: torch.Tensor) -> torch.Tensor:
         hidden = self._hidden()[:, -1]  # [B, d]: the position whose logits are the scores
         if hidden.shape[0] != scores.shape[0]:
             raise ValueError(f"hidden states of {hidden.shape[0]} rows for scores of {scores.shape[0]} rows")
         return self.head(hidden).to(scores.device)
+
+
+# ---- the sampling baselines: a fixed temperature, then truncation ------------------------------------------------
+class _Truncation(FixedTemperatureLogitsProcessor):
+    """scores / tau, then the tokens outside `keep(scores / tau)` [B, V] bool set to -inf."""
+
+    def keep(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = super().__call__(input_ids, scores)
+        return scores.masked_fill(~self.keep(scores), float("-inf"))
+
+
+class MinPLogitsProcessor(_Truncation):
+    """min-p sampling (Nguyen et al. 2024): keep the tokens with p >= min_p * max p, after the temperature (the
+    order of transformers' `generate(temperature=..., min_p=...)`); the rule is transformers' own warper."""
+
+    def __init__(self, tau: float, min_p: float, record: bool = False):
+        from transformers import MinPLogitsWarper
+
+        super().__init__(tau, record)
+        self.min_p = float(min_p)
+        self.warper = MinPLogitsWarper(self.min_p)
+
+    def keep(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.isfinite(self.warper(None, scores))
+
+
+class TopNSigmaLogitsProcessor(_Truncation):
+    """top-n-sigma (Tang et al. 2024, arXiv 2411.07641): keep the tokens whose logit is within n standard
+    deviations (over the finite logits of the row) of the largest; the kept set does not depend on tau."""
+
+    def __init__(self, tau: float, n: float, record: bool = False):
+        super().__init__(tau, record)
+        if not n > 0:
+            raise ValueError(f"n must be positive, got {n}")
+        self.n = float(n)
+
+    def keep(self, scores: torch.Tensor) -> torch.Tensor:
+        finite = torch.isfinite(scores)
+        z = torch.where(finite, scores, torch.zeros_like(scores)).float()
+        count = finite.sum(-1, keepdim=True).clamp(min=1)
+        mean = z.sum(-1, keepdim=True) / count
+        std = (((z - mean) * finite).pow(2).sum(-1, keepdim=True) / count).sqrt()
+        top = scores.float().amax(-1, keepdim=True)
+        return finite & (scores.float() >= top - self.n * std)
+
+
+class PLessLogitsProcessor(_Truncation):
+    """p-less sampling (Tan et al. 2025): keep the tokens with p >= sum_j p_j^2, the probability that two draws
+    agree; no parameter besides the temperature before it."""
+
+    def keep(self, scores: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(scores.float(), dim=-1)
+        return p >= (p * p).sum(-1, keepdim=True) * (1 - 1e-6)  # the relative margin keeps a one-hot row's token

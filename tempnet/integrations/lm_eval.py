@@ -5,23 +5,28 @@ authors' released layout (a plain LLaMA config whose state dict also holds `temp
 of shape [] or [1]) are evaluated with TempNet in place: every log-likelihood is computed from logits
 divided by the predicted tau. `apply_tempnet=false` evaluates the raw logits of the same checkpoint
 (what `--model hf` gives on the base model), so one harness fills both columns of the paper's GPT-2
-table (tau = 1 and TempNet). Import this module (or run `scripts/eval_lm.py`) to make `--model tempnet`
+table (tau = 1 and TempNet). `logits_processor` (Python API) scores a decoding rule the same way: every
+position's logits pass through the processor (`TemperatureLogitsProcessor.positions` of
+`tempnet.integrations.decoding`: a fixed tau, dynatemp, EDT, a stored TempNet, a hidden-state head) before
+lm-eval's log-softmax. Import this module (or run `scripts/eval_lm.py`) to make `--model tempnet`
 known.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import math
+from contextlib import contextmanager, nullcontext
 
 import torch
-from lm_eval.api.registry import register_model
+from lm_eval.api.metrics import mean, weighted_mean
+from lm_eval.api.registry import register_aggregation, register_model
 from lm_eval.models.huggingface import HFLM
 
 from tempnet.integrations.head import DTYPES
 from tempnet.integrations.hf import TempNetCausalLMMixin, tempnet_model_from_pretrained
 from tempnet.modules import FixedTemperature
 
-__all__ = ["TempNetLM"]
+__all__ = ["TempNetLM", "perplexity_or_inf", "weighted_perplexity_or_inf"]
 
 _DTYPES = {**DTYPES, "auto": "auto"}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -44,6 +49,23 @@ class _TempNetAutoModel:
         return tempnet_model_from_pretrained(path, **kwargs)
 
 
+def _exp_or_inf(x: float) -> float:
+    return math.exp(x) if x < 709.0 else math.inf
+
+
+@register_aggregation("perplexity_or_inf")
+def perplexity_or_inf(items) -> float:
+    """lm-eval's `perplexity` aggregation, but inf where exp overflows (a rule that gives some target a
+    probability of ~0, which lm-eval's own aggregation turns into an OverflowError that stops the whole run)."""
+    return _exp_or_inf(-mean(items))
+
+
+@register_aggregation("weighted_perplexity_or_inf")
+def weighted_perplexity_or_inf(items) -> float:
+    """lm-eval's `weighted_perplexity` (word perplexity of rolling tasks), inf where exp overflows."""
+    return _exp_or_inf(-weighted_mean(items))
+
+
 @register_model("tempnet")
 class TempNetLM(HFLM):
     """HFLM over a causal LM with a temperature head.
@@ -51,12 +73,15 @@ class TempNetLM(HFLM):
     Args (as lm-eval `--model_args`): pretrained (path or hub name), tokenizer (defaults to
     pretrained), dtype (float32 | float16 | bfloat16 | auto), device, batch_size, apply_tempnet
     (default true; false: the raw logits of the same checkpoint, tau = 1), and any other HFLM
-    argument. A model instance may be passed as `pretrained` too (with a tokenizer).
+    argument. A model instance may be passed as `pretrained` too (with a tokenizer). logits_processor: a
+    temperature processor applied to every position's logits (after the head; a processor that hooks the
+    model, like the hidden-state head's, is entered around each forward).
     """
 
     def __init__(self, pretrained, tokenizer=None, dtype: str | torch.dtype = "auto", device: str = "cuda",
-                 apply_tempnet: bool | str = True, **kwargs):
+                 apply_tempnet: bool | str = True, logits_processor=None, **kwargs):
         self.apply_tempnet = _as_bool("apply_tempnet", apply_tempnet)
+        self.logits_processor = logits_processor
         if isinstance(pretrained, str):
             # HFLM loads it (through `_create_model`, below), so accelerate data parallelism and
             # `parallelize=True` (device_map) work as for `--model hf`
@@ -82,6 +107,16 @@ class TempNetLM(HFLM):
             self.AUTO_MODEL_CLASS = auto
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        """[B, L] ids -> [B, L, V] logits (divided by tau, or the base model's own), then the logits processor."""
+        proc = self.logits_processor
+        if proc is None:
+            return self._head_call(inps, attn_mask, labels)
+        with proc if hasattr(proc, "__enter__") else nullcontext():
+            logits = self._head_call(inps, attn_mask, labels)
+            with torch.no_grad():
+                return proc.positions(inps, logits)
+
+    def _head_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         """[B, L] ids -> [B, L, V] logits: divided by tau, or (apply_tempnet=false) the base model's own."""
         if self.apply_tempnet or not isinstance(self.model, TempNetCausalLMMixin):
             return super()._model_call(inps, attn_mask, labels)
@@ -91,7 +126,10 @@ class TempNetLM(HFLM):
             return super(TempNetCausalLMMixin, self.model).forward(input_ids=inps).logits
 
     def _model_generate(self, *args, **kwargs):
-        with self._tau_one():
+        proc = self.logits_processor
+        if proc is not None:  # generate_until samples through the same rule
+            kwargs["logits_processor"] = [proc]
+        with self._tau_one(), proc if hasattr(proc, "__enter__") else nullcontext():
             return super()._model_generate(*args, **kwargs)
 
     @contextmanager
