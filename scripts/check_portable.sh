@@ -10,9 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tests=(tests/experiments/test_faults.py tests/experiments/test_faults_clip.py tests/experiments/test_preemption.py
-       tests/experiments/test_multinode.py tests/tempnet/train/test_run_protocol.py
+tests=(tests/tempnet/train/test_run_protocol.py tests/experiments/test_multinode.py tests/experiments/test_preemption.py
+       tests/experiments/test_faults.py tests/experiments/test_faults_clip.py
        tests/tempnet/losses tests/tempnet/test_ops.py tests/tempnet/test_modules.py tests/tempnet/test_distributed.py)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's tempnet, in the trainers it starts too
 
 base="$(mktemp -d -t check_portable.XXXXXX)"
 busy=()
