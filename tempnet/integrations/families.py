@@ -12,6 +12,7 @@ importing all ~200 modeling modules at start-up.
 from __future__ import annotations
 
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -69,6 +70,11 @@ def derive(model_type: str, mixin: type, module: str) -> type:
     model_cls = type(model_name, (mixin, model_base), {
         "__module__": module, "config_class": config_cls, "_keep_in_fp32_modules_strict": keep_fp32,
         "__doc__": f"{model_base.__name__} with a temperature head (`tempnet.*`)."})
+    # the family's checkpoint key renamings (e.g. GPT-NeoX's embed_out <-> lm_head) are looked up by class name
+    # or model_type, neither of which is the family's here: register them under the new class's name
+    conversions = get_checkpoint_conversion_mapping(model_base.__name__) or get_checkpoint_conversion_mapping(family)
+    if conversions:
+        register_checkpoint_conversion_mapping(model_name, conversions, overwrite=True)
     AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
     AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
     _DERIVED[family] = model_cls
