@@ -16,7 +16,10 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-__all__ = ["SUFFIX", "causal_lm_types", "base_type", "check_causal_lm", "derive", "class_names", "install_lazy_types"]
+from tempnet.errors import ConfigError
+
+__all__ = ["SUFFIX", "causal_lm_types", "base_type", "check_causal_lm", "config_class", "derive", "class_names",
+           "install_lazy_types"]
 
 #: Appended to a family's model_type in the config of its TempNet class.
 SUFFIX = "_tempnet"
@@ -33,14 +36,19 @@ def base_type(model_type: str) -> str:
 
 
 def check_causal_lm(model_type: str) -> str:
-    """The family of `model_type`, or a ValueError when transformers has no causal LM of that type."""
-    base = base_type(model_type)
+    """The family of `model_type`; a ConfigError (a ValueError) when transformers has no causal LM of that type."""
+    base = base_type(str(model_type))
     if base not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or base not in CONFIG_MAPPING_NAMES:
         known = "transformers knows it, but not as a causal LM" if base in CONFIG_MAPPING_NAMES else \
             "transformers does not know it"
-        raise ValueError(f"model_type {model_type!r} is not a causal language model ({known}); TempNet wraps the "
+        raise ConfigError(f"model_type {model_type!r} is not a causal language model ({known}); TempNet wraps the "
                          f"{len(causal_lm_types())} causal-LM families of AutoModelForCausalLM")
     return base
+
+
+def config_class(model_type: str) -> type:
+    """The config class of a causal-LM family (its `model.base` keys are this class's)."""
+    return CONFIG_MAPPING[check_causal_lm(model_type)]
 
 
 def class_names(family: str) -> tuple[str, str]:

@@ -75,9 +75,12 @@ class TempNetCausalLMMixin:
         return TempNetConfig.from_dict(stored) if stored else RELEASED_TEMPNET
 
     def _attach_head(self) -> None:
-        objective = self.tempnet_config.build(self.config.vocab_size)
+        settings = self.tempnet_config
+        objective = settings.build(self.config.vocab_size)
         self.tempnet = objective.temperature
         self.tempnet_robust, self.tempnet_rho = objective.robust, objective.rho
+        if getattr(self.config, "tempnet", None) and settings.rho is None and objective.robust:  # record the rho used
+            self.config.tempnet = settings.replace(rho=objective.rho).to_dict()
 
     def reset_tempnet(self, **overrides) -> nn.Module:
         """Replace the head by a fresh one (settings updated by `overrides`), on the LM head's device."""
