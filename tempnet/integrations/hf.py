@@ -25,6 +25,7 @@ from transformers import PreTrainedConfig
 from transformers import initialization as hf_init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from tempnet.errors import ConfigError
 from tempnet.integrations import families
 from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head,
@@ -38,7 +39,7 @@ IGNORE_INDEX = -100
 __all__ = [
     "TempNetConfig", "TempNetCausalLMOutput", "LlamaTempNetForCausalLM", "GPT2TempNetForCausalLM",
     "GPTNeoXTempNetForCausalLM", "LLaMA_TempNet", "TempNetLogitsProcessor", "tempnet_model_from_config",
-    "tempnet_model_from_pretrained", "tempnet_class_for",
+    "tempnet_model_from_pretrained", "tempnet_class_for", "checkpoint_family",
 ]
 
 logger = logging.getLogger(__name__)
@@ -387,6 +388,14 @@ def tempnet_model_from_config(base_config: PreTrainedConfig, **settings) -> Temp
     return model
 
 
+def checkpoint_family(path, **download_kwargs) -> str:
+    """The causal-LM family of a checkpoint's config.json; a ConfigError (a ValueError) for any other model."""
+    config_dict, _ = PreTrainedConfig.get_config_dict(path, **download_kwargs)
+    if "model_type" not in config_dict:
+        raise ConfigError(f"config.json of {path} has no model_type")
+    return families.check_causal_lm(config_dict["model_type"])
+
+
 def tempnet_model_from_pretrained(path, fresh_tempnet: bool = False, dtype: torch.dtype | str | None = None,
                                   **kwargs) -> TempNetCausalLMMixin:
     """Load a base checkpoint (plain HF causal LM, or one with `tempnet.*` weights) as its wrapper class.
@@ -395,11 +404,7 @@ def tempnet_model_from_pretrained(path, fresh_tempnet: bool = False, dtype: torc
     the rest go to `from_pretrained` (device_map, revision, ...).
     """
     settings, hf_kwargs = _split_settings(kwargs)
-    download = {k: hf_kwargs[k] for k in DOWNLOAD_KEYS if k in hf_kwargs}
-    config_dict, _ = PreTrainedConfig.get_config_dict(path, **download)
-    if "model_type" not in config_dict:
-        raise ValueError(f"config.json of {path} has no model_type")
-    cls = tempnet_class_for(config_dict["model_type"])
+    cls = tempnet_class_for(checkpoint_family(path, **{k: hf_kwargs[k] for k in DOWNLOAD_KEYS if k in hf_kwargs}))
     if dtype is not None:
         hf_kwargs["dtype"] = dtype
     return cls.from_pretrained(path, fresh_tempnet=fresh_tempnet, tempnet_overrides=settings, **hf_kwargs)

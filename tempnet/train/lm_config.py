@@ -79,7 +79,8 @@ class DataConfig:
     text_field: str = "text"
     """Column holding the document text (packed format, JSON / HF data)."""
     prompt_template: str = "llama2_chat"
-    """How an alpaca record becomes a prompt: llama2_chat ([INST] ... [/INST]) or alpaca."""
+    """How an alpaca record becomes a prompt: llama2_chat ([INST] ... [/INST]), alpaca, or tokenizer (the
+    tokenizer's own chat template, `apply_chat_template`: user turn = instruction + input, assistant turn = output)."""
     seq_len: int = 2048
     """Tokens per training example."""
     cache_dir: Optional[str] = None
@@ -101,7 +102,7 @@ class DataConfig:
         if self.synthetic_documents < 1 or self.synthetic_vocab_size < 300:
             raise ValueError(f"data.synthetic_documents must be >= 1 and data.synthetic_vocab_size >= 300 (byte "
                              f"fallback needs ~290 pieces), got {self.synthetic_documents}, {self.synthetic_vocab_size}")
-        _choice(self.prompt_template, ("llama2_chat", "alpaca"), "data.prompt_template")
+        _choice(self.prompt_template, ("llama2_chat", "alpaca", "tokenizer"), "data.prompt_template")
         if self.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.seq_len}")
         if isinstance(self.files, str):
