@@ -165,3 +165,33 @@ def test_every_causal_lm_family(tmp_path, capsys):
             print(f"  {model_type}: {reason}")
     assert not failed, "\n".join(f"{k}: {v}" for k, v in failed.items())
     assert len(covered) >= len(NAMED)
+
+
+def test_a_saved_family_loads_through_automodel_in_a_fresh_process(tmp_path):
+    """AutoConfig resolves "qwen2_tempnet" on demand: importing the integration is all a new process needs."""
+    import subprocess
+    import sys
+
+    config, _ = tiny_config("qwen2")
+    model = _model(config)
+    model.save_pretrained(tmp_path)
+    code = ("import sys, torch; import tempnet.integrations.hf; from transformers import AutoModelForCausalLM; "
+            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); print(type(m).__name__, m.config.model_type)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["Qwen2TempNetForCausalLM", "qwen2_tempnet"]
+
+
+def test_target_entropy_gives_rho_for_the_vocabulary_and_both_are_recorded(tmp_path):
+    """rho = log V - target_entropy (KL(p || uniform) = log V - H(p)); the saved config holds both, and reloads."""
+    config, _ = tiny_config("qwen3")
+    model = tempnet_model_from_config(config, objective="tempnet_dro", target_entropy=1.5, hidden_size=16)
+    assert model.tempnet_rho == pytest.approx(math.log(VOCAB) - 1.5, abs=1e-12)
+    assert (model.tempnet_config.rho, model.tempnet_config.target_entropy) == (model.tempnet_rho, 1.5)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.tempnet_rho == model.tempnet_rho and loaded.tempnet_config.target_entropy == 1.5
+    with pytest.raises(ValueError, match="disagree"):  # a stored rho that is not log V - target_entropy
+        tempnet_model_from_config(config, objective="tempnet_dro", target_entropy=1.5, rho=2.0, hidden_size=16)
+    default = tempnet_model_from_config(config, objective="tempnet_dro", hidden_size=16)
+    assert default.tempnet_rho == 8.0 and default.tempnet_config.rho == 8.0  # neither given: the paper's 8.0
