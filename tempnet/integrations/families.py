@@ -36,14 +36,16 @@ def base_type(model_type: str) -> str:
 
 
 def check_causal_lm(model_type: str) -> str:
-    """The family of `model_type`; a ConfigError (a ValueError) when transformers has no causal LM of that type."""
+    """The family of `model_type` (its config class's own model_type for an alias); a ConfigError (a ValueError)
+    when transformers has no causal LM of that type."""
     base = base_type(str(model_type))
     if base not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or base not in CONFIG_MAPPING_NAMES:
         known = "transformers knows it, but not as a causal LM" if base in CONFIG_MAPPING_NAMES else \
             "transformers does not know it"
         raise ConfigError(f"model_type {model_type!r} is not a causal language model ({known}); TempNet wraps the "
                          f"{len(causal_lm_types())} causal-LM families of AutoModelForCausalLM")
-    return base
+    own = CONFIG_MAPPING[base].model_type  # an alias ("gpt-sw3" is GPT2Config) is its config class's family
+    return own if own in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else base
 
 
 def config_class(model_type: str) -> type:
@@ -114,8 +116,7 @@ class _LazyTempNetTypes(dict):
     def __missing__(self, key):
         if not self._derivable(key):
             raise KeyError(key)
-        self._make(key)  # registers the config class under `key`
-        return super().__getitem__(key)
+        return self._make(key).config_class  # (registered under its family's name)
 
 
 def install_lazy_types(make) -> None:

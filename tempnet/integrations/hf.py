@@ -181,7 +181,8 @@ class TempNetCausalLMMixin:
         state before its LM head, or post-processes the head's output (Gemma 2's final_logit_softcapping, a
         logit scale), produces other logits: then training takes the full-logits path (said once in the log),
         so it never trains on logits that generation does not use. The verdict comes from one evaluation-mode
-        forward over 8 tokens, comparing the family's logits with what its LM head received and returned.
+        forward over 8 tokens, comparing the family's logits with what its LM head received and returned, and that
+        with the plain linear map of the head's weight and bias (a head module with its own logit scale differs).
         """
         verdict = self.__dict__.get("_fused_verdict")
         if verdict is None:
@@ -208,7 +209,9 @@ class TempNetCausalLMMixin:
             self.train(was_training)
         if "head_in" not in seen or "hidden" not in seen:  # the forward does not call its LM head module
             return False
-        return torch.equal(seen["head_in"], seen["hidden"]) and torch.equal(logits, seen["head_out"].to(logits.dtype))
+        linear = F.linear(seen["head_in"], lm_head.weight, getattr(lm_head, "bias", None))  # what the fused op computes
+        return torch.equal(seen["head_in"], seen["hidden"]) and torch.equal(seen["head_out"], linear) and \
+            torch.equal(logits, seen["head_out"].to(logits.dtype))
 
     def _zero3_partitioned(self) -> bool:
         """True when DeepSpeed ZeRO-3 partitions the weights: the fused op reads the LM head's weight outside
