@@ -88,7 +88,7 @@ def _load(args):
 
     from tempnet.integrations import decoding
     from tempnet.integrations.export import read_tempnet_file
-    from tempnet.integrations.hf import tempnet_model_from_pretrained
+    from tempnet.integrations.hf import checkpoint_family, tempnet_model_from_pretrained
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else "auto")
     own = _has_tempnet(args.model)
@@ -98,6 +98,7 @@ def _load(args):
         if baseline:
             model.reset_tempnet(objective="ce", tau=1.0)  # untempered logits
     else:
+        checkpoint_family(args.model)  # a model that is not a causal LM: one error line
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     model.to(args.device).eval()
 

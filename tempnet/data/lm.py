@@ -29,7 +29,7 @@ from tempnet.data.sampler import StepBatchSampler  # noqa: F401  (the one sample
 from tempnet.errors import ConfigError, DataError, check_model_path
 
 __all__ = ["build_token_cache", "PackedBlocks", "InstructionExamples", "open_token_cache", "StepBatchSampler",
-           "format_prompt", "IGNORE_INDEX"]
+           "format_prompt", "chat_tokens", "check_chat_template", "TOKENIZER_TEMPLATE", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 
@@ -40,6 +40,40 @@ _PROMPTS = {
     "alpaca": ("Below is an instruction that describes a task{with_input}. Write a response that appropriately "
                "completes the request.\n\n### Instruction:\n{instruction}{input_block}\n\n### Response:\n"),
 }
+
+
+#: data.prompt_template that formats records with the tokenizer's own chat template.
+TOKENIZER_TEMPLATE = "tokenizer"
+
+
+def _user_message(record: dict) -> str:
+    instruction, extra = str(record.get("instruction", "")).strip(), str(record.get("input") or "").strip()
+    return f"{instruction}\n\n{extra}" if extra else instruction
+
+
+def check_chat_template(tokenizer) -> None:
+    """data.prompt_template=tokenizer needs a tokenizer that has a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"data.prompt_template={TOKENIZER_TEMPLATE}: the tokenizer ({tokenizer.name_or_path}) has no "
+                          "chat template (tokenizer_config.json / chat_template.jinja); use llama2_chat or alpaca")
+
+
+def chat_tokens(record: dict, tokenizer) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of one record in the tokenizer's chat template (`apply_chat_template`).
+
+    The prompt is the user turn plus the template's generation prompt; the response is the rest of the
+    conversation with the record's output as the assistant turn (its end-of-turn tokens included). A template
+    whose conversation does not begin with its own prompt cannot be masked: a DataError naming the record.
+    """
+    user = [{"role": "user", "content": _user_message(record)}]
+    prompt = list(tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False))
+    whole = list(tokenizer.apply_chat_template(
+        user + [{"role": "assistant", "content": str(record["output"]).strip()}], tokenize=True, return_dict=False))
+    if whole[:len(prompt)] != prompt:
+        raise DataError(f"the tokenizer's chat template renders the prompt of the record {_user_message(record)[:60]!r} "
+                        "differently inside the whole conversation, so the prompt cannot be masked out of the loss; "
+                        "use data.prompt_template=llama2_chat or alpaca")
+    return prompt, whole[len(prompt):]
 
 
 def format_prompt(record: dict, template: str) -> str:
@@ -55,6 +89,8 @@ def format_prompt(record: dict, template: str) -> str:
 def _tokenizer_fingerprint(tokenizer) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
     ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, type(tokenizer).__name__)
+    if getattr(tokenizer, "chat_template", None):  # data.prompt_template=tokenizer formats with it
+        ids += (tokenizer.chat_template,)
     return hashlib.sha256(json.dumps([vocab, ids]).encode()).hexdigest()[:16]
 
 
@@ -110,6 +146,8 @@ def _alpaca_tokens(records, data, tokenizer):
         if column not in records.column_names:
             raise DataError(f"alpaca data needs an {column!r} column; columns: {records.column_names}")
         check_column(records, column, "alpaca data")
+    if data.prompt_template == TOKENIZER_TEMPLATE:
+        check_chat_template(tokenizer)
 
     def tokenize(batch):
         out = {"input_ids": [], "labels": [], "length": []}
@@ -117,10 +155,13 @@ def _alpaca_tokens(records, data, tokenizer):
             record = {k: batch[k][i] for k in batch}
             if not record["output"].strip():
                 continue  # no response: nothing to learn but EOS
-            prompt = tokenizer(format_prompt(record, data.prompt_template), add_special_tokens=True,
-                               verbose=False)["input_ids"]
-            answer = tokenizer(" " + str(record["output"]).strip(), add_special_tokens=False,
-                               verbose=False)["input_ids"] + [tokenizer.eos_token_id]
+            if data.prompt_template == TOKENIZER_TEMPLATE:
+                prompt, answer = chat_tokens(record, tokenizer)
+            else:
+                prompt = tokenizer(format_prompt(record, data.prompt_template), add_special_tokens=True,
+                                   verbose=False)["input_ids"]
+                answer = tokenizer(" " + str(record["output"]).strip(), add_special_tokens=False,
+                                   verbose=False)["input_ids"] + [tokenizer.eos_token_id]
             ids = (prompt + answer)[:data.seq_len]
             labels = ([IGNORE_INDEX] * len(prompt) + answer)[:data.seq_len]
             if all(x == IGNORE_INDEX for x in labels):

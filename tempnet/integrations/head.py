@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective
+from tempnet.losses.lm import DEFAULT_RHO, OBJECTIVES, LMObjective, build_objective, rho_for_target_entropy
 from tempnet.modules import check_tau_range
 
 __all__ = [
@@ -47,8 +48,12 @@ DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "
 class TempNetSettings:
     """The temperature head's numbers (also the `tempnet:` section of the LLM training configs)."""
 
-    rho: float = 8.0
-    """KL budget of the robust loss (used by "dro" and "tempnet_dro")."""
+    rho: Optional[float] = None
+    """KL budget of the robust loss (used by "dro" and "tempnet_dro"); None: log V - target_entropy when that is
+    set, else the paper's 8.0 (`tempnet.losses.lm.DEFAULT_RHO`)."""
+    target_entropy: Optional[float] = None
+    """The budget given as a target entropy H (nats) of the tempered distribution: rho = log V - H
+    (`tempnet.losses.lm.rho_for_target_entropy`), the same target for any vocabulary size V."""
     tau: float = 1.0
     """The fixed tau of "ce", the initial tau of "dro"."""
     tau_min: float = 0.01
@@ -68,14 +73,30 @@ class TempNetSettings:
 
     def __post_init__(self):
         check_tau_range(self.tau_min, self.tau_max)
-        if not self.rho >= 0:
+        if self.rho is not None and not self.rho >= 0:
             raise ValueError(f"rho (the KL budget) must be >= 0, got {self.rho}")
+        if self.target_entropy is not None and not self.target_entropy > 0:
+            raise ValueError(f"target_entropy must be > 0 (nats), got {self.target_entropy}")
         if not self.tau > 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
         if self.pooling not in ("centred", "uncentred"):
             raise ValueError(f"pooling must be 'centred' or 'uncentred', got {self.pooling!r}")
         if self.hidden_size < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"need hidden_size >= 1 and 0 <= dropout < 1, got {self.hidden_size}, {self.dropout}")
+
+
+    def budget(self, vocab_size: int) -> float:
+        """rho for a vocabulary of this size: `rho`, or log V - `target_entropy`, or the paper's 8.0.
+
+        A stored config holds both once resolved (a model records the rho its target gave); they must agree.
+        """
+        if self.target_entropy is None:
+            return DEFAULT_RHO if self.rho is None else self.rho
+        rho = rho_for_target_entropy(self.target_entropy, vocab_size)
+        if self.rho is not None and not math.isclose(self.rho, rho, rel_tol=0.0, abs_tol=1e-9):
+            raise ValueError(f"rho={self.rho} and target_entropy={self.target_entropy} disagree for vocabulary size "
+                             f"{vocab_size} (log V - target_entropy = {rho:.6f}): give one of them")
+        return rho
 
 
 @dataclass
@@ -107,7 +128,7 @@ class TempNetConfig(TempNetSettings):
 
     def build(self, vocab_size: int) -> LMObjective:
         """The core objective (temperature module + robust flag + rho) for a vocabulary of this size."""
-        return build_objective(self.objective, vocab_size, rho=self.rho, tau=self.tau, tau_min=self.tau_min,
+        return build_objective(self.objective, vocab_size, rho=self.budget(vocab_size), tau=self.tau, tau_min=self.tau_min,
                                tau_max=self.tau_max, hidden_size=self.hidden_size, dropout=self.dropout,
                                pooling=self.pooling)
 

@@ -1,8 +1,10 @@
 """Hugging Face causal LMs with a temperature head (TempNet or an ablation baseline).
 
-`LlamaTempNetForCausalLM`, `GPT2TempNetForCausalLM` and `GPTNeoXTempNetForCausalLM` are the base HF
-classes plus a `tempnet` submodule, so one checkpoint holds base weights and `tempnet.*` weights and
-config.json holds the head's settings under "tempnet". forward(labels=...) returns the objective's
+The TempNet class of every causal-LM family (`tempnet_class_for("qwen2")` -> `Qwen2TempNetForCausalLM`;
+`LlamaTempNetForCausalLM`, `GPT2TempNetForCausalLM`, `GPTNeoXTempNetForCausalLM` as before) is the
+family's own `*ForCausalLM` class plus a `tempnet` submodule (`tempnet.integrations.families` derives it),
+so one checkpoint holds base weights and `tempnet.*` weights, config.json holds the head's settings
+under "tempnet" and model_type "<family>_tempnet". forward(labels=...) returns the objective's
 loss (by default fused with the LM head, `tempnet.ops.linear_tempnet_dro_loss`, so no full-vocabulary
 tensor is kept; else the core's `objective_terms`) and the per-position tau; without labels it returns the logits
 already divided by tau, so `generate` (any strategy, KV cache, left padding) and pipelines work
@@ -19,11 +21,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
-                          GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedConfig)
+from transformers import PreTrainedConfig
 from transformers import initialization as hf_init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from tempnet.errors import ConfigError
+from tempnet.integrations import families
 from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head,
                                        check_head_shapes, checkpoint_shapes, head_shapes,
@@ -36,7 +39,7 @@ IGNORE_INDEX = -100
 __all__ = [
     "TempNetConfig", "TempNetCausalLMOutput", "LlamaTempNetForCausalLM", "GPT2TempNetForCausalLM",
     "GPTNeoXTempNetForCausalLM", "LLaMA_TempNet", "TempNetLogitsProcessor", "tempnet_model_from_config",
-    "tempnet_model_from_pretrained", "tempnet_class_for",
+    "tempnet_model_from_pretrained", "tempnet_class_for", "checkpoint_family",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,9 +76,12 @@ class TempNetCausalLMMixin:
         return TempNetConfig.from_dict(stored) if stored else RELEASED_TEMPNET
 
     def _attach_head(self) -> None:
-        objective = self.tempnet_config.build(self.config.vocab_size)
+        settings = self.tempnet_config
+        objective = settings.build(self.config.vocab_size)
         self.tempnet = objective.temperature
         self.tempnet_robust, self.tempnet_rho = objective.robust, objective.rho
+        if getattr(self.config, "tempnet", None) and settings.rho is None and objective.robust:  # record the rho used
+            self.config.tempnet = settings.replace(rho=objective.rho).to_dict()
 
     def reset_tempnet(self, **overrides) -> nn.Module:
         """Replace the head by a fresh one (settings updated by `overrides`), on the LM head's device."""
@@ -120,7 +126,8 @@ class TempNetCausalLMMixin:
             raise ValueError("labels need the logits of every position: do not pass logits_to_keep with labels")
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       inputs_embeds=inputs_embeds, **kwargs)
-        if labels is not None and self.tempnet_config.fused_loss and not self._zero3_partitioned():
+        if labels is not None and self.tempnet_config.fused_loss and not self._zero3_partitioned() \
+                and self.fused_loss_reproduces_logits():
             result = self._fused_loss_forward(labels, **inputs)
         else:
             result = self._logits_forward(labels, logits_to_keep, **inputs)
@@ -166,6 +173,45 @@ class TempNetCausalLMMixin:
         fields = {k: v for k, v in out.items()
                   if k in TempNetCausalLMOutput.__dataclass_fields__ and k != "last_hidden_state"}  # cache, ...
         return TempNetCausalLMOutput(**fields, loss=terms["loss"], logits=None, tau=tau, loss_terms=terms)
+
+    def fused_loss_reproduces_logits(self) -> bool:
+        """Whether the fused loss sees exactly the logits of this family's own forward (checked once).
+
+        The fused path computes z = last_hidden_state @ W^T (+ b). A family whose forward scales the hidden
+        state before its LM head, or post-processes the head's output (Gemma 2's final_logit_softcapping, a
+        logit scale), produces other logits: then training takes the full-logits path (said once in the log),
+        so it never trains on logits that generation does not use. The verdict comes from one evaluation-mode
+        forward over 8 tokens, comparing the family's logits with what its LM head received and returned, and that
+        with the plain linear map of the head's weight and bias (a head module with its own logit scale differs).
+        """
+        verdict = self.__dict__.get("_fused_verdict")
+        if verdict is None:
+            verdict = self._fused_verdict = self._probe_fused_logits()
+            if not verdict:
+                logger.warning("%s: the family's forward does not return its LM head's output on the backbone's last "
+                               "hidden state, so the fused loss is not used (full-logits path)", type(self).__name__)
+        return verdict
+
+    @torch.no_grad()
+    def _probe_fused_logits(self) -> bool:
+        seen: dict[str, torch.Tensor] = {}
+        lm_head = self.get_output_embeddings()
+        hooks = [self.base_model.register_forward_hook(lambda m, a, out: seen.update(hidden=out[0])),  # (None: no
+                 lm_head.register_forward_hook(lambda m, a, out: seen.update(head_in=a[0], head_out=out))]  # change)
+        was_training = self.training
+        ids = torch.arange(8, device=lm_head.weight.device).remainder(self.config.vocab_size)[None]  # [1, 8]
+        try:
+            self.eval()
+            logits = super().forward(input_ids=ids, use_cache=False, return_dict=True).logits  # [1, 8, V]
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train(was_training)
+        if "head_in" not in seen or "hidden" not in seen:  # the forward does not call its LM head module
+            return False
+        linear = F.linear(seen["head_in"], lm_head.weight, getattr(lm_head, "bias", None))  # what the fused op computes
+        return torch.equal(seen["head_in"], seen["hidden"]) and torch.equal(seen["head_out"], linear) and \
+            torch.equal(logits, seen["head_out"].to(logits.dtype))
 
     def _zero3_partitioned(self) -> bool:
         """True when DeepSpeed ZeRO-3 partitions the weights: the fused op reads the LM head's weight outside
@@ -257,7 +303,15 @@ class TempNetCausalLMMixin:
         else:
             model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
         model.tempnet.float()  # the head computes in float32; keep its weights there in half-precision models
+        model._settle_fused_loss()
         return (model, info) if want_info else model
+
+    def _settle_fused_loss(self) -> None:
+        """Decide `fused_loss_reproduces_logits` now (a fresh or loaded model), before any hook of the caller's
+        sees the probe; ZeRO-3-partitioned weights cannot run it outside the engine (that path is never fused)."""
+        if self.tempnet_config.fused_loss and not self._zero3_partitioned() and \
+                self.get_output_embeddings().weight.device.type != "meta":
+            self.fused_loss_reproduces_logits()
 
 
 @contextmanager
@@ -284,62 +338,36 @@ def _check_base_loaded(path, info: dict) -> None:
         logger.warning("loading %s: missing keys %s, unexpected keys %s", path, missing, unexpected)
 
 
-# ---- the concrete classes ------------------------------------------------------------------------------
+# ---- the classes of every causal-LM family (tempnet.integrations.families) ----------------------------
 
-class LlamaTempNetConfig(LlamaConfig):
-    """LlamaConfig plus `tempnet`: the TempNetConfig dict of the temperature head."""
+def tempnet_class_for(model_type: str) -> type[TempNetCausalLMMixin]:
+    """The TempNet class of a causal-LM family: "qwen2" or "qwen2_tempnet" -> Qwen2TempNetForCausalLM.
 
-    model_type = "llama_tempnet"
-    tempnet: dict | None = None
-
-
-class GPT2TempNetConfig(GPT2Config):
-    """GPT2Config plus `tempnet`: the TempNetConfig dict of the temperature head."""
-
-    model_type = "gpt2_tempnet"
-    tempnet: dict | None = None
+    Derived from the family's own `*ForCausalLM` class (transformers' causal-LM auto mapping) on first use;
+    a model_type that is not a causal LM is a ValueError.
+    """
+    return families.derive(model_type, TempNetCausalLMMixin, __name__)
 
 
-class GPTNeoXTempNetConfig(GPTNeoXConfig):
-    """GPTNeoXConfig plus `tempnet`: the TempNetConfig dict of the temperature head."""
-
-    model_type = "gpt_neox_tempnet"
-    tempnet: dict | None = None
-
-
-class LlamaTempNetForCausalLM(TempNetCausalLMMixin, LlamaForCausalLM):
-    """LlamaForCausalLM with a temperature head (`tempnet.*`)."""
-
-    config_class = LlamaTempNetConfig
-
-
-class GPT2TempNetForCausalLM(TempNetCausalLMMixin, GPT2LMHeadModel):
-    """GPT2LMHeadModel with a temperature head (`tempnet.*`)."""
-
-    config_class = GPT2TempNetConfig
-
-
-class GPTNeoXTempNetForCausalLM(TempNetCausalLMMixin, GPTNeoXForCausalLM):
-    """GPTNeoXForCausalLM with a temperature head (`tempnet.*`)."""
-
-    config_class = GPTNeoXTempNetConfig
-
+families.install_lazy_types(tempnet_class_for)
+LlamaTempNetForCausalLM = tempnet_class_for("llama")
+GPT2TempNetForCausalLM = tempnet_class_for("gpt2")
+GPTNeoXTempNetForCausalLM = tempnet_class_for("gpt_neox")
+LlamaTempNetConfig = LlamaTempNetForCausalLM.config_class
+GPT2TempNetConfig = GPT2TempNetForCausalLM.config_class
+GPTNeoXTempNetConfig = GPTNeoXTempNetForCausalLM.config_class
 
 #: The authors' class name, so their README snippet (`LLaMA_TempNet.from_pretrained(...)`) runs.
 LLaMA_TempNet = LlamaTempNetForCausalLM
 
-_CLASSES = {"llama": LlamaTempNetForCausalLM, "gpt2": GPT2TempNetForCausalLM, "gpt_neox": GPTNeoXTempNetForCausalLM}
-for _cls in _CLASSES.values():
-    AutoConfig.register(_cls.config_class.model_type, _cls.config_class, exist_ok=True)
-    AutoModelForCausalLM.register(_cls.config_class, _cls, exist_ok=True)
 
-
-def tempnet_class_for(model_type: str) -> type[TempNetCausalLMMixin]:
-    """The wrapper class for a base model_type ("llama", "gpt2", "gpt_neox", or one of ours)."""
-    base = model_type.removesuffix("_tempnet")
-    if base not in _CLASSES:
-        raise ValueError(f"no TempNet wrapper for model_type {model_type!r}; supported: {sorted(_CLASSES)}")
-    return _CLASSES[base]
+def __getattr__(name: str):
+    """Any family's classes by name (e.g. `Qwen2TempNetForCausalLM`), made on first use (pickle finds them too)."""
+    family = families.family_of_class_name(name)
+    if family is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = tempnet_class_for(family)
+    return cls.config_class if name.endswith("Config") else cls
 
 
 def _split_settings(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -349,7 +377,7 @@ def _split_settings(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 
 def tempnet_model_from_config(base_config: PreTrainedConfig, **settings) -> TempNetCausalLMMixin:
-    """A randomly initialised base model (from a GPT2Config / LlamaConfig / GPTNeoXConfig) with a head.
+    """A randomly initialised base model (from the config of any causal-LM family) with a head.
 
     settings: TempNetConfig fields (objective, rho, tau, tau_min, tau_max, hidden_size, dropout).
     """
@@ -358,7 +386,17 @@ def tempnet_model_from_config(base_config: PreTrainedConfig, **settings) -> Temp
     stored = getattr(base_config, "tempnet", None)
     tempnet = (TempNetConfig.from_dict(stored) if stored else TempNetConfig()).replace(**settings)
     data["tempnet"] = tempnet.to_dict()
-    return cls(cls.config_class(**data))
+    model = cls(cls.config_class(**data))
+    model._settle_fused_loss()
+    return model
+
+
+def checkpoint_family(path, **download_kwargs) -> str:
+    """The causal-LM family of a checkpoint's config.json; a ConfigError (a ValueError) for any other model."""
+    config_dict, _ = PreTrainedConfig.get_config_dict(path, **download_kwargs)
+    if "model_type" not in config_dict:
+        raise ConfigError(f"config.json of {path} has no model_type")
+    return families.check_causal_lm(config_dict["model_type"])
 
 
 def tempnet_model_from_pretrained(path, fresh_tempnet: bool = False, dtype: torch.dtype | str | None = None,
@@ -369,11 +407,7 @@ def tempnet_model_from_pretrained(path, fresh_tempnet: bool = False, dtype: torc
     the rest go to `from_pretrained` (device_map, revision, ...).
     """
     settings, hf_kwargs = _split_settings(kwargs)
-    download = {k: hf_kwargs[k] for k in DOWNLOAD_KEYS if k in hf_kwargs}
-    config_dict, _ = PreTrainedConfig.get_config_dict(path, **download)
-    if "model_type" not in config_dict:
-        raise ValueError(f"config.json of {path} has no model_type")
-    cls = tempnet_class_for(config_dict["model_type"])
+    cls = tempnet_class_for(checkpoint_family(path, **{k: hf_kwargs[k] for k in DOWNLOAD_KEYS if k in hf_kwargs}))
     if dtype is not None:
         hf_kwargs["dtype"] = dtype
     return cls.from_pretrained(path, fresh_tempnet=fresh_tempnet, tempnet_overrides=settings, **hf_kwargs)

@@ -25,6 +25,7 @@ from tempnet import checks
 from tempnet.modules import FixedTemperature, GlobalTemperature, TempNet
 
 __all__ = ["dro_lm_loss", "tempered_ce_loss", "LMObjective", "OBJECTIVES", "build_objective", "check_rho_vocab",
+           "rho_for_target_entropy", "DEFAULT_RHO",
            "dro_optimal_tau", "kl_to_uniform", "entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -157,6 +158,25 @@ def check_rho_vocab(rho: float, vocab_size: int, allow_large_rho: bool = False) 
         if not allow_large_rho:
             raise ValueError(message + " (or set tempnet.allow_large_rho=true to proceed anyway)")
         warnings.warn(message, stacklevel=3)
+
+
+#: The paper's KL budget of the LLM experiments (8.0 to 10 for vocabularies of 32k to 50k tokens).
+DEFAULT_RHO = 8.0
+
+
+def rho_for_target_entropy(target_entropy: float, vocab_size: int) -> float:
+    """The KL budget rho = log V - H that asks the same of every vocabulary.
+
+    KL(p || uniform) = log V - H(p), so the robust loss's ball KL(p || uniform) <= rho is the set of
+    distributions with entropy H(p) >= log V - rho: rho fixes a target entropy log V - rho (nats), and
+    carrying rho unchanged to a larger vocabulary asks for a flatter distribution. The paper's rho 8.5 at
+    V = 32000 is a target of 1.87 nats; Llama 3 (V = 128256) needs rho 9.89 for the same target.
+    """
+    log_v = math.log(vocab_size)
+    if not 0 < target_entropy <= log_v:
+        raise ValueError(f"target_entropy must lie in (0, log V = {log_v:.3f}] (vocabulary size V={vocab_size}), "
+                         f"got {target_entropy}")
+    return log_v - target_entropy
 
 
 def _dro(vocab_size: int, *, rho: float = 8.0, tau: float = 1.0, tau_min: float = 0.01, tau_max: float = 2.0, **_):

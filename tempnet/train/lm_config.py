@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tempnet.errors import ConfigError
+from tempnet.integrations.families import causal_lm_types, config_class
 from tempnet.integrations.head import TempNetSettings
 from tempnet.losses.lm import OBJECTIVES
 from tempnet.train.precision import PRECISIONS
@@ -19,7 +20,8 @@ __all__ = ["LMTrainConfig", "ModelConfig", "TempNetTrainSettings", "DataConfig",
            "EngineConfig", "MODES", "ARCHS", "ENGINES", "PRECISIONS", "RESUME_SAFE"]
 
 MODES = ("scratch", "finetune", "frozen")
-ARCHS = ("gpt2", "llama")
+#: model.arch of a scratch model: every causal-LM model_type of transformers (gpt2, llama, qwen2, gemma2, ...).
+ARCHS = tuple(causal_lm_types())
 ENGINES = ("ddp", "deepspeed", "accelerate")
 DTYPES = (None, "float32", "float16", "bfloat16")
 
@@ -35,9 +37,10 @@ class ModelConfig:
     """scratch: a random model from `arch` + `base`; finetune: load `path`, train everything;
     frozen: load `path`, train only TempNet (the LLaMA-2 setting)."""
     arch: str = "gpt2"
-    """Model family of a scratch model: gpt2 (GPT2Config) or llama (LlamaConfig)."""
+    """Model family of a scratch model: any causal-LM model_type of transformers (gpt2, llama, qwen2, mistral,
+    gemma2, phi3, ...); `base` holds keyword arguments of that family's config class."""
     base: dict = field(default_factory=dict)
-    """Keyword arguments of the Hugging Face config of a scratch model (n_layer, n_embd, ...)."""
+    """Keyword arguments of the Hugging Face config of a scratch model (n_layer, n_embd, ...; the family's keys)."""
     path: Optional[str] = None
     """Hub name or local directory of the pretrained model (finetune / frozen)."""
     tokenizer: Optional[str] = None
@@ -51,7 +54,9 @@ class ModelConfig:
 
     def __post_init__(self):
         _choice(self.mode, MODES, "model.mode")
-        _choice(self.arch, ARCHS, "model.arch")
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be a causal-LM model_type of transformers (gpt2, llama, qwen2, "
+                             f"mistral, gemma2, ... {len(ARCHS)} in all), got {self.arch!r}")
         _choice(self.dtype, DTYPES, "model.dtype")
         if not isinstance(self.base, dict):
             raise ValueError(f"model.base must be a mapping of config keyword arguments, got {self.base!r}")
@@ -74,7 +79,8 @@ class DataConfig:
     text_field: str = "text"
     """Column holding the document text (packed format, JSON / HF data)."""
     prompt_template: str = "llama2_chat"
-    """How an alpaca record becomes a prompt: llama2_chat ([INST] ... [/INST]) or alpaca."""
+    """How an alpaca record becomes a prompt: llama2_chat ([INST] ... [/INST]), alpaca, or tokenizer (the
+    tokenizer's own chat template, `apply_chat_template`: user turn = instruction + input, assistant turn = output)."""
     seq_len: int = 2048
     """Tokens per training example."""
     cache_dir: Optional[str] = None
@@ -97,7 +103,7 @@ class DataConfig:
         if self.synthetic_documents < 1 or self.synthetic_vocab_size < 300:
             raise ValueError(f"data.synthetic_documents must be >= 1 and data.synthetic_vocab_size >= 300 (byte "
                              f"fallback needs ~290 pieces), got {self.synthetic_documents}, {self.synthetic_vocab_size}")
-        _choice(self.prompt_template, ("llama2_chat", "alpaca"), "data.prompt_template")
+        _choice(self.prompt_template, ("llama2_chat", "alpaca", "tokenizer"), "data.prompt_template")
         if self.seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {self.seq_len}")
         if isinstance(self.files, str):
@@ -224,6 +230,9 @@ class TempNetTrainSettings(TempNetSettings):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.rho is not None and self.target_entropy is not None:
+            raise ValueError(f"tempnet.rho={self.rho} and tempnet.target_entropy={self.target_entropy} are exclusive "
+                             "(rho = log V - target_entropy): set the other one to null")
         _choice(self.lr_schedule, ("constant", "cosine"), "tempnet.lr_schedule")
         if not self.lr > 0 or not self.global_lr > 0 or self.weight_decay < 0:
             raise ValueError(f"need tempnet.lr > 0, tempnet.global_lr > 0 and tempnet.weight_decay >= 0, got "
@@ -282,9 +291,6 @@ class LMTrainConfig:
         if not self.data.dataset and not self.data.files and not self.data.synthetic:
             raise ConfigError("no training data: set data.dataset, data.files, or data.synthetic=true")
         if self.model.base:  # HF configs take any keyword: a misspelt one would be ignored without a word
-            from transformers import GPT2Config, LlamaConfig
-
             from tempnet.train.inputs import check_hf_config_keys
 
-            config_cls = GPT2Config if self.model.arch == "gpt2" else LlamaConfig
-            check_hf_config_keys(config_cls, self.model.base, "model.base")
+            check_hf_config_keys(config_class(self.model.arch), self.model.base, "model.base")

@@ -58,7 +58,7 @@ def synthetic_instructions(n: int, seed: int) -> list[dict]:
 
 def train_tokenizer(arch: str, texts: list[str], vocab_size: int, target: Path) -> None:
     """Train a tokenizer of the model family's kind on `texts` and save it to `target` (a directory):
-    byte-level BPE for gpt2, sentencepiece BPE with byte fallback for llama."""
+    byte-level BPE for gpt2, sentencepiece BPE with byte fallback (a LLaMA tokenizer) for every other family."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -96,15 +96,16 @@ def train_tokenizer(arch: str, texts: list[str], vocab_size: int, target: Path) 
 
 def save_base_model(arch: str, base: dict, tokenizer_dir: Path, seed: int, target: Path) -> None:
     """A random plain Hugging Face causal LM (no TempNet) standing in for a pretrained checkpoint."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tempnet.integrations.families import config_class
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config_cls, model_cls = (GPT2Config, GPT2LMHeadModel) if arch == "gpt2" else (LlamaConfig, LlamaForCausalLM)
-    config = config_cls(**{"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, **base})
+    config = config_class(arch)(**{"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, **base})
     torch.manual_seed(seed)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model_cls(config).save_pretrained(tmp)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
     tok.save_pretrained(tmp)
     tmp.rename(target)
 

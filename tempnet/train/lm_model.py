@@ -1,14 +1,17 @@
 """Tokenizer and model of the LLM trainer, built through the Hugging Face integration.
 
-scratch   a random GPT-2 / LLaMA from `model.arch` + `model.base` with the objective's head;
+scratch   a random model of any causal-LM family (`model.arch`) from `model.base` with the objective's head;
 finetune  `model.path` loaded with its head (or a fresh one), everything trained;
 frozen    `model.path` loaded, `freeze_base()`: only the head (TempNet) is trained.
 """
 
 from __future__ import annotations
 
+import math
+
 from tempnet.errors import ConfigError, check_model_path
 from tempnet.train.inputs import load_pretrained
+from tempnet.train.run import say
 
 __all__ = ["load_tokenizer", "build_model", "head_settings"]
 
@@ -49,34 +52,45 @@ def _check_positions(model, seq_len: int, scratch: bool) -> None:
                           f"(max_position_embeddings): lower data.seq_len or use {fix}")
 
 
-def build_model(cfg, tokenizer):
-    """The TempNet causal LM for cfg.model.mode, on the CPU, in training mode.
-
-    Trainable weights must be float32 unless DeepSpeed keeps float32 master copies (engine=deepspeed).
-    """
+def _load_or_create(cfg, tokenizer):
+    """The scratch model of `model.arch`, or `model.path` loaded as its family's TempNet class."""
+    from tempnet.integrations.families import config_class
     from tempnet.integrations.head import DTYPES
     from tempnet.integrations.hf import tempnet_model_from_config, tempnet_model_from_pretrained
-    from transformers import GPT2Config, LlamaConfig
-
-    from tempnet.losses.lm import check_rho_vocab
 
     m = cfg.model
     if m.mode == "scratch":
         special = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                    if getattr(tokenizer, k) is not None}
-        base_cls = GPT2Config if m.arch == "gpt2" else LlamaConfig
-        model = tempnet_model_from_config(base_cls(**{**special, **m.base}), **head_settings(cfg))
-    else:
-        model = load_pretrained(tempnet_model_from_pretrained, check_model_path(m.path, "model.path"), "model.path",
-                                 fresh_tempnet=m.fresh_tempnet, dtype=DTYPES[m.dtype] if m.dtype else None,
-                                 **head_settings(cfg))
+        return tempnet_model_from_config(config_class(m.arch)(**{**special, **m.base}), **head_settings(cfg))
+    return load_pretrained(tempnet_model_from_pretrained, check_model_path(m.path, "model.path"), "model.path",
+                           fresh_tempnet=m.fresh_tempnet, dtype=DTYPES[m.dtype] if m.dtype else None,
+                           **head_settings(cfg))
+
+
+def build_model(cfg, tokenizer):
+    """The TempNet causal LM for cfg.model.mode, on the CPU, in training mode.
+
+    Trainable weights must be float32 unless DeepSpeed keeps float32 master copies (engine=deepspeed).
+    """
+    from tempnet.losses.lm import check_rho_vocab
+
+    m = cfg.model
+    try:
+        model = _load_or_create(cfg, tokenizer)
+    except ValueError as exc:  # a target entropy outside (0, log V]: known only once V is
+        if isinstance(exc, ConfigError) or not str(exc).startswith("target_entropy"):
+            raise
+        raise ConfigError(f"tempnet.{exc}") from None
     _check_vocab(model, tokenizer)
     _check_positions(model, cfg.data.seq_len, m.mode == "scratch")
     if model.tempnet_robust:
         try:
-            check_rho_vocab(cfg.tempnet.rho, model.config.vocab_size, cfg.tempnet.allow_large_rho)
+            check_rho_vocab(model.tempnet_rho, model.config.vocab_size, cfg.tempnet.allow_large_rho)
         except ValueError as exc:
             raise ConfigError(f"tempnet.{exc}") from None
+        say(f"tempnet: rho = {model.tempnet_rho:.4f}, target entropy log V - rho = "
+            f"{math.log(model.config.vocab_size) - model.tempnet_rho:.4f} nats (V = {model.config.vocab_size})")
     if m.mode == "frozen":
         model.freeze_base()
     elif m.dtype not in (None, "float32") and cfg.engine.name != "deepspeed":

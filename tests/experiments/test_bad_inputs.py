@@ -54,6 +54,7 @@ def lm_files(tmp_path_factory):
     (root / "broken.jsonl").write_text('{"text": "fine"}\n{"text": "no end\n')
     (root / "number.jsonl").write_text('{"text": "fine"}\n{"text": 5}\n')
     (root / "null.jsonl").write_text('{"text": "fine"}\n{"text": null}\n')
+    (root / "instructions.json").write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "hi"}] * 8))
     return root
 
 
@@ -136,6 +137,10 @@ def checkpoints(tmp_path_factory):
     (root / "target.safetensors").write_bytes(b"keep me")
     (root / "link.safetensors").symlink_to(root / "target.safetensors")
     (root / "a_file").write_text("not a directory")
+    from transformers import ViTConfig, ViTModel  # a model that is not a causal LM
+
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                       image_size=8, patch_size=4)).save_pretrained(root / "not_causal")
     return root
 
 
@@ -207,6 +212,18 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
                                                                str(out / "l2"), "model.path=MY_MODEL"]],
                                          "data.synthetic=true generates the corpus, tokenizer and base model under "
                                          "OUTPUT_DIR/debug_assets, but model.path=MY_MODEL is set"),
+        # LLM trainer: model families
+        "lm_not_a_causal_lm": (gpt2("za1", good, "model.mode=finetune", f"model.path={ck / 'not_causal'}"),
+                               "model_type 'vit' is not a causal language model"),
+        "lm_arch_not_a_causal_lm": (gpt2("za2", good, "model.arch=vit"), "model.arch must be a causal-LM model_type"),
+        "lm_base_key_of_another_family": (gpt2("za3", good, "model.arch=qwen2"),
+                                          "model.base.n_layer is not a parameter of Qwen2Config"),
+        "lm_no_chat_template": (gpt2("za4", lm / "instructions.json", "data.format=alpaca",
+                                     "data.prompt_template=tokenizer"), "has no chat template"),
+        "lm_rho_and_target_entropy": (gpt2("za5", good, "tempnet.target_entropy=2.0"),
+                                      "tempnet.rho=3.0 and tempnet.target_entropy=2.0 are exclusive"),
+        "lm_target_entropy_above_log_v": (gpt2("za6", good, "tempnet.rho=null", "tempnet.target_entropy=9.0"),
+                                          "tempnet.target_entropy must lie in (0, log V = 5.951]"),
         # CLIP trainer
         "clip_annotations_not_json": (clip_run("q", "not_json.json"), "cannot parse annotation file"),
         "clip_caption_number": (clip_run("r", "caption_number.json"),
@@ -256,6 +273,8 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
         "clip_benchmark_no_flickr30k": (clip_benchmark("flickr30k"), "task 'flickr30k': flickr30k in"),
         "clip_benchmark_misspelt": (clip_benchmark("misspelt"), "dataset 'cifar1O' is neither folder, retrieval_json "
                                                                 "nor one of CLIP_benchmark's; did you mean cifar10?"),
+        "generate_not_a_causal_lm": (cli("generate", ck / "not_causal", "--prompt", "hi"),
+                                     "model_type 'vit' is not a causal language model"),
         # scripts/eval_lm.py
         "eval_unknown_task": (eval_lm(export, "no_such_task_xyz"), "--tasks: Tasks not found: no_such_task_xyz"),
         "eval_missing_path": (eval_lm("runs/missing/final"), "pretrained: no such file or directory: runs/missing/final"),

@@ -113,3 +113,40 @@ def test_console_script_runs(tiny_llama_dir, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "tau per generated token" in done.stdout and (tmp_path / "t.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_generate_export_attach_on_another_family(tokenizer, tmp_path, capsys):
+    """`tempnet generate / export / attach` on a Qwen3 checkpoint (qwen3_tempnet): the attached and exported
+    TempNet generate what the checkpoint's own TempNet does."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from tempnet.integrations.hf import tempnet_model_from_config
+
+    from conftest import VOCAB
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = tempnet_model_from_config(config, objective="tempnet_dro", rho=3.0, hidden_size=16)
+    with torch.no_grad():
+        model.tempnet.proj[0].weight.mul_(20.0)
+        model.tempnet.last.weight.normal_(0.0, 20.0)
+    own_dir, plain_dir, exported = tmp_path / "qwen-tempnet", tmp_path / "qwen", tmp_path / "tempnet.safetensors"
+    model.save_pretrained(own_dir)
+    base = Qwen3ForCausalLM(config)
+    base.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("tempnet.")})
+    base.save_pretrained(plain_dir)
+    for path in (own_dir, plain_dir):
+        tokenizer.save_pretrained(path)
+    assert main(["export", str(own_dir), str(exported)]) == 0
+    assert main(["attach", str(plain_dir), str(exported), str(tmp_path / "attached")]) == 0
+    capsys.readouterr()
+    [own] = _run(capsys, "generate", str(own_dir), "--prompt", PROMPT)
+    [attached] = _run(capsys, "generate", str(tmp_path / "attached"), "--prompt", PROMPT)
+    [as_processor] = _run(capsys, "generate", str(plain_dir), "--prompt", PROMPT, "--tempnet", str(exported))
+    assert own["method"] == "TempNet" and len(own["tau"]) == len(own["token_ids"]) > 0
+    assert json.loads((tmp_path / "attached" / "config.json").read_text())["model_type"] == "qwen3_tempnet"
+    for other in (attached, as_processor):
+        assert other["token_ids"] == own["token_ids"]
+        assert torch.allclose(torch.tensor(other["tau"]), torch.tensor(own["tau"]), atol=1e-5)

@@ -238,7 +238,7 @@ def test_save_load_round_trip(tiny_llama, tmp_path):
     tiny_llama.save_pretrained(tmp_path)
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["model_type"] == "llama_tempnet"
-    assert stored["tempnet"] == {"objective": "tempnet_dro", "rho": 8.0, "tau": 1.0, "tau_min": 0.05,
+    assert stored["tempnet"] == {"objective": "tempnet_dro", "rho": 8.0, "target_entropy": None, "tau": 1.0, "tau_min": 0.05,
                                  "tau_max": 2.0, "hidden_size": 32, "dropout": 0.5, "pooling": "centred",
                                  "fused_loss": True}
     x = torch.randint(3, VOCAB, (2, 8))

@@ -157,3 +157,38 @@ def test_simple_evaluate_on_local_tasks(tiny_llama_dir, tmp_path):
     acc, ppl = lm_eval_by_hand(model, AutoTokenizer.from_pretrained(tiny_llama_dir), docs, lines)
     assert results["toy_mc"]["acc,none"] == pytest.approx(acc)
     assert results["toy_ppl"]["word_perplexity,none"] == pytest.approx(ppl, rel=1e-4)
+
+
+def test_simple_evaluate_on_a_qwen_model(tokenizer, tmp_path):
+    """`--model tempnet` on another family (Qwen3, saved as qwen3_tempnet): the scores are the model's with its TempNet."""
+    from transformers import AutoTokenizer, Qwen3Config
+
+    from tempnet.integrations.hf import Qwen3TempNetForCausalLM, tempnet_model_from_config, tempnet_model_from_pretrained
+
+    from conftest import VOCAB
+
+    torch.manual_seed(0)
+    model = tempnet_model_from_config(
+        Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, head_dim=16, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                    pad_token_id=0), objective="tempnet_dro", rho=3.0, hidden_size=16)
+    with torch.no_grad():  # a tau that varies, far from 1
+        model.tempnet.proj[0].weight.mul_(20.0)
+        model.tempnet.last.weight.normal_(0.0, 20.0)
+    path = tmp_path / "qwen"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    tasks = local_tasks(tmp_path)
+    docs = [json.loads(line) for line in (tmp_path / "mc.jsonl").read_text().splitlines()]
+    results = simple_evaluate(
+        model="tempnet", model_args=f"pretrained={path},dtype=float32", tasks=["toy_mc", "toy_ppl"], device="cpu",
+        batch_size=2, task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+        bootstrap_iters=0)["results"]
+    loaded = tempnet_model_from_pretrained(path).eval()
+    assert type(loaded) is Qwen3TempNetForCausalLM
+    lines = (tmp_path / "ppl.txt").read_text().splitlines()
+    acc, ppl = lm_eval_by_hand(loaded, AutoTokenizer.from_pretrained(path), docs, lines)
+    _, raw_ppl = lm_eval_by_hand(loaded, AutoTokenizer.from_pretrained(path), docs, lines, apply_tempnet=False)
+    assert results["toy_mc"]["acc,none"] == pytest.approx(acc)
+    assert results["toy_ppl"]["word_perplexity,none"] == pytest.approx(ppl, rel=1e-4)
+    assert abs(ppl - raw_ppl) > 1e-3 * ppl  # TempNet really changes the score

@@ -1,0 +1,75 @@
+"""Frozen TempNet on two non-LLaMA families through LLaMA-2/train.py (configs/debug.yaml, model.arch switched):
+Qwen2 (the fused loss) and Gemma 2 (soft-capped logits: the full-logits path). Each trains only TempNet on the
+frozen base, saves a checkpoint of its own family, resumes exactly, and 1- and 2-process runs of the same global
+batches agree (1e-5), as the LLaMA runs do (test_lm_llama2.py, test_lm_engines.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import run, torchrun
+from lm_runs import metrics, train, train_cmd
+
+pytestmark = pytest.mark.slow
+
+STEPS = 6
+COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2", "train.progress_bar=false",
+          "train.tensorboard=false")
+FAMILIES = {"qwen2": ("model.arch=qwen2",),  # the debug LLaMA's model.base keys are Qwen2's and Gemma 2's too
+            "gemma2": ("model.arch=gemma2", "model.base.head_dim=32")}  # (final_logit_softcapping 30 by default)
+
+
+def _args(family):
+    return (*COMMON, *FAMILIES[family])
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def reference(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"{request.param}_ref")
+    proc = train("LLaMA-2", out, *_args(request.param))
+    return request.param, out, proc
+
+
+def test_frozen_run_trains_only_tempnet_in_its_family(reference):
+    family, out, proc = reference
+    rows = metrics(out)
+    assert len(rows) == STEPS and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    stored = json.loads((out / "final" / "config.json").read_text())
+    assert stored["model_type"] == f"{family}_tempnet" and stored["tempnet"]["rho"] == 3.0
+    from transformers import AutoModelForCausalLM
+
+    from tempnet.integrations.hf import tempnet_class_for, tempnet_model_from_pretrained
+
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert type(final) is tempnet_class_for(family)
+    base = tempnet_model_from_pretrained(out / "debug_assets" / f"base-{family}", fresh_tempnet=True).state_dict()
+    state = final.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in base.items() if not k.startswith("tempnet."))
+    assert not all(torch.equal(v, state[k]) for k, v in base.items() if k.startswith("tempnet."))  # TempNet trained
+    # the fused loss where it reproduces the family's logits; Gemma 2's soft-capping takes the full-logits path
+    said = "fused loss is not used" in proc.stderr
+    assert said is (family == "gemma2"), proc.stderr[-2000:]
+
+
+def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):
+    family, out, _ = reference
+    train("LLaMA-2", tmp_path, *_args(family), "train.stop_after_steps=3")
+    train("LLaMA-2", tmp_path, *_args(family), resume=True)
+    a, b = metrics(out), metrics(tmp_path)
+    for key in ("loss", "ce", "tau_mean", "tau_min", "tau_max", "lr_tempnet", "grad_norm"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+
+
+def test_one_and_two_processes_agree(reference, tmp_path):
+    family, out, _ = reference
+    run([*torchrun(2), *train_cmd("LLaMA-2", tmp_path, *_args(family))])
+    a, b = metrics(out), metrics(tmp_path)  # (a frozen run logs TempNet's lr only: lm_runs.assert_runs_match wants "lr")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for key in ("loss", "ce", "tau_mean"):
+        assert max(abs(x[key] - y[key]) for x, y in zip(a, b)) <= 1e-5, (key, a, b)
+    assert max(abs(x["grad_norm"] - y["grad_norm"]) for x, y in zip(a, b)) <= 1e-5 * max(r["grad_norm"] for r in a)
+    assert [r["lr_tempnet"] for r in a] == [r["lr_tempnet"] for r in b]
