@@ -27,9 +27,10 @@ from pathlib import Path
 
 from tempnet.errors import UserError, run_cli
 
-#: Relative tolerance of the suite's comparison (fp32). Measured between CPU kernels (ATEN_CPU_CAPABILITY=default,
-#: avx2, avx512; 1 or 2 threads): at most 1.6e-7 on the LLM runs, 4.3e-7 on the CLIP and demo runs (README, Tests).
-RTOL = 1e-6
+#: Relative tolerance of the suite's comparison (fp32): 8x the largest spread measured between CPU kernels
+#: (ATEN_CPU_CAPABILITY=default, avx2, avx512; 1 or 2 threads): 1.6e-7 on the LLM runs, 6.1e-7 on the CLIP and demo
+#: runs (README, Tests). 1e-6 held there too, but by 1.6x only; a real change moves far more (e.g. 9e-5).
+RTOL = 5e-6
 #: eval.json entries that are positions, not numbers a change could move.
 _NOT_RESULTS = ("epoch", "step")
 
