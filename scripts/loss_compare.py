@@ -27,10 +27,11 @@ from pathlib import Path
 
 from tempnet.errors import UserError, run_cli
 
-#: Relative tolerance of the suite's comparison (fp32): 8x the largest spread measured between CPU kernels
-#: (ATEN_CPU_CAPABILITY=default, avx2, avx512; 1 or 2 threads): 1.6e-7 on the LLM runs, 6.1e-7 on the CLIP and demo
-#: runs (README, Tests). 1e-6 held there too, but by 1.6x only; a real change moves far more (e.g. 9e-5).
-RTOL = 5e-6
+#: Tolerance of the suite's comparison (fp32), relative to each key's largest |value| over the curve: 5x the
+#: largest spread measured between CPU kernels (ATEN_CPU_CAPABILITY=default, avx2, avx512; 1 or 2 threads): 1.6e-7 on
+#: the LLM runs, 6.1e-7 on the CLIP runs, 1.8e-6 on the demo's isogclr_tempnet (README, Tests). A real change moves
+#: far more (e.g. 9e-5).
+RTOL = 1e-5
 #: eval.json entries that are positions, not numbers a change could move.
 _NOT_RESULTS = ("epoch", "step")
 
@@ -76,17 +77,29 @@ def save(data: dict, path: str | Path) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def _relative(a: float, b: float) -> float:
-    return 0.0 if a == b else abs(a - b) / max(abs(a), abs(b))
+def _scales(golden: dict, new: dict) -> dict[str, float]:
+    """Per step key, the largest |value| over both curves: a loss that falls near 0 is compared on its own scale."""
+    out: dict[str, float] = {}
+    for r in golden["steps"] + new["steps"]:
+        for k, v in r.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out[k] = max(out.get(k, 0.0), abs(v))
+    return out
 
 
 def _pairs(golden: dict, new: dict):
-    """(where, key, golden value, new value) in order: step by step, then the evaluation."""
+    """(where, key, golden value, new value, scale) in order: step by step, then the evaluation."""
+    scales = _scales(golden, new)
     for g, n in zip(golden["steps"], new["steps"]):
         for key in sorted(set(g) | set(n)):
-            yield f"step {g['step']}", key, g.get(key), n.get(key)
+            yield f"step {g['step']}", key, g.get(key), n.get(key), scales.get(key, 0.0)
     for key in sorted(set(golden.get("eval", {})) | set(new.get("eval", {}))):
-        yield "eval", key, golden.get("eval", {}).get(key), new.get("eval", {}).get(key)
+        yield "eval", key, golden.get("eval", {}).get(key), new.get("eval", {}).get(key), 0.0
+
+
+def _relative(a: float, b: float, scale: float) -> float:
+    """|a - b| relative to the key's scale over the curve (at least max(|a|, |b|))."""
+    return 0.0 if a == b else abs(a - b) / max(abs(a), abs(b), scale)
 
 
 def first_moved(golden: dict, new: dict, rtol: float = RTOL) -> str | None:
@@ -94,19 +107,19 @@ def first_moved(golden: dict, new: dict, rtol: float = RTOL) -> str | None:
     steps = [s["step"] for s in golden["steps"]], [s["step"] for s in new["steps"]]
     if steps[0] != steps[1]:
         return f"logged steps {steps[0]} -> {steps[1]}"
-    for where, key, a, b in _pairs(golden, new):
+    for where, key, a, b, scale in _pairs(golden, new):
         if a is None or b is None:
             return f"{where}, {key}: {'missing' if a is None else a} -> {'missing' if b is None else b}"
         if not (math.isfinite(a) and math.isfinite(b)) and not (a == b or (math.isnan(a) and math.isnan(b))):
             return f"{where}, {key}: {a!r} -> {b!r}"
-        if _relative(a, b) > rtol:
-            return f"{where}, {key}: {a!r} -> {b!r} (relative {_relative(a, b):.2e} > {rtol:g})"
+        if _relative(a, b, scale) > rtol:
+            return f"{where}, {key}: {a!r} -> {b!r} (relative {_relative(a, b, scale):.2e} > {rtol:g})"
     return None
 
 
 def max_relative(golden: dict, new: dict) -> float:
-    """The largest relative difference over every key both curves hold (finite values)."""
-    diffs = [_relative(a, b) for _, _, a, b in _pairs(golden, new)
+    """The largest relative difference (on each key's scale) over every key both curves hold (finite values)."""
+    diffs = [_relative(a, b, scale) for _, _, a, b, scale in _pairs(golden, new)
              if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
     return max(diffs, default=0.0)
 
