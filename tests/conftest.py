@@ -35,21 +35,21 @@ GOLDEN = Path(__file__).resolve().parent / "assets" / "losses"
 def golden(request):
     """check(name, run_dir): the run's curve (scripts/loss_compare.py) against tests/assets/losses/<name>.json,
     failing with the first step and key that moved; with --update-golden it rewrites that file instead.
-    The bound (loss_compare.RTOL, 1e-5 of each key's largest value in the run) is 5x the largest spread measured
-    between CPU kernels and thread counts on these runs (1.8e-6, the demo's isogclr_tempnet; LLM runs 1.6e-7, CLIP
-    launch scripts 4.3e-7): README, Tests."""
+    The default bound (loss_compare.RTOL, 1e-5 of each key's largest value in the run) is 23x the largest spread
+    measured between CPU kernels and thread counts on the launch-script runs (4.3e-7; LLM runs 1.6e-7); the demo's
+    longer runs pass their own (README, Tests)."""
     from helpers import REPO, load_module
 
     lc = load_module("loss_compare", REPO / "scripts" / "loss_compare.py")
     update = request.config.getoption("--update-golden")
 
-    def check(name: str, run_dir) -> None:
+    def check(name: str, run_dir, rtol: float = lc.RTOL) -> None:
         path, new = GOLDEN / f"{name}.json", lc.curve(run_dir)
         if update:
             lc.save(new, path)
             return
         assert path.is_file(), f"no golden curve {path}: create it with --update-golden"
-        moved = lc.first_moved(lc.load(path), new)
+        moved = lc.first_moved(lc.load(path), new, rtol)
         assert moved is None, f"{name} moved at {moved} (a change meant to move numbers: --update-golden, see README)"
 
     return check
