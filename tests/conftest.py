@@ -20,3 +20,36 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/assets/losses/ from this run's curves (a change meant to move numbers: "
+                          "commit them with the reason)")
+
+
+GOLDEN = Path(__file__).resolve().parent / "assets" / "losses"
+
+
+@pytest.fixture
+def golden(request):
+    """check(name, run_dir): the run's curve (scripts/loss_compare.py) against tests/assets/losses/<name>.json,
+    failing with the first step and key that moved; with --update-golden it rewrites that file instead.
+    The default bound (loss_compare.RTOL, 1e-5 of each key's largest value in the run) is 23x the largest spread
+    measured between CPU kernels and thread counts on the launch-script runs (4.3e-7; LLM runs 1.6e-7); the demo's
+    longer runs pass their own (README, Tests)."""
+    from helpers import REPO, load_module
+
+    lc = load_module("loss_compare", REPO / "scripts" / "loss_compare.py")
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, run_dir, rtol: float = lc.RTOL) -> None:
+        path, new = GOLDEN / f"{name}.json", lc.curve(run_dir)
+        if update:
+            lc.save(new, path)
+            return
+        assert path.is_file(), f"no golden curve {path}: create it with --update-golden"
+        moved = lc.first_moved(lc.load(path), new, rtol)
+        assert moved is None, f"{name} moved at {moved} (a change meant to move numbers: --update-golden, see README)"
+
+    return check

@@ -1,7 +1,9 @@
 """Every launch script runs end to end, as a user runs it: `NPROC=.. OUT=.. DATA=.. bash <folder>/scripts/X.sh
 key=value ...` with its own launcher (deepspeed, torchrun, accelerate launch), config and data arguments, on
 CPU, with tiny local data and overrides that only shrink the model and the step count. Each run must
-write its final model (or evaluation) into the fresh OUT. One script per launcher also runs as two nodes
+write its final model (or evaluation) into the fresh OUT, and its per-step loss, ce and tau statistics (CLIP:
+and its retrieval numbers) must match its golden curve, tests/assets/losses/<folder>-<script>.json
+(scripts/loss_compare.py; regenerate with --update-golden, see the README's Tests section). One script per launcher also runs as two nodes
 (two launchers on this machine, NNODES=2) against one process on the same global batch."""
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ GPT2_SCRIPTS = _training_scripts("GPT_2")
 
 
 @pytest.mark.parametrize("name", GPT2_SCRIPTS)
-def test_gpt2_script(name, assets, tmp_path):
+def test_gpt2_script(name, assets, tmp_path, golden):
     out = tmp_path / "run"
     tiny = ([f"model.tokenizer={assets / 'tokenizer-gpt2'}", *GPT2_TINY] if name.startswith(("scratch", "ablation"))
             else [f"model.path={assets / 'base-gpt2'}"])
@@ -81,6 +83,7 @@ def test_gpt2_script(name, assets, tmp_path):
     _bash(f"GPT_2/scripts/{name}", *COMMON, *tiny, f"train.global_batch_size={nproc}", f"data.cache_dir={tmp_path}",
           NPROC=nproc, OUT=out, DATA=assets / "corpus.txt")
     assert [r["step"] for r in metrics(out)] == [1, 2]
+    golden(f"GPT_2-{Path(name).stem}", out)
     assert (out / "final" / "model.safetensors").is_file() and (out / "checkpoint-2" / "COMPLETE").is_file()
     objective = json.loads((out / "final" / "config.json").read_text())["tempnet"]["objective"]
     expected = name.removeprefix("ablation_").removesuffix(".sh") if name.startswith("ablation") else (
@@ -92,7 +95,7 @@ LLAMA_SCRIPTS = [f"{folder}/scripts/{name}" for folder in ("LLaMA-1", "LLaMA-2")
 
 
 @pytest.mark.parametrize("script", LLAMA_SCRIPTS)
-def test_llama_script(script, assets, tmp_path):
+def test_llama_script(script, assets, tmp_path, golden):
     out = tmp_path / "run"
     chat = "chat" in script
     nproc = 2 if script.endswith(("frozen_7b.sh", "chat_70b.sh")) else 1
@@ -100,6 +103,7 @@ def test_llama_script(script, assets, tmp_path):
           f"train.global_batch_size={nproc}", f"data.cache_dir={tmp_path}", *(["data.seq_len=48"] if chat else []),
           NPROC=nproc, OUT=out, DATA=assets / ("alpaca.json" if chat else "corpus.txt"))
     assert [r["step"] for r in metrics(out)] == [1, 2]
+    golden(script.replace("/scripts/", "-").removesuffix(".sh"), out)
     assert (out / "final" / "model.safetensors").is_file()
     if "LLaMA-2" in script and script.endswith("chat_7b.sh"):  # then the export step of the same folder
         exported = tmp_path / "tempnet.safetensors"
@@ -117,12 +121,12 @@ CLIP_TINY = ["model.image.name=vit_tiny_patch16_224", "model.image.pretrained=fa
              "model.text.config_overrides={dim: 32, n_layers: 1, n_heads: 2, hidden_dim: 64, vocab_size: 49408, "
              "max_position_embeddings: 32}",
              "model.embed_dim=16", "model.image_size=32", "data.num_workers=0", "train.epochs=1", "train.batch_size=16",
-             "train.precision=fp32", "train.progress_bar=false", "tempnet.num_prototypes=8", "loss_args.rho=2.0",
+             "train.precision=fp32", "train.log_every=1", "train.progress_bar=false", "tempnet.num_prototypes=8", "loss_args.rho=2.0",
              "eval.batch_size=64", "eval.num_workers=0"]
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "Bimodal-CL" / "scripts").glob("cc3m_*.sh")))
-def test_clip_script_then_evaluation(name, assets, tmp_path):
+def test_clip_script_then_evaluation(name, assets, tmp_path, golden):
     pairs = assets / "pairs"
     retrieval = f"eval.retrieval=[{{name: synthetic, json: {pairs / 'retrieval.json'}, image_root: {pairs}}}]"
     out = tmp_path / "run"
@@ -132,6 +136,7 @@ def test_clip_script_then_evaluation(name, assets, tmp_path):
           NPROC=nproc, OUT=out, DATA=pairs / "train.json")
     evaluation = json.loads((out / "eval.json").read_text())
     assert evaluation["epoch"] == 1 and "synthetic/img_r1" in evaluation
+    golden(f"Bimodal-CL-{Path(name).stem}", out)
     assert json.loads((out / "best.json").read_text())["epoch"] == 1  # the config's select_best, on our set
     if name != "cc3m_isogclr_tempnet.sh":
         return
