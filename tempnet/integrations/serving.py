@@ -50,8 +50,9 @@ def finite_for_tempnet(scores: torch.Tensor) -> torch.Tensor:
 def request_wants_tempnet(extra_args: Mapping[str, Any] | None) -> bool:
     """Whether a request is tempered: yes unless its extra args say {"tempnet": false}.
 
-    Any other key, or a value that is not a boolean, is a ValueError naming it (a typo must not leave a
-    request silently untempered or silently tempered).
+    vLLM's HTTP schema holds `vllm_xargs` values as strings or numbers, so JSON's false arrives as 0: the
+    switch is true/false, 1/0 or "true"/"false". Any other key or value is a ValueError naming it (a typo must
+    not leave a request silently untempered or silently tempered).
     """
     extra_args = extra_args or {}
     unknown = sorted(k for k in extra_args if k != XARG)
@@ -59,9 +60,12 @@ def request_wants_tempnet(extra_args: Mapping[str, Any] | None) -> bool:
         raise ValueError(f"unknown vllm_xargs key(s) {unknown}: TempNet's server reads only {XARG!r} "
                          f'(e.g. "vllm_xargs": {{"{XARG}": false}} to turn TempNet off for this request)')
     value = extra_args.get(XARG, True)
-    if not isinstance(value, bool):
-        raise ValueError(f"vllm_xargs {XARG!r} must be true or false, got {value!r}")
-    return value
+    if isinstance(value, (bool, int, float, str)) and value in _SWITCH:
+        return _SWITCH[value]
+    raise ValueError(f"vllm_xargs {XARG!r} must be true or false, got {value!r}")
+
+
+_SWITCH = {True: True, False: False, "true": True, "false": False}  # 1 == True and 0 == False as keys
 
 
 @dataclass
