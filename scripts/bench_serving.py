@@ -1,0 +1,135 @@
+"""Output tokens/s of vLLM with TempNet's logits processor against vLLM without it, same model, prompts and sampling.
+
+    python scripts/bench_serving.py --model LLM-Opt/TempNet-LLaMA2-Chat-7B-v0.1                  # a GPU
+    python scripts/bench_serving.py --model BASE_DIR --tempnet TEMPNET.safetensors --json out.json
+    python scripts/bench_serving.py --model DIR --dtype float32 --enforce-eager --gpu-memory-utilization 0.15  # CPU
+
+One process, two engines in turn (the baseline first, then the plugin), each warmed up, then `--repeats` timed
+batches of `--prompts` requests of exactly `--max-tokens` new tokens (ignore_eos); the best batch of each counts.
+Prints both rates, their ratio and the FLOP bound of that ratio: TempNet's multiply-adds per token (V x M +
+M x M + M) against the model's linear layers (attention projections, MLP, LM head; attention over the context
+not counted), so bound = model / (model + TempNet): 0.9987 for a 7B LLaMA with V 32000, M 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+from tempnet.errors import UserError, check_model_path, run_cli
+
+WORDS = "how do you get water in the desert find shade the sun sand camel drink well".split()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a TempNet checkpoint (ours or the released layout), or a "
+                                                       "plain one with --tempnet")
+    parser.add_argument("--tempnet", type=Path, metavar="FILE", help="an exported TempNet to serve with --model")
+    parser.add_argument("--prompts", type=int, default=64, help="requests per batch")
+    parser.add_argument("--prompt-words", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per request (exactly: ignore_eos)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches per engine (the best counts)")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers here")
+    args = parser.parse_args(argv)
+    if args.prompts < 1 or args.max_tokens < 1 or args.repeats < 1:
+        parser.error("--prompts, --max-tokens and --repeats must be >= 1")
+    return args
+
+
+def flop_bound(config: dict, tempnet_hidden: int) -> dict:
+    """Multiply-adds per generated token of the model's linear layers and of TempNet, and the ratio bound."""
+    text = config.get("text_config", config)
+    h, layers, inter, vocab = (text["hidden_size"], text["num_hidden_layers"], text["intermediate_size"],
+                               text["vocab_size"])
+    heads = text["num_attention_heads"]
+    head_dim = text.get("head_dim") or h // heads
+    kv = text.get("num_key_value_heads") or heads
+    per_layer = 2 * h * heads * head_dim + 2 * h * kv * head_dim + 3 * h * inter  # q, o; k, v; gate, up, down
+    model = layers * per_layer + h * vocab
+    tempnet = vocab * tempnet_hidden + tempnet_hidden * tempnet_hidden + tempnet_hidden
+    return {"model_macs_per_token": model, "tempnet_macs_per_token": tempnet, "ratio_bound": model / (model + tempnet)}
+
+
+def _engine(args, with_tempnet: bool):
+    from vllm import LLM
+
+    from tempnet.integrations.vllm import PROCESSOR
+    from tempnet.integrations.serving import TEMPNET_FILE_KEY
+
+    options = dict(dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
+                   enforce_eager=args.enforce_eager, max_model_len=args.max_model_len)
+    if with_tempnet:
+        options["logits_processors"] = [PROCESSOR]
+        if args.tempnet is not None:
+            options["hf_overrides"] = {TEMPNET_FILE_KEY: str(args.tempnet)}
+    return LLM(model=args.model, **options)
+
+
+def _rate(args, with_tempnet: bool) -> dict:
+    """Best output tokens/s over `repeats` batches on a fresh engine, which is shut down afterwards."""
+    from vllm import SamplingParams
+
+    prompts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(args.prompt_words)) for i in range(args.prompts)]
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, ignore_eos=True, seed=args.seed)
+    llm = _engine(args, with_tempnet)
+    try:
+        llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up
+        best = None
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            outs = llm.generate(prompts, params, use_tqdm=False)
+            seconds = time.perf_counter() - start
+            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+            if best is None or tokens / seconds > best["tokens_per_s"]:
+                best = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+        return best
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from transformers import PreTrainedConfig
+
+    from tempnet.integrations.serving import ServingHead
+
+    check_model_path(args.model, "--model")
+    if args.tempnet is not None and not args.tempnet.is_file():
+        raise FileNotFoundError(f"--tempnet: no such file: {args.tempnet}")
+    config, _ = PreTrainedConfig.get_config_dict(args.model)
+    head = ServingHead.load(args.model, config["vocab_size"], config.get("tempnet"), args.tempnet)
+    if not hasattr(head.head, "hidden_size"):
+        raise UserError(f"{head.source} holds no TempNet network (objective {head.settings.objective!r})")
+    baseline = _rate(args, with_tempnet=False)
+    plugin = _rate(args, with_tempnet=True)
+    result = {"model": args.model, "tempnet": head.source, "prompts": args.prompts, "max_tokens": args.max_tokens,
+              "temperature": args.temperature, "baseline": baseline, "tempnet_plugin": plugin,
+              "ratio": plugin["tokens_per_s"] / baseline["tokens_per_s"], **flop_bound(config, head.head.hidden_size)}
+    print(f"vLLM without the plugin: {baseline['tokens_per_s']:.1f} output tokens/s "
+          f"({baseline['tokens']} tokens in {baseline['seconds']:.2f} s)")
+    print(f"vLLM with TempNet:       {plugin['tokens_per_s']:.1f} output tokens/s "
+          f"({plugin['tokens']} tokens in {plugin['seconds']:.2f} s)")
+    print(f"ratio {result['ratio']:.3f}; FLOP bound {result['ratio_bound']:.4f} (TempNet "
+          f"{result['tempnet_macs_per_token'] / 1e6:.3g} M multiply-adds per token against "
+          f"{result['model_macs_per_token'] / 1e6:.3g} M for the model)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # vLLM starts its engine in a spawned process, which imports this file again
+    sys.exit(run_cli(main))
