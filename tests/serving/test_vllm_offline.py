@@ -108,7 +108,9 @@ def test_masked_rows_stay_finite(llm, hf_model, prefixes):
 
 
 def test_unknown_request_key_is_the_requests_error(llm, prefixes):
-    with pytest.raises(ValueError, match=r"unknown vllm_xargs key\(s\) \['tempnet_off'\]"):
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match=r"unknown vllm_xargs key\(s\) \['tempnet_off'\]"):
         _run(llm, prefixes[:1], [_params(extra_args={"tempnet_off": True})])
-    with pytest.raises(ValueError, match="'tempnet' must be true or false"):
+    with pytest.raises(VLLMValidationError, match="'tempnet' must be true or false"):
         _run(llm, prefixes[:1], [_params(extra_args={"tempnet": "no"})])
