@@ -2,10 +2,14 @@
 
     python scripts/bench_serving.py --model LLM-Opt/TempNet-LLaMA2-Chat-7B-v0.1                  # a GPU
     python scripts/bench_serving.py --model BASE_DIR --tempnet TEMPNET.safetensors --json out.json
-    python scripts/bench_serving.py --model DIR --dtype float32 --enforce-eager --gpu-memory-utilization 0.15  # CPU
+    python scripts/bench_serving.py --model DIR --random-llama --dtype float32 --enforce-eager \
+        --gpu-memory-utilization 0.15 --max-model-len 256                    # a CPU: a random 32k-vocabulary LLaMA
 
 One process, two engines in turn (the baseline first, then the plugin), each warmed up, then `--repeats` timed
-batches of `--prompts` requests of exactly `--max-tokens` new tokens (ignore_eos); the best batch of each counts.
+batches of `--prompts` requests (seeded random token ids, `--prompt-tokens` each) of exactly `--max-tokens` new
+tokens (ignore_eos; no tokenizer is loaded); the best batch of each counts. `--random-llama` first writes a
+random LLaMA with a random TempNet in our checkpoint layout to --model (hidden 512, 4 layers, vocabulary 32000,
+TempNet width 256: LLaMA-2's vocabulary and TempNet at a size a CPU runs).
 Prints both rates, their ratio and the FLOP bound of that ratio: TempNet's multiply-adds per token (V x M +
 M x M + M) against the model's linear layers (attention projections, MLP, LM head; attention over the context
 not counted), so bound = model / (model + TempNet): 0.9987 for a 7B LLaMA with V 32000, M 256.
@@ -22,16 +26,14 @@ from pathlib import Path
 
 from tempnet.errors import UserError, check_model_path, run_cli
 
-WORDS = "how do you get water in the desert find shade the sun sand camel drink well".split()
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a TempNet checkpoint (ours or the released layout), or a "
                                                        "plain one with --tempnet")
     parser.add_argument("--tempnet", type=Path, metavar="FILE", help="an exported TempNet to serve with --model")
+    parser.add_argument("--random-llama", action="store_true", help="first write a random LLaMA + TempNet to --model")
     parser.add_argument("--prompts", type=int, default=64, help="requests per batch")
-    parser.add_argument("--prompt-words", type=int, default=16)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per request (exactly: ignore_eos)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per engine (the best counts)")
@@ -61,6 +63,19 @@ def flop_bound(config: dict, tempnet_hidden: int) -> dict:
     return {"model_macs_per_token": model, "tempnet_macs_per_token": tempnet, "ratio_bound": model / (model + tempnet)}
 
 
+def write_random_llama(path: Path) -> None:
+    """A random LLaMA (hidden 512, 4 layers, 8 heads of 64, vocabulary 32000) with a random TempNet (M 256)."""
+    import torch
+    from transformers import LlamaConfig
+
+    from tempnet.integrations.hf import tempnet_model_from_config
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512)
+    tempnet_model_from_config(config, hidden_size=256, tau_min=0.01, tau_max=1.2).save_pretrained(path)
+
+
 def _engine(args, with_tempnet: bool):
     from vllm import LLM
 
@@ -68,7 +83,7 @@ def _engine(args, with_tempnet: bool):
     from tempnet.integrations.serving import TEMPNET_FILE_KEY
 
     options = dict(dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
-                   enforce_eager=args.enforce_eager, max_model_len=args.max_model_len)
+                   enforce_eager=args.enforce_eager, max_model_len=args.max_model_len, skip_tokenizer_init=True)
     if with_tempnet:
         options["logits_processors"] = [PROCESSOR]
         if args.tempnet is not None:
@@ -76,15 +91,19 @@ def _engine(args, with_tempnet: bool):
     return LLM(model=args.model, **options)
 
 
-def _rate(args, with_tempnet: bool) -> dict:
+def _rate(args, vocab: int, with_tempnet: bool) -> dict:
     """Best output tokens/s over `repeats` batches on a fresh engine, which is shut down afterwards."""
+    import torch
     from vllm import SamplingParams
 
-    prompts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(args.prompt_words)) for i in range(args.prompts)]
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, ignore_eos=True, seed=args.seed)
+    ids = torch.randint(3, vocab, (args.prompts, args.prompt_tokens), generator=torch.Generator().manual_seed(args.seed))
+    prompts = [{"prompt_token_ids": row} for row in ids.tolist()]
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, ignore_eos=True, seed=args.seed,
+                            detokenize=False)
     llm = _engine(args, with_tempnet)
     try:
-        llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)  # warm-up
+        warm_up = SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False)
+        llm.generate(prompts[:2], warm_up, use_tqdm=False)
         best = None
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -106,6 +125,10 @@ def main(argv=None) -> int:
 
     from tempnet.integrations.serving import ServingHead
 
+    if args.random_llama:
+        if Path(args.model).exists():
+            raise UserError(f"--random-llama writes a new model to --model, but {args.model} exists")
+        write_random_llama(Path(args.model))
     check_model_path(args.model, "--model")
     if args.tempnet is not None and not args.tempnet.is_file():
         raise FileNotFoundError(f"--tempnet: no such file: {args.tempnet}")
@@ -113,8 +136,8 @@ def main(argv=None) -> int:
     head = ServingHead.load(args.model, config["vocab_size"], config.get("tempnet"), args.tempnet)
     if not hasattr(head.head, "hidden_size"):
         raise UserError(f"{head.source} holds no TempNet network (objective {head.settings.objective!r})")
-    baseline = _rate(args, with_tempnet=False)
-    plugin = _rate(args, with_tempnet=True)
+    baseline = _rate(args, config["vocab_size"], with_tempnet=False)
+    plugin = _rate(args, config["vocab_size"], with_tempnet=True)
     result = {"model": args.model, "tempnet": head.source, "prompts": args.prompts, "max_tokens": args.max_tokens,
               "temperature": args.temperature, "baseline": baseline, "tempnet_plugin": plugin,
               "ratio": plugin["tokens_per_s"] / baseline["tokens_per_s"], **flop_bound(config, head.head.hidden_size)}
