@@ -4,6 +4,7 @@ bad-input errors (one `error:` line, exit 2, before any vLLM starts). The servin
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -98,3 +99,13 @@ def test_serve_with_a_vllm_too_old_for_either_interface(tiny_llama_dir, tmp_path
     (stub / "__init__.py").write_text('__version__ = "0.6.0"\n')
     proc = _serve(tiny_llama_dir, env={"PYTHONPATH": f"{stub.parent}:{REPO}"})
     assert "vLLM 0.6.0 has no such interface" in _error_line(proc)
+
+
+def test_serve_passes_every_flag_to_vllm_and_merges_hf_overrides():
+    from tempnet.integrations.vllm import PROCESSOR, serve_argv
+
+    flags = ["--port", "8001", "--dtype", "float16", "--enforce-eager"]
+    assert serve_argv("ckpt", flags) == ["--model", "ckpt", "--logits-processors", PROCESSOR, *flags]
+    argv = serve_argv("ckpt", ["--hf-overrides", '{"rope_theta": 1.0}', *flags], tempnet_file="t.safetensors")
+    assert argv[:4] == ["--model", "ckpt", "--logits-processors", PROCESSOR] and argv[6:] == flags
+    assert argv[4] == "--hf-overrides" and json.loads(argv[5]) == {"rope_theta": 1.0, "tempnet_file": "t.safetensors"}
