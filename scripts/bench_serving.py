@@ -40,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--kv-cache-memory-bytes", type=int, help="the KV cache's size (instead of a memory fraction)")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers here")
@@ -83,7 +84,8 @@ def _engine(args, with_tempnet: bool):
     from tempnet.integrations.serving import TEMPNET_FILE_KEY
 
     options = dict(dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
-                   enforce_eager=args.enforce_eager, max_model_len=args.max_model_len, skip_tokenizer_init=True)
+                   enforce_eager=args.enforce_eager, max_model_len=args.max_model_len, skip_tokenizer_init=True,
+                   kv_cache_memory_bytes=args.kv_cache_memory_bytes)
     if with_tempnet:
         options["logits_processors"] = [PROCESSOR]
         if args.tempnet is not None:

@@ -21,9 +21,10 @@ from helpers import SP_VOCAB, train_llama_tokenizer  # noqa: E402
 #: vLLM's CPU attention kernels refuse head size 16: 128 / 2 heads = 64.
 LLAMA = dict(vocab_size=SP_VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-#: The settings of our TempNet (hidden 32) and the engine options every serving test uses.
+#: The settings of our TempNet (hidden 32) and the engine options every serving test uses: an explicit KV cache
+#: (64 MiB) rather than a fraction of the host's memory, which other processes may hold at the time.
 TEMPNET = dict(objective="tempnet_dro", rho=8.0, tau_min=0.05, tau_max=2.0, hidden_size=32)
-ENGINE = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.15, max_model_len=128, seed=0)
+ENGINE = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=64 * 2**20, max_model_len=128, seed=0)
 PROMPT = "how do you get water in the desert"
 
 

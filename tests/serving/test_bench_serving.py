@@ -23,7 +23,7 @@ def test_bench_serving_runs_both_engines(ours_dir, tokenizer, tmp_path):
     out = tmp_path / "bench" / "serving.json"
     proc = run([sys.executable, REPO / "scripts" / "bench_serving.py", "--model", plain, "--tempnet", head,
                 "--prompts", "4", "--max-tokens", "8", "--repeats", "1", "--dtype", ENGINE["dtype"],
-                "--max-model-len", "64", "--gpu-memory-utilization", str(ENGINE["gpu_memory_utilization"]),
+                "--max-model-len", "64", "--kv-cache-memory-bytes", str(ENGINE["kv_cache_memory_bytes"]),
                 "--enforce-eager", "--json", out], timeout=900, cwd=tmp_path)
     result = json.loads(out.read_text())
     assert result["tempnet"] == str(head)

@@ -15,7 +15,7 @@ import pytest
 import requests
 import torch
 
-from conftest import PROMPT, SP_VOCAB
+from conftest import ENGINE, PROMPT, SP_VOCAB
 from helpers import OFFLINE_ENV, free_port, local_tasks
 
 START_DEADLINE_S = 600
@@ -31,7 +31,8 @@ def server(released_dir, tmp_path_factory):
     port = free_port()
     log = root / "server.log"
     cmd = [sys.executable, "-m", "tempnet.cli", "serve", str(released_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.15", "--max-model-len", "128",
+           "--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(ENGINE["kv_cache_memory_bytes"]),
+           "--max-model-len", "128",
            "--logprobs-mode", "processed_logits", "--max-logprobs", str(SP_VOCAB), "--chat-template", str(template),
            "--seed", "0"]
     with open(log, "w") as out:
