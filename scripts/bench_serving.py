@@ -3,7 +3,7 @@
     python scripts/bench_serving.py --model LLM-Opt/TempNet-LLaMA2-Chat-7B-v0.1                  # a GPU
     python scripts/bench_serving.py --model BASE_DIR --tempnet TEMPNET.safetensors --json out.json
     python scripts/bench_serving.py --model DIR --random-llama --dtype float32 --enforce-eager \
-        --gpu-memory-utilization 0.15 --max-model-len 256                    # a CPU: a random 32k-vocabulary LLaMA
+        --kv-cache-memory-bytes 268435456 --max-model-len 256                # a CPU: a random 32k-vocabulary LLaMA
 
 One process, two engines in turn (the baseline first, then the plugin), each warmed up, then `--repeats` timed
 batches of `--prompts` requests (seeded random token ids, `--prompt-tokens` each) of exactly `--max-tokens` new
