@@ -5,9 +5,10 @@
     python scripts/bench_serving.py --model DIR --random-llama --dtype float32 --enforce-eager \
         --kv-cache-memory-bytes 268435456 --max-model-len 256                # a CPU: a random 32k-vocabulary LLaMA
 
-One process, two engines in turn (the baseline first, then the plugin), each warmed up, then `--repeats` timed
-batches of `--prompts` requests (seeded random token ids, `--prompt-tokens` each) of exactly `--max-tokens` new
-tokens (ignore_eos; no tokenizer is loaded); the best batch of each counts. `--random-llama` first writes a
+One process, both engines alive at once (each warmed up), then `--repeats` rounds, each a timed batch on the
+baseline and one on the plugin, of `--prompts` requests (seeded random token ids, `--prompt-tokens` each) of exactly `--max-tokens` new
+tokens (ignore_eos; no tokenizer is loaded). The ratio is the median over rounds of plugin / baseline tokens/s
+(alternating batches, so a change in the machine's load meets both); each engine's best batch is printed. `--random-llama` first writes a
 random LLaMA with a random TempNet in our checkpoint layout to --model (hidden 512, 4 layers, vocabulary 32000,
 TempNet width 256: LLaMA-2's vocabulary and TempNet at a size a CPU runs).
 Prints both rates, their ratio and the FLOP bound of that ratio: TempNet's multiply-adds per token (V x M +
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per request (exactly: ignore_eos)")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=3, help="timed batches per engine (the best counts)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of one timed batch per engine")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -93,8 +95,17 @@ def _engine(args, with_tempnet: bool):
     return LLM(model=args.model, **options)
 
 
-def _rate(args, vocab: int, with_tempnet: bool) -> dict:
-    """Best output tokens/s over `repeats` batches on a fresh engine, which is shut down afterwards."""
+def _batch(llm, prompts, params) -> dict:
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def measure(args, vocab: int) -> tuple[dict, dict, list[float]]:
+    """(baseline, plugin, per-round ratios): both engines alive at once, their timed batches alternating, so a
+    change in the machine's load meets both; each engine's best batch, and each round's plugin/baseline ratio."""
     import torch
     from vllm import SamplingParams
 
@@ -102,23 +113,21 @@ def _rate(args, vocab: int, with_tempnet: bool) -> dict:
     prompts = [{"prompt_token_ids": row} for row in ids.tolist()]
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, ignore_eos=True, seed=args.seed,
                             detokenize=False)
-    llm = _engine(args, with_tempnet)
+    engines = {}
     try:
-        warm_up = SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False)
-        llm.generate(prompts[:2], warm_up, use_tqdm=False)
-        best = None
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            outs = llm.generate(prompts, params, use_tqdm=False)
-            seconds = time.perf_counter() - start
-            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-            if best is None or tokens / seconds > best["tokens_per_s"]:
-                best = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
-        return best
+        for name, with_tempnet in (("baseline", False), ("plugin", True)):
+            engines[name] = _engine(args, with_tempnet)
+            engines[name].generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True, detokenize=False),
+                                   use_tqdm=False)  # warm-up
+        rounds = [{name: _batch(llm, prompts, params) for name, llm in engines.items()} for _ in range(args.repeats)]
     finally:
-        llm.llm_engine.engine_core.shutdown()
-        del llm
+        for llm in engines.values():
+            llm.llm_engine.engine_core.shutdown()
+        engines.clear()
         gc.collect()
+    best = {name: max((r[name] for r in rounds), key=lambda b: b["tokens_per_s"]) for name in ("baseline", "plugin")}
+    ratios = [r["plugin"]["tokens_per_s"] / r["baseline"]["tokens_per_s"] for r in rounds]
+    return best["baseline"], best["plugin"], ratios
 
 
 def main(argv=None) -> int:
@@ -138,16 +147,16 @@ def main(argv=None) -> int:
     head = ServingHead.load(args.model, config["vocab_size"], config.get("tempnet"), args.tempnet)
     if not hasattr(head.head, "hidden_size"):
         raise UserError(f"{head.source} holds no TempNet network (objective {head.settings.objective!r})")
-    baseline = _rate(args, config["vocab_size"], with_tempnet=False)
-    plugin = _rate(args, config["vocab_size"], with_tempnet=True)
+    baseline, plugin, ratios = measure(args, config["vocab_size"])
     result = {"model": args.model, "tempnet": head.source, "prompts": args.prompts, "max_tokens": args.max_tokens,
               "temperature": args.temperature, "baseline": baseline, "tempnet_plugin": plugin,
-              "ratio": plugin["tokens_per_s"] / baseline["tokens_per_s"], **flop_bound(config, head.head.hidden_size)}
+              "ratio": statistics.median(ratios), "round_ratios": ratios,
+              **flop_bound(config, head.head.hidden_size)}
     print(f"vLLM without the plugin: {baseline['tokens_per_s']:.1f} output tokens/s "
           f"({baseline['tokens']} tokens in {baseline['seconds']:.2f} s)")
     print(f"vLLM with TempNet:       {plugin['tokens_per_s']:.1f} output tokens/s "
           f"({plugin['tokens']} tokens in {plugin['seconds']:.2f} s)")
-    print(f"ratio {result['ratio']:.3f}; FLOP bound {result['ratio_bound']:.4f} (TempNet "
+    print(f"ratio {result['ratio']:.3f} (median of {len(ratios)} rounds); FLOP bound {result['ratio_bound']:.4f} (TempNet "
           f"{result['tempnet_macs_per_token'] / 1e6:.3g} M multiply-adds per token against "
           f"{result['model_macs_per_token'] / 1e6:.3g} M for the model)")
     if args.json:

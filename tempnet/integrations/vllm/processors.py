@@ -25,7 +25,8 @@ import torch
 from tempnet.integrations.serving import TEMPNET_FILE_KEY, ServingHead, request_wants_tempnet
 
 try:
-    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor as V1LogitsProcessor
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+    from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 except ImportError as exc:  # no vLLM, or one older than its V1 logits-processor interface
     found = getattr(sys.modules.get("vllm"), "__version__", None)
     raise ImportError("TempNet's vLLM plugin needs vLLM's V1 logits-processor interface (vllm.v1.sample."
@@ -64,7 +65,6 @@ class TempNetV1LogitsProcessor(V1LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.serving = _served_head(vllm_config, device)
-        self.device = device
         self.rows: set[int] = set()  # persistent-batch indices of the tempered requests
 
     def is_argmax_invariant(self) -> bool:
@@ -85,7 +85,7 @@ class TempNetV1LogitsProcessor(V1LogitsProcessor):
             self.rows.discard(b)
             if a_on:
                 self.rows.add(b)
-            if b_on and direction.name == "SWAP":
+            if b_on and direction == MoveDirectionality.SWAP:
                 self.rows.add(a)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
