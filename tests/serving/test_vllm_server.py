@@ -33,7 +33,7 @@ def server(released_dir, tmp_path_factory):
     cmd = [sys.executable, "-m", "tempnet.cli", "serve", str(released_dir), "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(ENGINE["kv_cache_memory_bytes"]),
            "--max-model-len", "128",
-           "--logprobs-mode", "processed_logits", "--max-logprobs", str(SP_VOCAB), "--chat-template", str(template),
+           "--logprobs-mode", "processed_logprobs", "--max-logprobs", str(SP_VOCAB), "--chat-template", str(template),
            "--seed", "0"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=OFFLINE_ENV, start_new_session=True)
@@ -73,15 +73,22 @@ def _post(url: str, path: str, body: dict) -> requests.Response:
 
 
 def _top_logits(entry: dict) -> dict[int, float]:
-    """{token id: processed logit} of one position's top_logprobs ("token_id:N" keys)."""
+    """{token id: processed log-probability} of one position's top_logprobs ("token_id:N" keys)."""
     return {int(k.split(":")[1]): v for k, v in entry.items()}
 
 
-def _ratio(untempered: dict[int, float], tempered: dict[int, float]) -> float:
-    """tau with tempered = untempered / tau, over the tokens both list."""
+def _centred(untempered: dict[int, float], tempered: dict[int, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both log-probabilities over the tokens both list, each minus its mean: log_softmax(z / tau) and
+    log_softmax(z) differ by a constant per row, so centred they are z / tau and z (centred)."""
     common = sorted(set(untempered) & set(tempered))
     z = torch.tensor([untempered[i] for i in common], dtype=torch.float64)
     s = torch.tensor([tempered[i] for i in common], dtype=torch.float64)
+    return z - z.mean(), s - s.mean()
+
+
+def _ratio(untempered: dict[int, float], tempered: dict[int, float]) -> float:
+    """tau with log_softmax(z / tau) tempered and log_softmax(z) untempered (least squares)."""
+    z, s = _centred(untempered, tempered)
     return float(z @ z / (z @ s))
 
 
@@ -145,9 +152,8 @@ def test_chat_per_request_switch(server):
     tempered, untempered = first(chat), first({**chat, "vllm_xargs": {"tempnet": False}})
     tau = _ratio(untempered, tempered)
     assert 0.01 <= tau <= 1.2 and tau != pytest.approx(1.0, abs=0.01)  # the released tau range
-    common = sorted(set(untempered) & set(tempered))
-    torch.testing.assert_close(torch.tensor([tempered[i] * tau for i in common]),
-                               torch.tensor([untempered[i] for i in common]), rtol=1e-5, atol=1e-5)
+    z, s = _centred(untempered, tempered)
+    torch.testing.assert_close(s * tau, z, rtol=1e-5, atol=1e-5)  # one tau for the whole row
 
 
 def test_unknown_request_key_is_an_http_400(server):
