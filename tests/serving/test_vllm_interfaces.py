@@ -102,4 +102,5 @@ def test_v1_rows_follow_batch_updates(vllm_config, head):
     # request 0 finishes; the last one moves into its row; then rows 0 and 1 swap
     assert step(BatchUpdate(2, [0], [], [(2, 0, MoveDirectionality.UNIDIRECTIONAL)]), 2) == [True, False]
     assert step(BatchUpdate(2, [], [], [(0, 1, MoveDirectionality.SWAP)]), 2) == [False, True]
-    assert step(BatchUpdate(2, [], [(1, off, [1], [])], []), 2) == [False, False]  # a new request in a freed row
+    assert step(BatchUpdate(2, [], [], [(0, 1, MoveDirectionality.SWAP)]), 2) == [True, False]
+    assert step(BatchUpdate(2, [], [(0, off, [1], [])], []), 2) == [False, False]  # a new request replaces row 0
