@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import sys
 
-from conftest import ENGINE, LLAMA, tiny_tempnet_llama
+import pytest
+
+from serving_models import NEEDS_VLLM, ENGINE, LLAMA, tiny_tempnet_llama
 from helpers import REPO, run
+
+pytest.importorskip("vllm", reason=NEEDS_VLLM)
 
 
 def test_bench_serving_runs_both_engines(ours_dir, tokenizer, tmp_path):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import SP_VOCAB
+from serving_models import NEEDS_VLLM, SP_VOCAB
+
+pytest.importorskip("vllm", reason=NEEDS_VLLM)
 
 V2 = pytest.importorskip("vllm.v1.worker.gpu.sample.logits_processor", reason="a vLLM before Model Runner V2")
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ENGINE, PROMPT, SP_VOCAB, tiny_tempnet_llama  # noqa: F401
+from serving_models import NEEDS_VLLM, ENGINE, PROMPT, SP_VOCAB
+
+pytest.importorskip("vllm", reason=NEEDS_VLLM)
 
 CONTINUATION = "the cat sat on the mat"
 

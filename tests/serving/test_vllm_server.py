@@ -15,8 +15,10 @@ import pytest
 import requests
 import torch
 
-from conftest import ENGINE, PROMPT, SP_VOCAB
+from serving_models import NEEDS_VLLM, ENGINE, PROMPT, SP_VOCAB
 from helpers import OFFLINE_ENV, free_port, local_tasks
+
+pytest.importorskip("vllm", reason=NEEDS_VLLM)
 
 START_DEADLINE_S = 600
 REQUEST_TIMEOUT_S = 120
