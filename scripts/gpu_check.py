@@ -13,6 +13,9 @@ The checks (each a subprocess from the repository root, its output in OUT/<name>
                          in fp16 and sampled with generate(return_tau=True)
   bench_loss             scripts/bench_loss.py at N 4096, d 1024, V 32000, bfloat16
   bench_contrastive      scripts/bench_contrastive.py at B 4096, d 256
+  serving_vllm           tests/serving (vLLM with TempNet's plugin: offline, the OpenAI server, Model Runner V2 end
+                         to end, scripts/bench_serving.py) in the serving environment: $TEMPNET_SERVE_PYTHON, else
+                         .venv-serve/bin/python (the official `vllm` wheel, see README "Serving"), else this Python
 OUT/summary.json: per check name, command, status (passed | failed | timeout | skipped (over budget)),
 seconds, key numbers (the last logged loss and tau of a trainer, the benchmark's times, the test counts).
 Each check has its own time limit, and none runs past the 8-minute budget of the whole.
@@ -80,6 +83,7 @@ def checks(out: Path) -> list[Check]:
         Check("bench_contrastive", [PY, "scripts/bench_contrastive.py", "--device", "cuda", "--batch", "4096", "--dim",
                                     "256", "--prototypes", "256", "--repeats", "10", "--warmup", "2", "--json",
                                     str(out / "bench_contrastive.json")], 60, [str(out / "bench_contrastive.json")]),
+        Check("serving_vllm", [PY, "scripts/gpu_check.py", "--serving-tests"], 300),
     ]
 
 
@@ -162,7 +166,7 @@ def _last_metrics(path: Path, keys: tuple[str, ...]) -> dict:
 
 def key_numbers(check: Check, log: str) -> dict:
     """What the summary keeps of a check's result."""
-    if check.name == "pytest_gpu":
+    if check.name in ("pytest_gpu", "serving_vllm"):
         return {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", log)}
     if check.name.startswith("llm_"):
         return _last_metrics(Path(check.outputs[0]) / "metrics.jsonl", ("loss", "ce", "tau_mean", "grad_norm"))
@@ -263,6 +267,26 @@ def generate_released(path: Path, device: str) -> dict:
     return numbers
 
 
+def serving_python() -> str:
+    """The interpreter of the serving environment (vLLM pins its own torch, so it usually has one of its own)."""
+    import os
+
+    found = os.environ.get("TEMPNET_SERVE_PYTHON") or REPO / ".venv-serve" / "bin" / "python"
+    return str(found) if Path(found).exists() else PY
+
+
+def serving_tests() -> int:
+    """The serving_vllm check's own process: tests/serving in the serving environment; 1 if it has no vLLM."""
+    python = serving_python()
+    has_vllm = subprocess.run([python, "-c", "import vllm"], capture_output=True).returncode == 0
+    if not has_vllm:
+        print(f"serving_vllm: {python} has no vllm; make the serving environment: python -m venv .venv-serve && "
+              ".venv-serve/bin/pip install vllm 'lm-eval[api]==0.4.13' pytest && .venv-serve/bin/pip install "
+              "--no-deps --config-settings editable_mode=compat -e .")
+        return 1
+    return subprocess.run([python, "-m", "pytest", "tests/serving", "-q", "-p", "no:cacheprovider"], cwd=REPO).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="where the runs, logs and summary go")
@@ -273,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generate-released", type=Path, metavar="DIR",
                    help="(the generate_released check's own process) write, load and sample the released layout")
     p.add_argument("--device", default="cuda", help="the device of --generate-released")
+    p.add_argument("--serving-tests", action="store_true", help="(the serving_vllm check's own process) run them")
     args = p.parse_args(argv)
+    if args.serving_tests:
+        return serving_tests()
     if args.generate_released:
         print(json.dumps(generate_released(args.generate_released, args.device)))
         return 0

@@ -6,6 +6,9 @@
         used for every generated token; --plot draws that as a bar chart (the paper's per-token figure).
     tempnet export CHECKPOINT OUT.safetensors [--dtype float16]
     tempnet attach BASE TEMPNET.safetensors OUT_DIR
+    tempnet serve [--tempnet FILE] CHECKPOINT [vLLM server flags]
+        vLLM's OpenAI-compatible server on CHECKPOINT with TempNet's logits processor
+        (`tempnet.integrations.vllm`); every flag after CHECKPOINT goes to vLLM unchanged.
 
 Every method other than the model's own TempNet runs as a logits processor on the untempered
 model (`tempnet.integrations.decoding`), so all of them meet the same sampler.
@@ -65,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("tempnet", type=Path)
     att.add_argument("out", type=Path)
     att.add_argument("--dtype", choices=sorted(DTYPES), help="load (and save) the base model in this dtype")
+
+    srv = sub.add_parser("serve", help="serve CHECKPOINT with vLLM's OpenAI-compatible server, tempered by TempNet",
+                         description="Start vLLM's OpenAI-compatible server on CHECKPOINT with TempNet's logits "
+                                     "processor. Every flag after CHECKPOINT goes to vLLM's server unchanged "
+                                     "(--port, --dtype, --max-model-len, --gpu-memory-utilization, ...).")
+    srv.add_argument("--tempnet", type=Path, metavar="FILE",
+                     help="serve this exported TempNet (tempnet export) instead of the checkpoint's; before CHECKPOINT")
+    srv.add_argument("checkpoint", help="checkpoint directory or hub id: ours, or the released layout")
+    srv.add_argument("vllm_args", nargs=argparse.REMAINDER, metavar="vLLM flags", help="passed to vLLM's server")
     return parser
 
 
@@ -253,9 +265,38 @@ def cmd_attach(args) -> int:
     return 0
 
 
+# ---- serve -----------------------------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    """Check the checkpoint's TempNet and vLLM here (one `error:` line), then become vLLM's OpenAI server."""
+    import os
+
+    from transformers import PreTrainedConfig
+
+    from tempnet.integrations.serving import ServingHead
+
+    check_model_path(args.checkpoint, "checkpoint")
+    if args.tempnet is not None and not args.tempnet.is_file():
+        raise FileNotFoundError(f"--tempnet: no such file: {args.tempnet}")
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(args.checkpoint)
+    except OSError as exc:  # no config.json, not on the Hub, or no network
+        raise UserError(f"cannot read the config of {args.checkpoint}: {str(exc).splitlines()[0]}") from None
+    ServingHead.load(args.checkpoint, config["vocab_size"], config.get("tempnet"), args.tempnet)
+    try:
+        from tempnet.integrations.vllm import processors, serve_argv  # noqa: F401  (the plugin imports here)
+    except ImportError as exc:
+        raise UserError(f"{exc}; see README 'Serving' for the environment that serves") from None
+    server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+              *serve_argv(args.checkpoint, args.vllm_args, None if args.tempnet is None else str(args.tempnet))]
+    sys.stdout.flush()
+    os.execv(sys.executable, server)  # this process becomes the server (its signals, its exit status)
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"generate": cmd_generate, "export": cmd_export, "attach": cmd_attach}[args.command](args)
+    commands = {"generate": cmd_generate, "export": cmd_export, "attach": cmd_attach, "serve": cmd_serve}
+    return commands[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

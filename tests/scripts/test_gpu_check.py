@@ -14,7 +14,7 @@ from helpers import OFFLINE_ENV, REPO, load_module
 
 gpu_check = load_module("gpu_check", REPO / "scripts" / "gpu_check.py")
 NAMES = ["pytest_gpu", "llm_fp16", "llm_bf16", "clip_fp16", "clip_bf16", "generate_released", "bench_loss",
-         "bench_contrastive"]
+         "bench_contrastive", "serving_vllm"]
 
 
 @pytest.mark.slow
