@@ -69,9 +69,9 @@ def tiny_config(model_type: str):
         return None, f"model does not build with tiny sizes ({type(exc).__name__}: {str(exc)[:80]})"
     if count > MAX_PARAMS:
         return None, f"{count:,} parameters with every known size key shrunk (> {MAX_PARAMS:,})"
-    try:  # the family's own model, without TempNet, must run on this config
-        with torch.no_grad():
-            MODEL_FOR_CAUSAL_LM_MAPPING[config_cls](config).eval()(input_ids=torch.tensor([[3, 4, 5, 6, 7, 8]]))
+    try:  # the family's own model, without TempNet, must run and backpropagate on this config
+        ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+        MODEL_FOR_CAUSAL_LM_MAPPING[config_cls](config).eval()(input_ids=ids, labels=ids).loss.backward()
     except Exception as exc:  # noqa: BLE001
         return None, f"the family's own model fails on the tiny config ({type(exc).__name__}: {str(exc)[:80]})"
     return config, None
