@@ -186,12 +186,16 @@ class ActivationDtypes:
     """Every module's output dtype during a block, by module class name (a global forward hook): the
     mixed-precision tests check what autocast did, not only that the numbers are finite."""
 
-    def __init__(self):
+    def __init__(self, training_only: bool = False):
         self.seen: dict[str, set] = {}
+        self.training_only = training_only
+        """Record only forwards with gradients on (the training step's), not no-grad probes or evaluation."""
 
     def _hook(self, module, args, output):
         import torch
 
+        if self.training_only and not torch.is_grad_enabled():
+            return
         outputs = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) \
             else [output]
         for t in outputs:

@@ -147,7 +147,7 @@ def test_mixed_precision_paths_run(reference, tmp_path):
     fp32 = metrics(reference)[0]["loss"]
     for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         out = tmp_path / precision
-        with ActivationDtypes() as activations:
+        with ActivationDtypes(training_only=True) as activations:  # (not the fused-path probe's fp32 no-grad forward)
             main(["--config", str(REPO / "GPT_2/configs/debug.yaml"), "--output-dir", str(out),
                   f"train.precision={precision}", "train.max_steps=2"])
         assert activations.seen["Conv1D"] == {dtype} and activations.seen["GPT2MLP"] == {dtype}, activations.seen

@@ -97,8 +97,11 @@ def test_a_loader_worker_killed_by_something_else_still_fails_the_run(tmp_path):
         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     proc = subprocess.run([sys.executable, script, *map(str, _lm(out, "data.num_workers=2"))], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=400, start_new_session=True)
-    assert proc.returncode == 1 and "RuntimeError: DataLoader worker (pid" in proc.stderr, proc.stderr[-3000:]
-    assert not (out / "final").exists()
+    # torch notices the dead worker by its watchdog ("DataLoader worker (pid ...) is killed") or by the broken
+    # pipe of its queue (ConnectionResetError), whichever comes first: both fail the run, neither is a preemption
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "DataLoader worker (pid" in proc.stderr or "ConnectionResetError" in proc.stderr, proc.stderr[-3000:]
+    assert "preempted" not in proc.stderr and not (out / "final").exists()
 
 
 @pytest.mark.parametrize("trainer", ["lm", "clip-json"])

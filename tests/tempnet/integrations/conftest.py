@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from transformers import GPT2Config, LlamaConfig  # noqa: E402
+from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from helpers import SP_VOCAB as VOCAB  # noqa: E402
 from helpers import train_llama_tokenizer  # noqa: E402
@@ -59,5 +59,16 @@ def tiny_llama_dir(tiny_llama, tokenizer, tmp_path):
     """tiny_llama saved with the tokenizer, as a user's checkpoint directory."""
     path = tmp_path / "tiny-llama-tempnet"
     tiny_llama.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def plain_dir(tiny_llama, tokenizer, tmp_path):
+    """The same LLaMA without TempNet, as a plain HF checkpoint."""
+    path = tmp_path / "plain"
+    base = LlamaForCausalLM(llama_config())
+    base.load_state_dict({k: v for k, v in tiny_llama.state_dict().items() if not k.startswith("tempnet.")})
+    base.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

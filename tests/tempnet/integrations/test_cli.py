@@ -25,17 +25,6 @@ def _run(capsys, *argv) -> list[dict]:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.fixture
-def plain_dir(tiny_llama, tokenizer, tmp_path):
-    """The same LLaMA without TempNet, as a plain HF checkpoint."""
-    path = tmp_path / "plain"
-    base = LlamaForCausalLM(llama_config())
-    base.load_state_dict({k: v for k, v in tiny_llama.state_dict().items() if not k.startswith("tempnet.")})
-    base.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_generate_with_the_models_tempnet_prints_tau_and_plots(tiny_llama_dir, tokenizer, tmp_path, capsys):
     plot = tmp_path / "plots" / "tau.png"
     [result] = _run(capsys, "generate", str(tiny_llama_dir), "--prompt", PROMPT, "--plot", str(plot))

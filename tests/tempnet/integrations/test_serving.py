@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from conftest import llama_config
 from helpers import OFFLINE_ENV, REPO
@@ -48,16 +47,6 @@ def test_serving_head_loads_ours_and_an_exported_file(tiny_llama, tiny_llama_dir
         tempered, got = serving.temper(logits)
         torch.testing.assert_close(got, tau)
         torch.testing.assert_close(tempered, logits / tau)
-
-
-@pytest.fixture
-def plain_dir(tiny_llama, tokenizer, tmp_path):
-    path = tmp_path / "plain"
-    base = LlamaForCausalLM(llama_config())
-    base.load_state_dict({k: v for k, v in tiny_llama.state_dict().items() if not k.startswith("tempnet.")})
-    base.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _serve(*argv, env=None) -> subprocess.CompletedProcess:
