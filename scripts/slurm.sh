@@ -17,9 +17,11 @@
 set -euo pipefail
 
 preempted=0
+trapped=0
 step=
 stop_step() {
   preempted=1
+  trapped=1
   echo "slurm: USR1, stopping the run (SIGTERM to every rank)" >&2
   if [ -n "$step" ]; then kill -TERM "$step" 2>/dev/null || true; fi
 }
@@ -71,8 +73,11 @@ if [ "$preempted" = 0 ]; then
   step=$!
   if [ "$preempted" = 1 ]; then kill -TERM "$step" 2>/dev/null || true; fi  # USR1 came before $step was set
   while :; do
+    trapped=0
     if wait "$step"; then status=0; else status=$?; fi
-    kill -0 "$step" 2>/dev/null || break  # wait returned for the signal, not for the step: wait again
+    # A trap interrupts `wait` (status 128 + signal); wait again, which returns the step's own status even
+    # when the step has already ended (bash keeps it).
+    [ "$trapped" = 1 ] || break
   done
 fi
 if [ "$preempted" = 1 ] && [ "$status" -ne 0 ]; then

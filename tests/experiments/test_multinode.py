@@ -88,14 +88,15 @@ opts=()
 while [[ "$1" == -* ]]; do opts+=("$1"); shift; done
 printf '%s\\n' "${opts[*]}" >> "$STUB_LOG.srun"
 pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done' TERM  # before any task starts
+trapped=0
+trap 'trapped=1; for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done' TERM  # before any task starts
 for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do
   SLURM_NODEID=$node SLURM_PROCID=$node "$@" &
   pids+=($!)
 done
 status=0
 for p in "${pids[@]}"; do
-  while :; do wait "$p"; s=$?; kill -0 "$p" 2>/dev/null || break; done
+  while :; do trapped=0; wait "$p"; s=$?; [ "$trapped" = 1 ] || break; done
   [ "$s" -gt "$status" ] && status=$s
 done
 exit $status
@@ -292,10 +293,21 @@ def test_slurm_resume_rule(stubs, tmp_path):
     assert "--overwrite" not in requeued and requeued[-1] == "--resume"
 
 
-def test_slurm_usr1_stops_every_rank_and_requeues(stubs):
+@pytest.mark.parametrize("step_ends_in_the_trap", [False, True])
+def test_slurm_usr1_stops_every_rank_and_requeues(stubs, step_ends_in_the_trap, tmp_path):
+    """The job's status is the step's (143), however quickly the step ends after the trap's SIGTERM. The second
+    case makes the fast end certain: the job shell's `kill -TERM` of the step returns only 3 s later, by
+    which time the step has exited, so the job shell must still collect its status, not the 138 of the
+    `wait` that USR1 interrupted."""
     env, log = stubs
+    extra = {}
+    if step_ends_in_the_trap:
+        slow = tmp_path / "slow_kill.sh"
+        slow.write_text('kill() { builtin kill "$@"; local s=$?; [ "$1" != -TERM ] || [ -z "${step:-}" ] || sleep 3; return $s; }\n')
+        extra["BASH_ENV"] = slow
     job = subprocess.Popen(["bash", "GPT_2/scripts/slurm.sbatch", "GPT_2/scripts/scratch_tempnet.sh"], cwd=REPO,
-                           env=_job_env(env, STUB_WAIT=1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           env=_job_env(env, STUB_WAIT=1, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
     deadline = time.time() + 120  # a loaded machine starts python slowly
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) == 2):
         time.sleep(0.1)
