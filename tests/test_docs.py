@@ -1,6 +1,7 @@
 """The READMEs hold together: every relative link resolves (file and heading), README.md stays a short first page
 that links every folder README, and scripts/README.md names every script in scripts/."""
 
+import os
 import pathlib
 import re
 
@@ -12,13 +13,14 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _readmes() -> list[pathlib.Path]:
+    """Every README*.md of the project, not walking into hidden folders (.git, .venv-serve) or a user's runs."""
     found = []
-    for path in sorted(ROOT.rglob("README*.md")):
-        parts = path.relative_to(ROOT).parts
-        if any(p.startswith(".") for p in parts) or parts[0] in NOT_DOCS or "site-packages" in parts:
-            continue
-        found.append(path)
-    return found
+    for folder, dirs, files in os.walk(ROOT):
+        top = pathlib.Path(folder) == ROOT
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "node_modules", "site-packages")
+                   and not (top and d in NOT_DOCS)]
+        found += [pathlib.Path(folder) / f for f in files if f.startswith("README") and f.endswith(".md")]
+    return sorted(found)
 
 
 def _prose(text: str) -> str:
