@@ -5,7 +5,7 @@
     python Bimodal-CL/train.py --config ... --output-dir DIR --resume                  # continue DIR's newest checkpoint
     python Bimodal-CL/train.py --config ... --output-dir DIR --evaluate --checkpoint DIR/checkpoint-N
 
-`loss=NAME` picks the loss, a name in tempnet.losses.CONTRASTIVE_LOSSES (clip, isogclr_tempnet, ...). Writes DIR/config.yaml, DIR/metrics.jsonl,
+`loss=NAME` picks the loss (a name in tempnet.losses.CONTRASTIVE_LOSSES). Writes DIR/config.yaml, DIR/metrics.jsonl,
 DIR/eval.json (latest evaluation; history in DIR/eval_log.jsonl) and DIR/checkpoint-<step>/ in the layout
 of tempnet.train.checkpoint (model.safetensors, tempnets.safetensors, optimizer.pt with the per-sample loss
 state, rng_state_<rank>.pt, trainer_state.json), written, resumed and guarded by the run protocol
