@@ -8,14 +8,18 @@ the dtype of the inputs or parameters (the released checkpoints store TempNet in
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tempnet import checks
+from tempnet.distributed import gather_with_grad
+from tempnet.errors import ConfigError
 
-__all__ = ["TempNet", "PrototypeTempNet", "GlobalTemperature", "FixedTemperature", "Float32Linear", "check_tau_range"]
+__all__ = ["TempNet", "PrototypeTempNet", "TempNetPair", "GlobalTemperature", "FixedTemperature", "Float32Linear",
+           "check_tau_range"]
 
 
 def check_tau_range(tau_min: float, tau_max: float) -> None:
@@ -178,6 +182,60 @@ class PrototypeTempNet(nn.Module):
             w = torch.softmax(p / self.scaler.float().exp(), dim=-1)
             r = self.linear_1((w - 1.0 / self.num_prototypes) * torch.sigmoid(p))  # [B, 1]
             return _squash(r, self.tau_min, self.tau_max).squeeze(-1)
+
+
+class TempNetPair(nn.Module):
+    """The paper's CLIP TempNets: (image [B, E], text [B, E]) -> (tau_image [B], tau_text [B]).
+
+    Both PrototypeTempNets read their inputs with the gradient stopped (they learn from the loss's
+    temperature term only). The paper's prototype rule, `init_from_first_batch`: each TempNet's M
+    prototypes are the first M pairs of the other modality in the run's first global batch.
+    `initialised` is a buffer, so a resumed run does not re-initialise them.
+
+    Args:
+        embed_dim: E, the embedding size; num_prototypes: M; tau_min, tau_max, dropout: as PrototypeTempNet.
+        prototype_init: what the first batch's prototypes copy: "features" (the embeddings given to
+            init_from_first_batch) or "projections" (its `projections()`: the authors' unnormalised projections).
+    """
+
+    PROTOTYPE_INITS = ("features", "projections")
+
+    def __init__(self, embed_dim: int, num_prototypes: int = 256, tau_min: float = 0.005, tau_max: float = 0.05,
+                 dropout: float = 0.5, prototype_init: str = "features"):
+        super().__init__()
+        if prototype_init not in self.PROTOTYPE_INITS:
+            raise ValueError(f"prototype_init must be one of {self.PROTOTYPE_INITS}, got {prototype_init!r}")
+        self.prototype_init = prototype_init
+        self.image = PrototypeTempNet(embed_dim, num_prototypes, tau_min, tau_max, dropout)
+        self.text = PrototypeTempNet(embed_dim, num_prototypes, tau_min, tau_max, dropout)
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def init_prototypes(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+        """Prototypes from the first M rows of a (global) batch: image TempNet from texts, text TempNet from images."""
+        m = self.image.num_prototypes
+        if image_features.shape[0] < m:
+            raise ConfigError(f"initialising {m} prototypes needs a global batch of at least {m} pairs, got "
+                             f"{image_features.shape[0]}; lower tempnet.num_prototypes or raise the batch size")
+        self.image.init_prototypes(text_features[:m].float())
+        self.text.init_prototypes(image_features[:m].float())
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def init_from_first_batch(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                              projections: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Called with every training batch (each rank's [B, E] embeddings); until `initialised`, sets the
+        prototypes from the global batch (gathered over ranks). `projections()` gives the batch's unnormalised
+        projections; it is called only for prototype_init="projections" (a second, gradient-free forward)."""
+        if bool(self.initialised):
+            return
+        if self.prototype_init == "projections":
+            image_features, text_features = projections()
+        self.init_prototypes(gather_with_grad(image_features.detach().float()),
+                             gather_with_grad(text_features.detach().float()))
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image(image_features.detach()), self.text(text_features.detach())
 
 
 class GlobalTemperature(nn.Module):

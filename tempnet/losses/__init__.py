@@ -1,12 +1,16 @@
 """The paper's losses: robust next-token loss (lm) and global contrastive losses (contrastive)."""
 
-from tempnet.losses.contrastive import ClipLoss, CompositionalState, CyClipLoss, ISogCLRLoss, RobustGCLoss, SogCLRLoss
+from tempnet.losses.contrastive import (ClipLoss, CompositionalState, ContrastiveLoss, CyClipLoss, ISogCLRLoss,
+                                        RobustGCLoss, SogCLRLoss)
 from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective, dro_lm_loss, objective_terms, tempered_ce_loss
 
-#: Contrastive losses by the names the Bimodal-CL trainer and configs use. Each is called as
-#: loss_fn(image_features, text_features, image_ids, text_ids, tau_image=None, tau_text=None) and returns
-#: {"loss", its named terms, "tau_image", "tau_text"}: minimise out["loss"], log the rest (all detached).
-CONTRASTIVE_LOSSES = {
+#: The contrastive losses by the names the Bimodal-CL trainer and configs use (`loss=NAME`): the one list of
+#: names (config validation, `--help`, `clip_config.LOSS_NAMES` read it). Each is a `ContrastiveLoss`, built by
+#: the trainer as cls.from_config(cfg.loss_args, num_samples), given TempNet temperatures when
+#: cls.takes_tempnets, called as loss_fn(image_features, text_features, image_ids, text_ids, tau_image=None,
+#: tau_text=None) and returning {"loss", its named terms, "tau_image", "tau_text"}: minimise out["loss"], log the
+#: rest (all detached). A new loss is one such class plus one entry here.
+CONTRASTIVE_LOSSES: dict[str, type[ContrastiveLoss]] = {
     "clip": ClipLoss,
     "cyclip": CyClipLoss,
     "sogclr": SogCLRLoss,
@@ -16,5 +20,6 @@ CONTRASTIVE_LOSSES = {
 
 __all__ = [
     "dro_lm_loss", "tempered_ce_loss", "objective_terms", "LMObjective", "OBJECTIVES", "build_objective",
-    "ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss", "CompositionalState", "CONTRASTIVE_LOSSES",
+    "ContrastiveLoss", "ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss", "CompositionalState",
+    "CONTRASTIVE_LOSSES",
 ]

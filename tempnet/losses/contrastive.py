@@ -1,8 +1,9 @@
 """Global contrastive losses for bimodal (image-text) training: CLIP, CyCLIP, SogCLR, iSogCLR and
 the paper's robust global contrastive loss with TempNet temperatures (Qiu et al., ICML 2024, Sec. 4).
 
-One interface for all five:
+One interface for all five, `ContrastiveLoss`:
 
+    loss_fn = Loss.from_config(loss_args, num_samples)   # how the trainer builds it (its own kwargs)
     out = loss_fn(image_features, text_features, image_ids, text_ids, tau_image=None, tau_text=None)
     out["loss"].backward()          # the trainer minimises out["loss"] only ...
     log({k: v for k, v in out.items()})   # ... and logs everything (all other entries are detached)
@@ -11,7 +12,7 @@ One interface for all five:
 CyCLIP adds "crossmodal" and "inmodal", RobustGCLoss "temperature"), and, as detached statistics,
 "tau_image" and "tau_text": the mean over the global batch of the temperatures the step used (the
 fixed tau of CLIP, CyCLIP and SogCLR, iSogCLR's per-sample taus before its update, the given taus of
-RobustGCLoss). Only RobustGCLoss takes tau_image / tau_text; the others raise if they are given.
+RobustGCLoss). Only RobustGCLoss takes tau_image / tau_text (`takes_tempnets`); the others raise if given.
 
 All losses take each rank's local batch of L2-normalised features and gather the global batch
 themselves (`tempnet.distributed`), so every rank computes the same global loss and updates the
@@ -42,8 +43,8 @@ from tempnet.losses.sample_state import (CompositionalState, _PerSampleBuffers, 
                                          state_bytes_per_sample)
 from tempnet.modules import check_tau_range
 
-__all__ = ["ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss", "CompositionalState",
-           "cosine_gamma", "set_gamma", "state_bytes_per_sample"]
+__all__ = ["ContrastiveLoss", "ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss",
+           "CompositionalState", "cosine_gamma", "set_gamma", "state_bytes_per_sample"]
 
 
 def _check_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
@@ -177,7 +178,19 @@ def _moving_average_terms(image: torch.Tensor, text: torch.Tensor, tau_image: to
     return _WeightedSimilarity.apply(image, text, grad_sim, value), tau_weight_i, tau_weight_t
 
 
-class ClipLoss(nn.Module):
+class ContrastiveLoss(nn.Module):
+    """A loss of `tempnet.losses.CONTRASTIVE_LOSSES`, called as in the module docstring. `takes_tempnets`: forward
+    needs tau_image, tau_text [B] from the two TempNets (`tempnet.modules.TempNetPair`). `from_config(args,
+    num_samples)`: the loss from the trainer's `loss_args` (clip_config.LossConfig) and the dataset size."""
+
+    takes_tempnets = False
+
+    @classmethod
+    def from_config(cls, args, num_samples: int) -> ContrastiveLoss:
+        raise NotImplementedError(f"{cls.__name__}.from_config")
+
+
+class ClipLoss(ContrastiveLoss):
     """InfoNCE of CLIP with a fixed temperature: mean of the image->text and text->image cross-entropies.
 
     forward(image_features [B, d], text_features [B, d], image_ids=None, text_ids=None)
@@ -189,6 +202,10 @@ class ClipLoss(nn.Module):
         if not tau > 0:
             raise ValueError(f"tau must be positive, got {tau}")
         self.tau = float(tau)
+
+    @classmethod
+    def from_config(cls, args, num_samples: int) -> ClipLoss:
+        return cls(tau=args.tau)
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, image_ids=None, text_ids=None,
                 tau_image=None, tau_text=None) -> dict[str, torch.Tensor]:
@@ -212,6 +229,10 @@ class CyClipLoss(ClipLoss):
         super().__init__(tau)
         self.lambda_inmodal, self.lambda_crossmodal = float(lambda_inmodal), float(lambda_crossmodal)
 
+    @classmethod
+    def from_config(cls, args, num_samples: int) -> CyClipLoss:
+        return cls(tau=args.tau, lambda_inmodal=args.lambda_inmodal, lambda_crossmodal=args.lambda_crossmodal)
+
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, image_ids=None, text_ids=None,
                 tau_image=None, tau_text=None) -> dict[str, torch.Tensor]:
         _no_taus(type(self).__name__, tau_image, tau_text)
@@ -228,7 +249,7 @@ class CyClipLoss(ClipLoss):
                 "inmodal": inmodal.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
-class SogCLRLoss(nn.Module):
+class SogCLRLoss(ContrastiveLoss):
     """SogCLR (Yuan et al., 2022): global contrastive loss with a fixed tau and per-index moving averages.
 
     forward(image_features [B, d], text_features [B, d], image_ids [B], text_ids [B])
@@ -244,6 +265,10 @@ class SogCLRLoss(nn.Module):
         self.image_state = CompositionalState(num_samples, gamma, state_on_host)
         self.text_state = CompositionalState(num_samples, gamma, state_on_host)
 
+    @classmethod
+    def from_config(cls, args, num_samples: int) -> SogCLRLoss:
+        return cls(num_samples, gamma=args.gamma, tau=args.tau, state_on_host=args.state_on_host)
+
     def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
                 tau_text=None) -> dict[str, torch.Tensor]:
         _no_taus(type(self).__name__, tau_image, tau_text)
@@ -258,7 +283,7 @@ class SogCLRLoss(nn.Module):
         return {"loss": loss, "contrastive": loss.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
-class ISogCLRLoss(_PerSampleBuffers):
+class ISogCLRLoss(ContrastiveLoss, _PerSampleBuffers):
     """iSogCLR (Qiu et al., 2023): SogCLR with one learned temperature per dataset index.
 
     The temperatures are buffers updated inside forward by momentum SGD on the DRO objective:
@@ -292,6 +317,12 @@ class ISogCLRLoss(_PerSampleBuffers):
         for name in ("u_image", "u_text"):
             self._per_sample(name, torch.zeros(num_samples))
 
+    @classmethod
+    def from_config(cls, args, num_samples: int) -> ISogCLRLoss:
+        return cls(num_samples, gamma=args.gamma, rho=args.rho, tau_init=args.isogclr_tau_init,
+                   tau_min=args.isogclr_tau_min, tau_max=args.isogclr_tau_max, eta=args.isogclr_eta,
+                   beta=args.isogclr_beta, grad_clamp=args.isogclr_grad_clamp, state_on_host=args.state_on_host)
+
     @torch.no_grad()
     def _step_tau(self, ids, tau, tau_weight, u_buf, tau_buf) -> None:
         if self.grad_clamp is not None:
@@ -315,7 +346,7 @@ class ISogCLRLoss(_PerSampleBuffers):
         return {"loss": loss, "contrastive": loss.detach(), "tau_image": tau_i.mean(), "tau_text": tau_t.mean()}
 
 
-class RobustGCLoss(nn.Module):
+class RobustGCLoss(ContrastiveLoss):
     """The paper's robust global contrastive loss, with temperatures predicted by TempNets.
 
     forward(image_features [B, d], text_features [B, d], image_ids [B], text_ids [B], tau_image [B], tau_text [B])
@@ -327,6 +358,8 @@ class RobustGCLoss(nn.Module):
     mean_i [tau_i * log(mean_{j != i} exp(d_ij / tau_i)) + tau_i * rho] (Qiu et al., ICML 2024, Sec. 4).
     """
 
+    takes_tempnets = True
+
     def __init__(self, num_samples: int, gamma: float = 0.8, rho: float = 7.0, state_on_host: bool = False):
         super().__init__()
         if not rho >= 0:
@@ -334,6 +367,10 @@ class RobustGCLoss(nn.Module):
         self.rho = float(rho)
         self.image_state = CompositionalState(num_samples, gamma, state_on_host)
         self.text_state = CompositionalState(num_samples, gamma, state_on_host)
+
+    @classmethod
+    def from_config(cls, args, num_samples: int) -> RobustGCLoss:
+        return cls(num_samples, gamma=args.gamma, rho=args.rho, state_on_host=args.state_on_host)
 
     def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
                 tau_text=None) -> dict[str, torch.Tensor]:

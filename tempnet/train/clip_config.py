@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from tempnet.errors import ConfigError
-from tempnet.modules import check_tau_range
+from tempnet.losses import CONTRASTIVE_LOSSES
+from tempnet.modules import TempNetPair, check_tau_range
 from tempnet.train.precision import PRECISIONS
 
 __all__ = ["LOSS_NAMES", "ImageTowerConfig", "TextTowerConfig", "ModelConfig", "DataConfig", "LossConfig",
            "ClipTempNetConfig", "OptimConfig", "TrainConfig", "RetrievalSetConfig", "ZeroShotSetConfig", "EvalConfig",
            "BimodalConfig", "RESUME_SAFE"]
 
-LOSS_NAMES = ("clip", "cyclip", "sogclr", "isogclr", "isogclr_tempnet")
+LOSS_NAMES = CONTRASTIVE_LOSSES.keys()  # the names `loss` takes: a live view of the registry
 
 
 @dataclass
@@ -207,7 +208,7 @@ class ClipTempNetConfig:
 
     def __post_init__(self):
         check_tau_range(self.tau_min, self.tau_max)
-        if self.prototype_init not in ("features", "projections"):
+        if self.prototype_init not in TempNetPair.PROTOTYPE_INITS:
             raise ValueError(f"tempnet.prototype_init must be 'features' or 'projections', got {self.prototype_init!r}")
         if self.num_prototypes < 1 or not self.lr > 0 or not 0 < self.lr_decay <= 1 or not 0 <= self.dropout < 1:
             raise ValueError("need tempnet.num_prototypes >= 1, lr > 0, 0 < lr_decay <= 1, 0 <= dropout < 1")
@@ -346,7 +347,8 @@ class EvalConfig:
 @dataclass
 class BimodalConfig:
     loss: str = "isogclr_tempnet"
-    """Which contrastive loss: clip | cyclip | sogclr | isogclr | isogclr_tempnet (TempNet + robust loss)."""
+    """Which contrastive loss: a name in tempnet.losses.CONTRASTIVE_LOSSES (clip | cyclip | sogclr | isogclr |
+    isogclr_tempnet, the paper's TempNet + robust loss)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Towers and projections."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -365,14 +367,14 @@ class BimodalConfig:
     def check_runnable(self, world_size: int) -> None:
         """Checks that need the world size: called by the trainer before it builds anything."""
         global_batch = self.train.batch_size * world_size
-        if self.loss == "isogclr_tempnet" and self.tempnet.num_prototypes > global_batch:
+        if CONTRASTIVE_LOSSES[self.loss].takes_tempnets and self.tempnet.num_prototypes > global_batch:
             raise ConfigError(f"tempnet.num_prototypes={self.tempnet.num_prototypes} is larger than the global batch "
                              f"of {global_batch} pairs (train.batch_size={self.train.batch_size} x {world_size} "
                              "processes), which initialises the prototypes: lower it or raise the batch size")
 
     def __post_init__(self):
         if self.loss not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSS_NAMES}")
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {' | '.join(LOSS_NAMES)}")
         best = self.eval.select_best
         if "/" in best:  # the set must exist (data.synthetic replaces the sets by its own, named "synthetic")
             names = ["synthetic"] if self.data.synthetic else [e.name for e in self.eval.retrieval + self.eval.zeroshot]

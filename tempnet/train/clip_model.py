@@ -6,7 +6,7 @@ config's tiny random towers run through the same code:
     text:  transformers (`distilbert-base-uncased`, any encoder, by name or path; or a model type such as
            `distilbert` built from a config with `pretrained: false`) or open_clip (the text part of a model).
 The text tower is pooled at the first position (ALBEF / the authors' code), open_clip's at its EOT token.
-`TempNetPair` holds the two PrototypeTempNets of the robust loss; they read detached features.
+The two TempNets of the robust loss and their prototype rule are `tempnet.modules.TempNetPair` (re-exported here).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tempnet.errors import ConfigError, check_model_path
-from tempnet.modules import PrototypeTempNet
+from tempnet.modules import TempNetPair
 from tempnet.train.inputs import check_hf_config_keys, create_checked, init_parameters, load_pretrained
 
 __all__ = ["DualEncoder", "TempNetPair", "TextTokenizer", "build_image_tower", "build_text_tower", "build_tokenizer"]
@@ -201,32 +201,3 @@ class DualEncoder(nn.Module):
     def forward(self, images, input_ids, attention_mask, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images, normalize), self.encode_text(input_ids, attention_mask, normalize)
 
-
-class TempNetPair(nn.Module):
-    """The image and text PrototypeTempNets: (image [B, E], text [B, E]) -> (tau_image [B], tau_text [B]).
-
-    Both read their inputs with the gradient stopped. `initialised` records whether the prototypes
-    were set from the first batch (image TempNet <- text embeddings and vice versa); it is a buffer,
-    so a resumed run does not re-initialise them.
-    """
-
-    def __init__(self, embed_dim: int, num_prototypes: int = 256, tau_min: float = 0.005, tau_max: float = 0.05,
-                 dropout: float = 0.5):
-        super().__init__()
-        self.image = PrototypeTempNet(embed_dim, num_prototypes, tau_min, tau_max, dropout)
-        self.text = PrototypeTempNet(embed_dim, num_prototypes, tau_min, tau_max, dropout)
-        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-
-    @torch.no_grad()
-    def init_prototypes(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
-        """Prototypes from the first M rows of a (global) batch: image TempNet from texts, text TempNet from images."""
-        m = self.image.num_prototypes
-        if image_features.shape[0] < m:
-            raise ConfigError(f"initialising {m} prototypes needs a global batch of at least {m} pairs, got "
-                             f"{image_features.shape[0]}; lower tempnet.num_prototypes or raise the batch size")
-        self.image.init_prototypes(text_features[:m].float())
-        self.text.init_prototypes(image_features[:m].float())
-        self.initialised.fill_(True)
-
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.image(image_features.detach()), self.text(text_features.detach())

@@ -5,7 +5,7 @@
     python Bimodal-CL/train.py --config ... --output-dir DIR --resume                  # continue DIR's newest checkpoint
     python Bimodal-CL/train.py --config ... --output-dir DIR --evaluate --checkpoint DIR/checkpoint-N
 
-`loss=clip|cyclip|sogclr|isogclr|isogclr_tempnet` picks the loss. Writes DIR/config.yaml, DIR/metrics.jsonl,
+`loss=NAME` picks the loss (a name in tempnet.losses.CONTRASTIVE_LOSSES). Writes DIR/config.yaml, DIR/metrics.jsonl,
 DIR/eval.json (latest evaluation; history in DIR/eval_log.jsonl) and DIR/checkpoint-<step>/ in the layout
 of tempnet.train.checkpoint (model.safetensors, tempnets.safetensors, optimizer.pt with the per-sample loss
 state, rng_state_<rank>.pt, trainer_state.json), written, resumed and guarded by the run protocol
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -41,28 +42,19 @@ from tempnet.train.divergence import scale_of
 from tempnet.train.logging import append_jsonl, rewind_jsonl
 from tempnet.train.clip_config import RESUME_SAFE, BimodalConfig, ImageTowerConfig, ModelConfig, TextTowerConfig
 from tempnet.train.clip_eval import evaluate_retrieval, evaluate_zeroshot
-from tempnet.train.clip_model import DualEncoder, TempNetPair, build_image_tower, build_text_tower, build_tokenizer
+from tempnet.modules import TempNetPair
+from tempnet.train.clip_model import DualEncoder, build_image_tower, build_text_tower, build_tokenizer
 from tempnet.train.logging import MetricsLogger
 from tempnet.train.optim import decay_groups, warmup_cosine
 from tempnet.train.precision import autocast, grad_scaler
 from tempnet.train.signals import Preemption
 
-__all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", "keep_if_best", "LOSS_KWARGS"]
-
-# constructor arguments of each loss, from the config (num_samples = size of the per-sample state)
-LOSS_KWARGS = {
-    "clip": lambda a, n: dict(tau=a.tau),
-    "cyclip": lambda a, n: dict(tau=a.tau, lambda_inmodal=a.lambda_inmodal, lambda_crossmodal=a.lambda_crossmodal),
-    "sogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, tau=a.tau, state_on_host=a.state_on_host),
-    "isogclr": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho, tau_init=a.isogclr_tau_init,
-                                 tau_min=a.isogclr_tau_min, tau_max=a.isogclr_tau_max, eta=a.isogclr_eta,
-                                 beta=a.isogclr_beta, grad_clamp=a.isogclr_grad_clamp, state_on_host=a.state_on_host),
-    "isogclr_tempnet": lambda a, n: dict(num_samples=n, gamma=a.gamma, rho=a.rho, state_on_host=a.state_on_host),
-}
+__all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", "keep_if_best"]
 
 
 def _parser(description: str):
     parser = build_parser(description)
+    parser.epilog = "loss=NAME picks the contrastive loss: " + " | ".join(CONTRASTIVE_LOSSES)
     parser.add_argument("--evaluate", action="store_true", help="only evaluate the model of --checkpoint")
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint-<step> directory for --evaluate")
     return parser
@@ -171,10 +163,10 @@ class ClipRun:
         self.data = build_train_data(cfg, self.rank, self.world, device, self.tokenizer, self.out)
         self.loader = self.data.loader  # (json: .dataset ImageTextPairs, .batch_sampler GlobalBatchSampler)
         self.dataset, self.sampler = self.loader.dataset, self.loader.batch_sampler
-        tc = cfg.tempnet
-        self.tempnets = (TempNetPair(cfg.model.embed_dim, tc.num_prototypes, tc.tau_min, tc.tau_max, tc.dropout)
-                         .to(device) if cfg.loss == "isogclr_tempnet" else None)
-        self.criterion = CONTRASTIVE_LOSSES[cfg.loss](**LOSS_KWARGS[cfg.loss](cfg.loss_args, self.data.num_samples))
+        tc, loss_cls = cfg.tempnet, CONTRASTIVE_LOSSES[cfg.loss]
+        self.tempnets = (TempNetPair(cfg.model.embed_dim, tc.num_prototypes, tc.tau_min, tc.tau_max, tc.dropout,
+                                     tc.prototype_init).to(device) if loss_cls.takes_tempnets else None)
+        self.criterion = loss_cls.from_config(cfg.loss_args, self.data.num_samples)
         self.criterion.to(device)
         self._build_optimizers(self.data.steps_per_epoch)
         self.scaler = grad_scaler(device, t.precision)
@@ -216,13 +208,8 @@ class ClipRun:
             img, txt = self.ddp_model(images, ids, mask)  # [B, E] each, unit norm
         taus = {}
         if self.tempnets is not None:
-            if not bool(self.tempnets.initialised):  # the first batch of a fresh run, gathered over ranks
-                first_i, first_t = img.detach(), txt.detach()
-                if self.cfg.tempnet.prototype_init == "projections":  # the same batch before normalisation
-                    with torch.no_grad(), autocast(dev, self.cfg.train.precision):
-                        first_i, first_t = self.model(images, ids, mask, normalize=False)
-                self.tempnets.init_prototypes(tdist.gather_with_grad(first_i.float()),
-                                              tdist.gather_with_grad(first_t.float()))
+            with autocast(dev, self.cfg.train.precision):  # prototypes from a fresh run's first batch
+                self.tempnets.init_from_first_batch(img, txt, partial(self.model, images, ids, mask, normalize=False))
             taus = dict(zip(("tau_image", "tau_text"), self.ddp_tempnets(img, txt)))  # [B] each
         out = self.criterion(img, txt, image_ids, text_ids, **taus)
         loss = out["loss"]
