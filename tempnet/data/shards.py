@@ -21,8 +21,8 @@ valid `wids` dataset descriptor ("shardlist" of {"url", "nsamples"}). From it:
 
 `ShardedPairs` reads a sample by (shard, offset) with wids' indexed tar reader (mmap of the tar,
 random access to its members); `ShardWindowSampler` keeps those reads inside a window of a few shards
-at a time. The streaming mode without an exact order is tempnet.data.shard_stream. `BadSamples` counts
-the distinct samples that failed to decode, for both.
+at a time. The streaming mode without an exact order is tempnet.data.shard_stream. Bad samples follow
+tempnet.data.bad_samples in both.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import multiprocessing
 import os
 import struct
 from collections import OrderedDict
@@ -39,20 +38,19 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from tempnet.data.bad_samples import BadSample, BadSamples
 from tempnet.data.image_text import pre_caption, sample_seed, seeded_transform
 from tempnet.data.sampler import GlobalBatchSampler
 from tempnet.errors import DataError, UserError
 
 __all__ = ["INDEX_FORMAT", "IMAGE_EXTENSIONS", "expand_shards", "build_index", "write_index", "read_index",
-           "ShardIndex", "decode_pair", "ShardedPairs", "ShardWindowSampler", "BAD_SAMPLE_MODES", "BadSamples"]
+           "ShardIndex", "decode_pair", "ShardedPairs", "ShardWindowSampler"]
 
 INDEX_FORMAT = "tempnet-shard-index/2"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-BAD_SAMPLE_MODES = ("error", "skip")
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -279,11 +277,12 @@ class ShardIndex:
 
 
 def decode_pair(sample: dict, where: str, max_words: int) -> tuple[Image.Image, str]:
-    """(RGB image, cleaned caption) of one webdataset sample dict {ext: bytes or stream}; errors name `where`."""
+    """(RGB image, cleaned caption) of one webdataset sample dict {ext: bytes or stream}; a bad one raises
+    BadSample naming `where`."""
     sample = {k.lstrip("."): v for k, v in sample.items()}  # wids keeps the dot of ".png"
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if ext is None or "txt" not in sample:
-        raise ValueError(f"{where}: needs an image ({'|'.join(IMAGE_EXTENSIONS)}) and a .txt caption, "
+        raise BadSample(f"{where}: needs an image ({'|'.join(IMAGE_EXTENSIONS)}) and a .txt caption, "
                          f"has {sorted(k for k in sample if not k.startswith('__'))}")
     data, text = sample[ext], sample["txt"]
     data = data.read() if hasattr(data, "read") else data
@@ -294,40 +293,11 @@ def decode_pair(sample: dict, where: str, max_words: int) -> tuple[Image.Image, 
         with Image.open(BytesIO(data)) as img:
             image = img.convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{where}: cannot decode its .{ext} image: {err}") from err
+        raise BadSample(f"{where}: cannot decode its .{ext} image: {err}") from err
     caption = pre_caption(text.decode("utf-8", errors="replace"), max_words)
     if not caption:
-        raise ValueError(f"{where}: empty caption")
+        raise BadSample(f"{where}: empty caption")
     return image, caption
-
-
-class BadSamples:
-    """The distinct samples (by id) that failed to decode, shared by a process and its loader workers: a bit
-    per id, a count and a lock, so a sample met again (a later epoch, a shard drawn again, two workers at
-    once) is counted once. `add` is an error once the count passes max_fraction x the data set's size, or
-    reaches it (nothing decodes: a stream would otherwise search for a good sample for ever)."""
-
-    def __init__(self, num_ids: int, data_size: int, max_fraction: float):
-        self.bits = torch.zeros((num_ids + 7) // 8, dtype=torch.uint8).share_memory_()
-        self.count = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self.lock = multiprocessing.Lock()
-        self.data_size, self.max_fraction = int(data_size), float(max_fraction)
-
-    def __len__(self) -> int:
-        return int(self.count)
-
-    def add(self, sid: int, err: Exception) -> None:
-        byte, bit = divmod(int(sid), 8)
-        with self.lock:
-            if not int(self.bits[byte]) >> bit & 1:
-                self.bits[byte] |= 1 << bit
-                self.count += 1
-            count = int(self.count)
-        if count >= self.data_size:
-            raise UserError(f"none of the {self.data_size} samples can be decoded; the last: {err}")
-        if count > self.max_fraction * self.data_size:
-            raise UserError(f"{count} of {self.data_size} samples are bad, more than data.max_bad_fraction="
-                            f"{self.max_fraction:g}; the last: {err}")
 
 
 class ShardedPairs(Dataset):
@@ -337,18 +307,15 @@ class ShardedPairs(Dataset):
     epoch e is seeded by (seed, e, id), as ImageTextPairs. A sample that cannot be decoded raises an error
     naming shard and key (on_bad_sample="error"), or is replaced by the next good sample of its shard
     (on_bad_sample="skip", the same replacement every time); more than max_bad_fraction of the data set
-    bad (distinct samples, counted by this process and its workers: `BadSamples`) is an error. Open shards
+    bad (distinct samples, counted by this process and its workers: tempnet.data.bad_samples) is an error. Open shards
     are kept in a small LRU per worker.
     """
 
     def __init__(self, index: ShardIndex, transform: Callable, max_words: int = 30, seed: int = 0,
                  on_bad_sample: str = "error", max_bad_fraction: float = 0.01, open_shards: int = 64):
-        if on_bad_sample not in BAD_SAMPLE_MODES:
-            raise ValueError(f"on_bad_sample must be one of {BAD_SAMPLE_MODES}, got {on_bad_sample!r}")
         self.index, self.transform, self.max_words, self.seed, self.epoch = index, transform, max_words, seed, 0
-        self.on_bad_sample, self.max_bad_fraction, self.open_shards = on_bad_sample, max_bad_fraction, open_shards
-        self._tars: OrderedDict = OrderedDict()
-        self.bad = BadSamples(index.num_samples, index.num_positions, max_bad_fraction)
+        self.open_shards, self._tars = open_shards, OrderedDict()
+        self.bad = BadSamples(on_bad_sample, index.num_samples, index.num_positions, max_bad_fraction)
 
     def num_bad(self) -> int:
         """Distinct bad samples met so far (by this process and its loader workers)."""
@@ -377,19 +344,13 @@ class ShardedPairs(Dataset):
         if len(tar) != n:
             raise UserError(f"shard {self.index.urls[shard]} holds {len(tar)} samples, the index says {n}: "
                             "rerun scripts/index_shards.py")
-        for k in range(n):
-            at = (offset + k) % n
+        def candidate(at: int):
             sample = tar[at]
             key = sample["__key__"].split("/")[-1]
-            sid = self.index.sample_id(shard, at, key)
-            try:
-                image, caption = decode_pair(sample, f"shard {self.index.urls[shard]}, key {key!r}", self.max_words)
-                return image, caption, sid
-            except ValueError as err:
-                if self.on_bad_sample == "error":
-                    raise UserError(f"{err} (data.on_bad_sample=skip replaces bad samples)") from None
-                self.bad.add(sid, err)
-        raise UserError(f"shard {self.index.urls[shard]}: no sample can be decoded")
+            sid, where = self.index.sample_id(shard, at, key), f"shard {self.index.urls[shard]}, key {key!r}"
+            return sid, lambda: (*decode_pair(sample, where, self.max_words), sid)
+
+        return self.bad.first_good((candidate((offset + k) % n) for k in range(n)), f"shard {self.index.urls[shard]}")
 
     def __getitem__(self, position: int):
         image, caption, sid = self.read(int(position))
