@@ -21,6 +21,7 @@ accuracy reported for these by lm-eval-based papers), acc for the other multiple
 acc, else word_perplexity, else perplexity. Accuracies are percentages, the average column is the mean
 of a row's accuracy columns (empty when one is missing), the best value of each column among our rows
 is bold (highest accuracy or score, lowest perplexity); the paper's rows are marked "(paper)".
+The files are read by tempnet.eval.results; this module makes the tables and writes them.
 """
 
 from __future__ import annotations
