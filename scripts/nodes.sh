@@ -12,6 +12,10 @@
 # `launcher_args LAUNCHER NPROC` sets the array LAUNCHER_ARGS: the process and node flags of LAUNCHER. The scripts
 # exec their launcher, so a scheduler's signal and the exit status are the launcher's own.
 
+# PRINT_OUTPUT_DIR=1: print the script's run directory and exit, launching nothing (scripts/slurm.sh asks each
+# launch script so); a script sets OUT to its default run directory before it sources this file.
+if [ "${PRINT_OUTPUT_DIR:-}" = 1 ]; then printf '%s\n' "${OUT:-}"; exit 0; fi
+
 _master_addr_given="${MASTER_ADDR:+1}"
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"

@@ -11,9 +11,10 @@
 # trainers save a checkpoint and exit, then the job requeues itself (scontrol requeue). The trap is set first:
 # after a USR1 that comes before the step has started, the job does not start it and requeues itself (exit
 # 143). A scheduler's own preemption sends SIGTERM to every process and requeues the job (--requeue).
-# Resume: when the run directory (OUT, else the script's --output-dir default) holds a checkpoint-<step>/ with
-# its COMPLETE file, --resume is added to the arguments; a requeued job (SLURM_RESTART_COUNT > 0) resumes
-# instead of repeating an --overwrite it was submitted with.
+# Resume: when the run directory (OUT, else the script's default: the script prints it when asked with
+# PRINT_OUTPUT_DIR=1, see scripts/nodes.sh) holds a checkpoint-<step>/ with its COMPLETE file, --resume is added
+# to the arguments; a requeued job (SLURM_RESTART_COUNT > 0) resumes instead of repeating an --overwrite it was
+# submitted with.
 set -euo pipefail
 
 preempted=0
@@ -43,7 +44,9 @@ if [ -z "${NPROC:-}" ] && [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then export NPROC="$
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi  # srun >= 22.05
 
 # ---- the resume rule ----------------------------------------------------------------------------------------
-run_dir="${OUT:-$(sed -n 's/.*--output-dir "\${OUT:-\([^$}"]*\)}".*/\1/p' "$script")}"
+grep -q '^source scripts/nodes.sh' "$script" \
+  || error "$script does not source scripts/nodes.sh: not a multi-process launch script slurm.sbatch can run"
+run_dir="$(PRINT_OUTPUT_DIR=1 bash "$script")"  # the script's own answer (scripts/nodes.sh): OUT, else its default
 checkpointed=0
 if [ -n "$run_dir" ] && compgen -G "$run_dir/checkpoint-*/COMPLETE" > /dev/null; then checkpointed=1; fi
 restarted=0

@@ -8,12 +8,13 @@
 # start it on every node with the same NNODES/MASTER_ADDR/MASTER_PORT and NODE_RANK 0..NNODES-1.
 # SLURM: sbatch --nodes=N Bimodal-CL/scripts/slurm.sbatch Bimodal-CL/scripts/cc12m_vitb32_isogclr_tempnet.sh [key=value ...].
 set -euo pipefail
+OUT="${OUT:-runs/cc12m_vitb32_isogclr_tempnet}"  # the run directory (before nodes.sh: PRINT_OUTPUT_DIR=1 prints it)
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-8}"
 exec torchrun "${LAUNCHER_ARGS[@]}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/cc12m_vitb32.yaml \
-  --output-dir "${OUT:-runs/cc12m_vitb32_isogclr_tempnet}" \
+  --output-dir "$OUT" \
   data.train_shards="${DATA:-data/cc12m}/{00000..${LAST_SHARD:-01242}}.tar" \
   loss=isogclr_tempnet \
   "$@"

@@ -9,12 +9,13 @@
 # NNODES/MASTER_ADDR/MASTER_PORT and NODE_RANK 0..NNODES-1.
 # SLURM: sbatch --nodes=N Bimodal-CL/scripts/slurm.sbatch Bimodal-CL/scripts/cc3m_isogclr.sh [key=value ...].
 set -euo pipefail
+OUT="${OUT:-runs/cc3m_isogclr}"  # the run directory (before nodes.sh: PRINT_OUTPUT_DIR=1 prints it)
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-8}"
 exec torchrun "${LAUNCHER_ARGS[@]}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/cc3m.yaml \
-  --output-dir "${OUT:-runs/cc3m_isogclr}" \
+  --output-dir "$OUT" \
   data.train_json="${DATA:-data/cc3m/cc3m_train.json}" \
   data.image_root="${IMAGE_ROOT:-$(dirname "${DATA:-data/cc3m/cc3m_train.json}")}" \
   loss=isogclr \

@@ -10,12 +10,13 @@
 # NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT as in the training scripts (scripts/nodes.sh); evaluation
 # itself runs on rank 0, so one node is enough.
 set -euo pipefail
+OUT="${OUT:-${RESULTS_DIR:-results}/clip/${ROW:-isogclr_tempnet}/zeroshot}"  # the run directory (before nodes.sh: PRINT_OUTPUT_DIR=1 prints it)
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-1}"
 exec torchrun "${LAUNCHER_ARGS[@]}" \
   Bimodal-CL/train.py \
   --config Bimodal-CL/configs/eval_zeroshot.yaml \
-  --output-dir "${OUT:-${RESULTS_DIR:-results}/clip/${ROW:-isogclr_tempnet}/zeroshot}" \
+  --output-dir "$OUT" \
   --evaluate \
   --checkpoint "${CKPT:?set CKPT to a checkpoint-N directory}" \
   "$@"

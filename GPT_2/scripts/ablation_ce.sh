@@ -8,12 +8,13 @@
 # NNODES/MASTER_ADDR/MASTER_PORT and NODE_RANK 0..NNODES-1.
 # SLURM: sbatch --nodes=N GPT_2/scripts/slurm.sbatch GPT_2/scripts/ablation_ce.sh [key=value ...].
 set -euo pipefail
+OUT="${OUT:-runs/gpt2_ablation_ce}"  # the run directory (before nodes.sh: PRINT_OUTPUT_DIR=1 prints it)
 source scripts/nodes.sh
 launcher_args deepspeed "${NPROC:-8}"
 exec deepspeed "${LAUNCHER_ARGS[@]}" \
   GPT_2/train.py \
   --config GPT_2/configs/scratch.yaml \
-  --output-dir "${OUT:-runs/gpt2_ablation_ce}" \
+  --output-dir "$OUT" \
   objective=ce \
   data.dataset="${DATA:-data/openwebtext2}" \
   "$@"

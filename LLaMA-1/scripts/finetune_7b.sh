@@ -9,6 +9,7 @@
 # NNODES/MASTER_ADDR/MASTER_PORT and NODE_RANK 0..NNODES-1.
 # SLURM: sbatch --nodes=N LLaMA-1/scripts/slurm.sbatch LLaMA-1/scripts/finetune_7b.sh [key=value ...].
 set -euo pipefail
+OUT="${OUT:-runs/llama1_finetune_7b}"  # the run directory (before nodes.sh: PRINT_OUTPUT_DIR=1 prints it)
 source scripts/nodes.sh
 launcher_args accelerate "${NPROC:-4}"
 exec accelerate launch \
@@ -16,7 +17,7 @@ exec accelerate launch \
   "${LAUNCHER_ARGS[@]}" \
   LLaMA-1/train.py \
   --config LLaMA-1/configs/finetune_7b.yaml \
-  --output-dir "${OUT:-runs/llama1_finetune_7b}" \
+  --output-dir "$OUT" \
   objective=tempnet_dro \
   data.dataset="${DATA:-data/openwebtext2}" \
   "$@"

@@ -10,11 +10,12 @@
 # NNODES/MASTER_ADDR/MASTER_PORT and NODE_RANK 0..NNODES-1.
 # SLURM: sbatch --nodes=N LLaMA-2/scripts/slurm.sbatch LLaMA-2/scripts/chat_13b.sh [key=value ...].
 set -euo pipefail
+OUT="${OUT:-runs/llama2_chat_13b}"  # the run directory (before nodes.sh: PRINT_OUTPUT_DIR=1 prints it)
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-4}"
 exec torchrun "${LAUNCHER_ARGS[@]}" \
   LLaMA-2/train.py \
   --config LLaMA-2/configs/chat_13b.yaml \
-  --output-dir "${OUT:-runs/llama2_chat_13b}" \
+  --output-dir "$OUT" \
   data.dataset="${DATA:-tatsu-lab/alpaca}" \
   "$@"

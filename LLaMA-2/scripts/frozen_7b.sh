@@ -10,11 +10,12 @@
 # NNODES/MASTER_ADDR/MASTER_PORT and NODE_RANK 0..NNODES-1.
 # SLURM: sbatch --nodes=N LLaMA-2/scripts/slurm.sbatch LLaMA-2/scripts/frozen_7b.sh [key=value ...].
 set -euo pipefail
+OUT="${OUT:-runs/llama2_frozen_7b}"  # the run directory (before nodes.sh: PRINT_OUTPUT_DIR=1 prints it)
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-4}"
 exec torchrun "${LAUNCHER_ARGS[@]}" \
   LLaMA-2/train.py \
   --config LLaMA-2/configs/frozen_7b.yaml \
-  --output-dir "${OUT:-runs/llama2_frozen_7b}" \
+  --output-dir "$OUT" \
   data.dataset="${DATA:-data/pretrain_text}" \
   "$@"

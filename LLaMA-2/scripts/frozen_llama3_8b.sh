@@ -9,11 +9,12 @@
 # model.path=Qwen/Qwen3-8B: any causal LM of transformers).
 # Several nodes: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (scripts/nodes.sh).
 set -euo pipefail
+OUT="${OUT:-runs/llama3_frozen_8b}"  # the run directory (before nodes.sh: PRINT_OUTPUT_DIR=1 prints it)
 source scripts/nodes.sh
 launcher_args torchrun "${NPROC:-4}"
 exec torchrun "${LAUNCHER_ARGS[@]}" \
   LLaMA-2/train.py \
   --config LLaMA-2/configs/frozen_llama3_8b.yaml \
-  --output-dir "${OUT:-runs/llama3_frozen_8b}" \
+  --output-dir "$OUT" \
   data.dataset="${DATA:-data/pretrain_text}" \
   "$@"

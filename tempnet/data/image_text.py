@@ -17,6 +17,7 @@ import os
 import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,13 +26,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from tempnet.data.bad_samples import BadSample, BadSamples
 from tempnet.errors import DataError
 
 __all__ = ["pre_caption", "load_annotations", "load_image", "ImageTextPairs", "RetrievalImages", "RetrievalSet",
-           "sample_seed", "seeded_transform", "BadImage", "ON_BAD_SAMPLE", "missing_files"]
-
-#: What a training set does with an entry whose image is missing or corrupt.
-ON_BAD_SAMPLE = ("error", "skip")
+           "sample_seed", "seeded_transform", "missing_files"]
 
 
 def missing_files(paths: Sequence[str | os.PathLike], workers: int = 32) -> list[int]:
@@ -83,24 +82,20 @@ def _clean_caption(caption, where: str, max_words: int) -> str:
     return cleaned
 
 
-class BadImage(DataError):
-    """An image file that is missing or cannot be decoded (found when the sample is read)."""
-
-
 #: What PIL raises for a file that is not an image, truncated, or broken inside.
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
                   Image.DecompressionBombError)
 
 
 def load_image(path: Path, where: str) -> Image.Image:
-    """Open an RGB image; a missing or unreadable file raises BadImage naming the entry and the file."""
+    """Open an RGB image; a missing or unreadable file raises BadSample naming the entry and the file."""
     if not path.is_file():
-        raise BadImage(f"image file of {where} not found: {path}")
+        raise BadSample(f"image file of {where} not found: {path}")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except _DECODE_ERRORS as err:
-        raise BadImage(f"cannot read the image file of {where} ({path}): {err}") from None
+        raise BadSample(f"cannot read the image file of {where} ({path}): {err}") from None
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -127,16 +122,13 @@ class ImageTextPairs(Dataset):
     `on_bad_sample="skip"` item i serves the pair of the next readable entry (i+1, i+2, ... mod N)
     under i's own ids: a rule of the index alone, so batch shapes, the per-sample state ids and an
     exact resume all hold. More than `max_bad_fraction` of the entries bad is an error. The bad
-    entries seen so far are marked in `bad` (shared memory: loader workers mark it too).
+    entries seen so far are in `bad` (tempnet.data.bad_samples: loader workers mark it too).
     """
 
     def __init__(self, ann_file: str | Path, image_root: str | Path, transform: Callable, max_words: int = 30,
                  seed: int = 0, on_bad_sample: str = "error", max_bad_fraction: float = 0.0, check_files: bool = True):
-        if on_bad_sample not in ON_BAD_SAMPLE:
-            raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
         self.ann_file, self.image_root = Path(ann_file), Path(image_root)
         self.transform, self.seed, self.epoch = transform, int(seed), 0
-        self.on_bad_sample, self.max_bad_fraction = on_bad_sample, float(max_bad_fraction)
         entries = load_annotations(self.ann_file)
         self.images, self.captions, image_ids, first = [], [], [], {}
         for i, entry in enumerate(entries):
@@ -146,7 +138,7 @@ class ImageTextPairs(Dataset):
             image_ids.append(first.setdefault(key if isinstance(key, (str, int)) else json.dumps(key), len(first)))
         self.image_ids = torch.tensor(image_ids)
         self.num_images = len(first)
-        self.bad = torch.zeros(len(self.captions), dtype=torch.bool).share_memory_()
+        self.bad = BadSamples(on_bad_sample, len(self), len(self), max_bad_fraction, f"entries of {self.ann_file}")
         if check_files:
             self._check_files()
 
@@ -157,17 +149,10 @@ class ImageTextPairs(Dataset):
         if not missing:
             return
         first = f"entry {missing[0]} of {self.ann_file}: {self.image_root / self.images[missing[0]]}"
-        if self.on_bad_sample == "error":
-            raise BadImage(f"{len(missing)} of {len(self)} image files not found, the first: {first} "
-                           "(data.on_bad_sample=skip trains on the others)")
-        self.bad[missing] = True
-        self._check_fraction(f"not found: {first}")
-
-    def _check_fraction(self, last: str) -> None:
-        count = int(self.bad.sum())
-        if count > self.max_bad_fraction * len(self):
-            raise BadImage(f"{count} of {len(self)} entries of {self.ann_file} have a bad image, more than "
-                           f"data.max_bad_fraction={self.max_bad_fraction:g}; the last: {last}")
+        if self.bad.mode == "error":
+            raise BadSample(f"{len(missing)} of {len(self)} image files not found, the first: {first} "
+                            "(data.on_bad_sample=skip trains on the others)")
+        self.bad.add(missing, f"not found: {first}")
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -177,22 +162,15 @@ class ImageTextPairs(Dataset):
 
     def num_bad(self) -> int:
         """Entries found bad so far (at construction and by any loader worker of this process)."""
-        return int(self.bad.sum())
+        return len(self.bad)
 
     def _read(self, index: int) -> tuple[Image.Image, int]:
         """The image of `index`, or under "skip" of the next readable entry: (image, its entry)."""
-        j = index
-        for _ in range(len(self)):
-            if not self.bad[j]:
-                try:
-                    return load_image(self.image_root / self.images[j], f"entry {j} of {self.ann_file}"), j
-                except BadImage as err:
-                    if self.on_bad_sample == "error":
-                        raise BadImage(f"{err} (data.on_bad_sample=skip replaces bad images)") from None
-                    self.bad[j] = True
-                    self._check_fraction(str(err))
-            j = (j + 1) % len(self)
-        raise BadImage(f"no entry of {self.ann_file} has a readable image")
+        entries = ((index + k) % len(self) for k in range(len(self)))
+        return self.bad.first_good(((j, partial(self._load, j)) for j in entries), str(self.ann_file))
+
+    def _load(self, j: int) -> tuple[Image.Image, int]:
+        return load_image(self.image_root / self.images[j], f"entry {j} of {self.ann_file}"), j
 
     def __getitem__(self, index: int):
         image, j = self._read(index)

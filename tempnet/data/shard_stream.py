@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tempnet.data.shards import BadSamples, ShardIndex, decode_pair
-from tempnet.errors import UserError
+from tempnet.data.bad_samples import BadSample, BadSamples
+from tempnet.data.shards import ShardIndex, decode_pair
 
 __all__ = ["ResampledShardStream"]
 
@@ -38,9 +38,8 @@ class ResampledShardStream(IterableDataset):
                  on_bad_sample: str = "error", max_bad_fraction: float = 0.01):
         self.index, self.transform, self.collate, self.batch_size = index, transform, collate, batch_size
         self.num_batches, self.rank, self.seed, self.max_words = num_batches, rank, seed, max_words
-        self.shuffle_buffer, self.on_bad_sample = shuffle_buffer, on_bad_sample
-        self.epoch, self.start_step = 0, 0
-        self.bad = BadSamples(index.num_samples, index.num_positions, max_bad_fraction)
+        self.shuffle_buffer, self.epoch, self.start_step = shuffle_buffer, 0, 0
+        self.bad = BadSamples(on_bad_sample, index.num_samples, index.num_positions, max_bad_fraction)
 
     def num_bad(self) -> int:
         """Distinct bad samples dropped so far (by this process and its loader workers)."""
@@ -65,10 +64,8 @@ class ResampledShardStream(IterableDataset):
         for sample, where, sid in stream:
             try:
                 image, caption = decode_pair(sample, where, self.max_words)
-            except ValueError as err:
-                if self.on_bad_sample == "error":
-                    raise UserError(f"{err} (data.on_bad_sample=skip drops bad samples)") from None
-                self.bad.add(sid, err)  # more than max_bad_fraction of the data set bad, or all of it: an error
+            except BadSample as err:
+                self.bad.found(sid, err, "drops bad samples")  # past max_bad_fraction, or all of them: an error
                 continue
             yield image, caption, sid
 

@@ -166,7 +166,7 @@ class TruthLogitsProcessor:
         self.lang, self.model_vocab = lang, model_vocab
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        from tempnet.demo.temperatures import truth_rows
+        from tempnet.demo.temperatures_truth import truth_rows
 
         p = truth_rows(self.lang, input_ids[:, -1].cpu().numpy(), self.model_vocab)
         with np.errstate(divide="ignore"):

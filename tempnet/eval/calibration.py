@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from tempnet.losses.lm import _log_softmax, entropy
+from tempnet.losses.lm import entropy, np_log_softmax
 
 __all__ = ["log_softmax", "tempered_log_probs", "kl_to_truth", "kl_optimal_tau", "top1_calibration_error",
            "expected_true_logprob", "entropy_of_log_probs", "gap_closed", "OPTIMAL_TAU_RANGE", "entropy"]
@@ -33,7 +33,7 @@ OPTIMAL_TAU_RANGE = (1e-4, 1e4)
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax in float64 (-inf entries stay -inf)."""
-    return _log_softmax(np.asarray(z, dtype=np.float64))
+    return np_log_softmax(np.asarray(z, dtype=np.float64))
 
 
 def tempered_log_probs(z: np.ndarray, tau) -> np.ndarray:

@@ -33,10 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tempnet.errors import ConfigError, DataError, user_message
-from tempnet.eval.tables import Cell, Column, Row, Table, _row_order, _rows, oldest_first
 
 __all__ = ["ClipBenchmarkModel", "PackedTokenizer", "RetrievalPairs", "run_task", "write_results", "average",
-           "TASKS", "read_clip_benchmark_results", "clip_benchmark_table", "classification_metrics"]
+           "TASKS", "classification_metrics"]
 
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
 
@@ -211,43 +210,3 @@ def write_results(records: list[dict], out: str | Path) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     (out / "eval_average.json").write_text(json.dumps({"average": average(records), "tasks": len(records)}) + "\n")
     return path
-
-
-# ---- make_tables.py: RESULTS_DIR/clip_benchmark/<row>/**/eval_results.jsonl ------------------------------
-
-def read_clip_benchmark_results(results_dir: str | Path) -> dict[str, dict[str, float]]:
-    """{row: {task key: main metric}} from every `clip_benchmark/<row>/**/eval_results.jsonl` (newest wins)."""
-    out = {}
-    for row_dir in _rows(Path(results_dir), "clip_benchmark"):
-        merged: dict[str, float] = {}
-        for file in oldest_first(row_dir, "eval_results.jsonl"):
-            for n, line in enumerate(file.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    merged[record["key"]] = float(record["metrics"]["main_metric"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{file} line {n} is not a DataComp result line ({{key, metrics: "
-                                     f"{{main_metric}}}}): {e}") from e
-        if merged:
-            out[row_dir.name] = merged
-    return out
-
-
-def clip_benchmark_table(results_dir: Path) -> Table | None:
-    results = read_clip_benchmark_results(results_dir)
-    if not results:
-        return None
-    keys = sorted({k for tasks in results.values() for k in tasks})
-    rows = []
-    for name in sorted(results, key=_row_order):
-        cells = {k: Cell(100 * v) for k, v in results[name].items() if not math.isnan(v)}
-        values = [results[name].get(k, math.nan) for k in keys]
-        if not any(math.isnan(v) for v in values):
-            cells["avg"] = Cell(100 * sum(values) / len(values))
-        rows.append(Row(name, cells))
-    columns = [Column(k, k, "score") for k in keys] + [Column("avg", "Average", "score")]
-    return Table("clip_benchmark", "CLIP_benchmark / DataComp tasks: main metric, percent", columns, rows,
-                 ["main metric: acc1 (classification), mean of image and text recall@1 (retrieval); "
-                  "Average over the tasks, empty when one is missing"])

@@ -21,22 +21,23 @@ accuracy reported for these by lm-eval-based papers), acc for the other multiple
 acc, else word_perplexity, else perplexity. Accuracies are percentages, the average column is the mean
 of a row's accuracy columns (empty when one is missing), the best value of each column among our rows
 is bold (highest accuracy or score, lowest perplexity); the paper's rows are marked "(paper)".
+The files are read by tempnet.eval.results; this module makes the tables and writes them.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from tempnet.eval.paper_numbers import PAPER
+from tempnet.eval.results import (alpaca_win_rate, finite, load_json, read_alpaca_results,
+                                  read_clip_benchmark_results, read_clip_results, read_llm_results)
 
 __all__ = [
     "TASK_METRICS", "Column", "Cell", "Row", "Table", "read_llm_results", "read_clip_results",
-    "read_alpaca_results", "alpaca_win_rate", "build_tables", "to_markdown", "to_json",
+    "read_alpaca_results", "alpaca_win_rate", "build_tables", "to_markdown", "to_json", "clip_benchmark_table",
 ]
 
 #: lm-eval metric per task, in the paper's column order (LLaMA-1's extra tasks after the common seven).
@@ -107,119 +108,15 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-# ---- reading the results layout -----------------------------------------------------------------------
-
-def _rows(results_dir: Path, kind: str) -> list[Path]:
-    root = results_dir / kind
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-
-
-def oldest_first(row_dir: Path, pattern: str) -> list[Path]:
-    """The files of a row matching `pattern`, oldest first (so a newer result overwrites an older one)."""
-    return sorted(row_dir.rglob(pattern), key=lambda p: (p.stat().st_mtime, str(p)))
-
-
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-
-
-def read_llm_results(results_dir: str | Path) -> dict[str, dict[str, dict]]:
-    """{row: {task: lm-eval's metric dict}} from every `llm/<row>/**/results*.json` (newest file wins per task)."""
-    out = {}
-    for row_dir in _rows(Path(results_dir), "llm"):
-        tasks: dict[str, dict] = {}
-        for file in oldest_first(row_dir, "results*.json"):
-            data = _load_json(file)
-            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-                raise ValueError(f"{file} has no 'results' section: is it lm-eval's output?")
-            tasks.update(data["results"])
-        if tasks:
-            out[row_dir.name] = tasks
-    return out
-
-
-def read_clip_results(results_dir: str | Path) -> dict[str, dict[str, float]]:
-    """{row: {"<set>/<metric>": value}} merged from every `clip/<row>/**/eval.json` (prefixed keys only)."""
-    out = {}
-    for row_dir in _rows(Path(results_dir), "clip"):
-        merged: dict[str, float] = {}
-        for file in oldest_first(row_dir, "eval.json"):
-            merged.update({k: v for k, v in _load_json(file).items() if "/" in k and not isinstance(v, (dict, list))})
-        if merged:
-            out[row_dir.name] = merged
-    return out
-
-
-def _generator(row_dir: Path) -> str | None:
-    outputs = row_dir / "model_outputs.json"
-    if not outputs.is_file():
-        return None
-    records = _load_json(outputs)
-    return records[0].get("generator") if records and isinstance(records[0], dict) else None
-
-
-def _float(text) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def read_alpaca_results(results_dir: str | Path) -> dict[str, dict[str, float] | None]:
-    """{row: {"lc_win_rate", "lc_stderr", "win_rate", "win_rate_stderr"} or None (not scored)}.
-
-    The row's generator (from its model_outputs.json, else the row name) is looked up in the first
-    `leaderboard.csv` below the row; without one, the win rate is computed from `annotations.json`
-    (`alpaca_win_rate`; no length control).
-    """
-    out = {}
-    for row_dir in _rows(Path(results_dir), "alpaca"):
-        name = _generator(row_dir) or row_dir.name
-        scores = None
-        for board in sorted(row_dir.rglob("leaderboard.csv")):
-            with board.open(newline="") as f:
-                for rec in csv.DictReader(f):
-                    if rec.get("") == name or rec.get("name") == name:
-                        scores = {"lc_win_rate": _float(rec.get("length_controlled_winrate")),
-                                  "lc_stderr": _float(rec.get("lc_standard_error")),
-                                  "win_rate": _float(rec.get("win_rate")),
-                                  "win_rate_stderr": _float(rec.get("standard_error"))}
-            if scores:
-                break
-        if scores is None:
-            for ann in sorted(row_dir.rglob("annotations.json")):
-                win_rate = alpaca_win_rate([_float(a.get("preference")) for a in _load_json(ann)
-                                            if a.get("generator_2", name) == name])
-                if win_rate is not None:
-                    scores = {"lc_win_rate": None, "lc_stderr": None, "win_rate": win_rate, "win_rate_stderr": None}
-                    break
-        out[row_dir.name] = scores
-    return out
-
-
-def alpaca_win_rate(preferences: list[float | None]) -> float | None:
-    """The win rate (percent) of generator_2 (ours) over generator_1 (the reference) from AlpacaEval preferences,
-    by alpaca_eval's rule (`get_winrate`): 1 = the reference wins, 2 = ours wins, a weighted annotator's value in
-    between counts in proportion, 0 and 1.5 are draws; anything else (None, NaN, out of [1, 2]) is no preference.
-    None when no annotation is a preference."""
-    values = [1.5 if p == 0 else p for p in preferences if p is not None]
-    values = [p for p in values if 1.0 <= p <= 2.0]
-    return 100.0 * sum(p - 1.0 for p in values) / len(values) if values else None
-
-
 # ---- cells ------------------------------------------------------------------------------------------------
 
 def _metric_value(result: dict, metric: str) -> tuple[float | None, float | None]:
     """(value, stderr) of `metric` in one task's lm-eval result (any filter; "none" first)."""
     keys = [f"{metric},none"] + sorted(k for k in result if k.startswith(f"{metric},") and k != f"{metric},none")
     for key in keys:
-        if key in result and _float(result[key]) is not None:
+        if key in result and finite(result[key]) is not None:
             filt = key.split(",", 1)[1]
-            return float(result[key]), _float(result.get(f"{metric}_stderr,{filt}"))
+            return float(result[key]), finite(result.get(f"{metric}_stderr,{filt}"))
     return None, None
 
 
@@ -365,13 +262,30 @@ def build_tables(results_dir: str | Path, paper: bool = False, metrics: dict[str
         raise FileNotFoundError(f"results directory {results_dir} does not exist")
     tables = _llm_tables(results_dir, paper, {**TASK_METRICS, **(metrics or {})})
     tables += [t for t in (_alpaca_table(results_dir, paper), _clip_table(results_dir, paper)) if t is not None]
-    from tempnet.eval.clip_benchmark import clip_benchmark_table  # it builds on this module's Table
-
     tables += [t for t in (clip_benchmark_table(results_dir),) if t is not None]
-    titles = _load_json(results_dir / "titles.json") if (results_dir / "titles.json").is_file() else {}
+    titles = load_json(results_dir / "titles.json") if (results_dir / "titles.json").is_file() else {}
     for t in tables:  # a results directory may name its own tables (the tiny demo's are not the paper's setting)
         t.title = titles.get(t.key, t.title)
     return tables
+
+
+def clip_benchmark_table(results_dir: Path) -> Table | None:
+    """The CLIP_benchmark / DataComp tasks of RESULTS_DIR/clip_benchmark/ (scripts/eval_clip_benchmark.py)."""
+    results = read_clip_benchmark_results(results_dir)
+    if not results:
+        return None
+    keys = sorted({k for tasks in results.values() for k in tasks})
+    rows = []
+    for name in sorted(results, key=_row_order):
+        cells = {k: Cell(100 * v) for k, v in results[name].items() if not math.isnan(v)}
+        values = [results[name].get(k, math.nan) for k in keys]
+        if not any(math.isnan(v) for v in values):
+            cells["avg"] = Cell(100 * sum(values) / len(values))
+        rows.append(Row(name, cells))
+    columns = [Column(k, k, "score") for k in keys] + [Column("avg", "Average", "score")]
+    return Table("clip_benchmark", "CLIP_benchmark / DataComp tasks: main metric, percent", columns, rows,
+                 ["main metric: acc1 (classification), mean of image and text recall@1 (retrieval); "
+                  "Average over the tasks, empty when one is missing"])
 
 
 # ---- output -----------------------------------------------------------------------------------------------

@@ -39,8 +39,8 @@ from torch import nn
 
 from tempnet import checks
 from tempnet.distributed import gather_ids, gather_with_grad
-from tempnet.losses.sample_state import (CompositionalState, _PerSampleBuffers, _put, _rows, cosine_gamma, set_gamma,
-                                         state_bytes_per_sample)
+from tempnet.losses.sample_state import (CompositionalState, PerSampleBuffers, cosine_gamma, put_rows, rows_at,
+                                         set_gamma, state_bytes_per_sample)
 from tempnet.modules import check_tau_range
 
 __all__ = ["ContrastiveLoss", "ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss",
@@ -283,7 +283,7 @@ class SogCLRLoss(ContrastiveLoss):
         return {"loss": loss, "contrastive": loss.detach(), **_fixed_tau_stats(self.tau, loss)}
 
 
-class ISogCLRLoss(ContrastiveLoss, _PerSampleBuffers):
+class ISogCLRLoss(ContrastiveLoss, PerSampleBuffers):
     """iSogCLR (Qiu et al., 2023): SogCLR with one learned temperature per dataset index.
 
     The temperatures are buffers updated inside forward by momentum SGD on the DRO objective:
@@ -327,9 +327,9 @@ class ISogCLRLoss(ContrastiveLoss, _PerSampleBuffers):
     def _step_tau(self, ids, tau, tau_weight, u_buf, tau_buf) -> None:
         if self.grad_clamp is not None:
             tau_weight = tau_weight.clamp(-self.grad_clamp, self.grad_clamp)
-        u = (1 - self.beta) * _rows(u_buf, ids).to(tau_weight.dtype) + self.beta * tau_weight
-        _put(u_buf, ids, u)
-        _put(tau_buf, ids, (tau - self.eta * u).clamp(self.tau_min, self.tau_max))
+        u = (1 - self.beta) * rows_at(u_buf, ids).to(tau_weight.dtype) + self.beta * tau_weight
+        put_rows(u_buf, ids, u)
+        put_rows(tau_buf, ids, (tau - self.eta * u).clamp(self.tau_min, self.tau_max))
 
     def forward(self, image_features, text_features, image_ids, text_ids, tau_image=None,
                 tau_text=None) -> dict[str, torch.Tensor]:
@@ -338,7 +338,7 @@ class ISogCLRLoss(ContrastiveLoss, _PerSampleBuffers):
         image_ids, text_ids = _gather_pair_ids(image_ids, text_ids, image_features.shape[0])
         self.image_state.check_ids(image_ids)
         self.text_state.check_ids(text_ids)
-        tau_i, tau_t = _rows(self.tau_image, image_ids).to(image.dtype), _rows(self.tau_text, text_ids).to(image.dtype)
+        tau_i, tau_t = rows_at(self.tau_image, image_ids).to(image.dtype), rows_at(self.tau_text, text_ids).to(image.dtype)
         loss, tw_i, tw_t = _moving_average_terms(image, text, tau_i, tau_t, image_ids, text_ids, self.image_state,
                                                  self.text_state, self.rho)
         self._step_tau(image_ids, tau_i, tw_i, self.u_image, self.tau_image)

@@ -212,7 +212,7 @@ def build_objective(name: str, vocab_size: int, **kwargs) -> LMObjective:
 
 
 # ---- the DRO optimum of fixed logits (float64 numpy): targets for tests, the synthetic language and the demo ----
-def _log_softmax(z: np.ndarray) -> np.ndarray:
+def np_log_softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax of float64 logits [..., V]; -inf entries stay -inf (probability 0)."""
     top = z.max(axis=-1, keepdims=True)
     shifted = z - top
@@ -221,7 +221,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 def entropy(logits: np.ndarray) -> np.ndarray:
     """Entropy (nats) of softmax(logits) row by row: [..., V] -> [...]. -inf logits allowed."""
-    logq = _log_softmax(np.asarray(logits, dtype=np.float64))
+    logq = np_log_softmax(np.asarray(logits, dtype=np.float64))
     q = np.exp(logq)
     return np.maximum(-np.where(q > 0, q * np.where(q > 0, logq, 0.0), 0.0).sum(axis=-1), 0.0)
 

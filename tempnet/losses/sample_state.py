@@ -16,17 +16,18 @@ from torch import nn
 
 from tempnet import checks
 
-__all__ = ["CompositionalState", "cosine_gamma", "set_gamma", "state_bytes_per_sample"]
+__all__ = ["CompositionalState", "PerSampleBuffers", "rows_at", "put_rows", "cosine_gamma", "set_gamma",
+           "state_bytes_per_sample"]
 
 
-def _rows(buf: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def rows_at(buf: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """buf[ids] on ids' device; a host-memory buffer is indexed on the host and only the B rows cross."""
     if buf.device == ids.device:
         return buf[ids]
     return buf[ids.cpu()].to(ids.device, non_blocking=True)
 
 
-def _put(buf: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
+def put_rows(buf: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
     """buf[ids] = values, for a buffer on ids' device or in host memory."""
     if buf.device == ids.device:
         buf[ids] = values.to(buf.dtype)
@@ -34,7 +35,7 @@ def _put(buf: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> None:
         buf[ids.cpu()] = values.to("cpu", buf.dtype)
 
 
-class _PerSampleBuffers(nn.Module):
+class PerSampleBuffers(nn.Module):
     """A module whose per-sample buffers may live in host memory (on_host=True): `.to(device)` leaves them
     there (pinned when CUDA is present) and each step moves only the batch's rows, so a state of 4e8 samples
     costs the GPU nothing. Also checkpointed with state_dict as usual."""
@@ -50,7 +51,7 @@ class _PerSampleBuffers(nn.Module):
         return self if self.on_host else super()._apply(fn, recurse)
 
 
-class CompositionalState(_PerSampleBuffers):
+class CompositionalState(PerSampleBuffers):
     """Per-dataset-index moving averages s and running maxima b (stochastic compositional optimisation).
 
     For a batch of anchors with row maxima m_i = max_{j != i} A_ij and inner sums
@@ -58,7 +59,7 @@ class CompositionalState(_PerSampleBuffers):
         running_max(ids, m): b_i = max(b_old_i, m_i), or m_i on the index's first visit
         update(ids, b, g):   s_i = g_i on the first visit, else (1 - gamma) * s_old_i * exp(b_old_i - b_i) + gamma * g_i
     update stores s, b and marks the ids seen. The state lives in buffers, so it is checkpointed and moved by
-    .to() (on_host=True: kept in host memory, see _PerSampleBuffers). 9 bytes per sample (s, b float32, seen).
+    .to() (on_host=True: kept in host memory, see PerSampleBuffers). 9 bytes per sample (s, b float32, seen).
     """
 
     def __init__(self, num_samples: int, gamma: float, on_host: bool = False):
@@ -86,17 +87,17 @@ class CompositionalState(_PerSampleBuffers):
     @torch.no_grad()
     def running_max(self, ids: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
         """b [B] for the batch, in row_max's dtype (not stored until update)."""
-        b_old = _rows(self.b, ids).to(row_max.dtype)
-        return torch.where(_rows(self.seen, ids), torch.maximum(b_old, row_max), row_max)
+        b_old = rows_at(self.b, ids).to(row_max.dtype)
+        return torch.where(rows_at(self.seen, ids), torch.maximum(b_old, row_max), row_max)
 
     @torch.no_grad()
     def update(self, ids: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Move s towards g (both relative to b), store s and b; returns s [B] in g's dtype."""
-        seen, b_old, s_old = _rows(self.seen, ids), _rows(self.b, ids).to(g.dtype), _rows(self.s, ids).to(g.dtype)
+        seen, b_old, s_old = rows_at(self.seen, ids), rows_at(self.b, ids).to(g.dtype), rows_at(self.s, ids).to(g.dtype)
         s = torch.where(seen, (1 - self.gamma) * s_old * torch.exp(b_old - b) + self.gamma * g, g)
-        _put(self.s, ids, s)
-        _put(self.b, ids, b)
-        _put(self.seen, ids, torch.ones_like(seen))
+        put_rows(self.s, ids, s)
+        put_rows(self.b, ids, b)
+        put_rows(self.seen, ids, torch.ones_like(seen))
         return s
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from tempnet.data.bad_samples import check_policy
 from tempnet.errors import ConfigError
 from tempnet.losses import CONTRASTIVE_LOSSES
 from tempnet.modules import TempNetPair, check_tau_range
@@ -135,10 +136,7 @@ class DataConfig:
                              f"{self.format!r}, {self.sample_ids!r}")
         if self.shard_window < 0 or self.shuffle_buffer < 1:
             raise ValueError("need data.shard_window >= 0 and data.shuffle_buffer >= 1")
-        if self.on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_sample must be 'error' or 'skip', got {self.on_bad_sample!r}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ValueError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
+        check_policy(self.on_bad_sample, self.max_bad_fraction)
 
 
 @dataclass

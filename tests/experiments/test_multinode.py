@@ -269,6 +269,27 @@ def test_slurm_knows_every_scripts_run_directory(script, stubs):
     assert f"run directory {output_dir}:" in proc.stderr
 
 
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(REPO)) for p in REPO.glob("*/scripts/*.sh")
+                                    if "source scripts/nodes.sh" in p.read_text()))
+def test_every_launch_script_names_its_run_directory_without_launching(script, stubs):
+    """PRINT_OUTPUT_DIR=1 (scripts/nodes.sh): the script prints OUT, else its default (an evaluation script without
+    one: an empty line), and starts nothing. The default itself: test_slurm_knows_every_scripts_run_directory."""
+    env, log = stubs
+    for extra, expected in (({}, None), ({"OUT": "/shared/run"}, "/shared/run\n")):
+        proc = subprocess.run(["bash", script], cwd=REPO, env={**env, **extra, "PRINT_OUTPUT_DIR": "1"},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.count("\n") == 1, (proc.returncode, proc.stdout, proc.stderr)
+        assert expected is None or proc.stdout == expected
+    assert not log.exists()  # no launcher started
+
+
+def test_slurm_refuses_a_script_that_cannot_name_its_run_directory(stubs):
+    env, log = stubs
+    proc = _sbatch("LLaMA-2", "LLaMA-2/scripts/alpaca_chat_7b.sh", _job_env(env))
+    assert proc.returncode == 2 and "does not source scripts/nodes.sh" in proc.stderr, proc.stderr
+    assert not log.exists()
+
+
 def test_slurm_resume_rule(stubs, tmp_path):
     env, log = stubs
     script = "LLaMA-2/scripts/frozen_7b.sh"

@@ -81,3 +81,20 @@ def test_a_worker_error_is_one_line(tmp_path):
     assert "Original Traceback" in str(info.value)  # torch re-raised it with the worker's traceback ...
     line = user_message(info.value)  # ... which the entry points drop
     assert line.startswith("cannot read the image file of entry 0 of ") and "\n" not in line, line
+
+
+def test_the_policy_counts_distinct_ids_and_checks_its_settings():
+    """The one policy of every CLIP training set (tempnet.data.bad_samples): an id counts once however often it
+    is met, in one call or many; the fraction and the settings are checked where the config checks them."""
+    from tempnet.data.bad_samples import BadSample, BadSamples, check_policy
+
+    bad = BadSamples("skip", num_ids=20, data_size=20, max_fraction=0.5)
+    bad.add([3, 3, 4, 17], "first")
+    bad.add(4, "again")
+    assert len(bad) == 3 and 4 in bad and 17 in bad and 5 not in bad
+    with pytest.raises(BadSample, match=r"^11 of 20 samples are bad, more than data.max_bad_fraction=0.5; the last: x$"):
+        bad.add(range(10), "x")  # 0..9 holds 3 and 4 already: 8 new
+    with pytest.raises(ValueError, match=r"data.on_bad_sample must be 'error' or 'skip', got 'ignore'"):
+        check_policy("ignore", 0.1)
+    with pytest.raises(ValueError, match=r"data.max_bad_fraction must lie in \[0, 1\], got 2"):
+        BadSamples("skip", 4, 4, 2)
