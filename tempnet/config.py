@@ -2,7 +2,10 @@
 
 Each experiment defines one tree of dataclasses (a docstring under each field, checks in
 `__post_init__`); `load_config` merges the three layers, then builds the tree so every
-`__post_init__` sees the final values. Unknown keys are errors that list the valid ones.
+`__post_init__` sees the final values. Unknown keys are errors that list the valid ones; a key an older
+version used gives one error naming its new name (the root class's `RENAMED`: {"old.key": "new.key"}).
+A loaded config is never changed: `derive` makes a new one (e.g. with the paths a run generated), and
+`with_defaults` gives a tree its own defaults for fields defined once in a shared class.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import yaml
 
 from tempnet.errors import ConfigError
 
-__all__ = ["load_config", "config_to_dict", "save_config", "parse_overrides", "config_diff"]
+__all__ = ["load_config", "config_to_dict", "save_config", "parse_overrides", "config_diff", "derive",
+           "with_defaults"]
 
 T = TypeVar("T")
 
@@ -183,7 +187,39 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = _merge(data, loaded)
     data = _merge(data, parse_overrides(overrides))
+    _refuse_renamed(data, getattr(cls, "RENAMED", {}))
     return _build(cls, data, "")
+
+
+def _refuse_renamed(data: dict, renamed: dict[str, str]) -> None:
+    """A ConfigError for the first key of `data` (dotted) that `renamed` maps to its new name."""
+    for old, new in renamed.items():
+        node = data
+        for part in old.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise ConfigError(f"config key {old} was renamed to {new}")
+
+
+def derive(cfg: T, changes: dict[str, dict]) -> T:
+    """A new config tree: `cfg` with `changes` ({"section": {"field": value}}) applied, every `__post_init__`
+    run again. `cfg` itself is left as it was loaded (a trainer derives the paths it generates this way)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)
+                                       for section, values in changes.items()})
+
+
+def with_defaults(cls: type[T], **defaults) -> type[T]:
+    """A dataclass subclass of `cls` whose named fields default to `defaults`; their type, docstring and
+    checks stay `cls`'s. Subclass it to give one config tree its own defaults for fields both trees share."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(defaults) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+    body = {"__annotations__": {name: hints[name] for name in defaults}, "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__, "__doc__": cls.__doc__, **defaults}
+    return dataclasses.dataclass(type(cls.__name__, (cls,), body))
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

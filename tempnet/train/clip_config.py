@@ -2,8 +2,8 @@
 `__post_init__`. The paper's settings live in Bimodal-CL/configs/*.yaml, not here.
 
 Load with `tempnet.config.load_config(BimodalConfig, yaml_path, ["loss=clip", "train.epochs=3"])`.
-The section and field names are the LLM trainer's where the concept is the same (`optim.lr`,
-`optim.min_lr`, `train.precision`, `train.save_every`, `data.synthetic`, `tempnet.lr`).
+The `train` and `optim` fields the LLM trainer has too are defined once, in tempnet.train.run_config; other
+names are the LLM trainer's where the concept is the same (`data.synthetic`, `data.format`, `tempnet.lr`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from tempnet.config import with_defaults
 from tempnet.data.bad_samples import check_policy
 from tempnet.errors import ConfigError
 from tempnet.losses import CONTRASTIVE_LOSSES
 from tempnet.modules import TempNetPair, check_tau_range
-from tempnet.train.precision import PRECISIONS
+from tempnet.train import run_config
+from tempnet.train.run_config import BaseOptimConfig, BaseTrainConfig
 
 __all__ = ["LOSS_NAMES", "ImageTowerConfig", "TextTowerConfig", "ModelConfig", "DataConfig", "LossConfig",
            "ClipTempNetConfig", "OptimConfig", "TrainConfig", "RetrievalSetConfig", "ZeroShotSetConfig", "EvalConfig",
@@ -213,85 +215,49 @@ class ClipTempNetConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 8e-4
-    """Peak AdamW learning rate of the model."""
-    min_lr: float = 1e-5
-    """The cosine schedule ends at this learning rate."""
-    warmup_steps: int = 2000
-    """Linear warm-up steps before the cosine decay."""
+class OptimConfig(with_defaults(BaseOptimConfig, lr=8e-4, min_lr=1e-5, weight_decay=0.02, betas=(0.9, 0.999),
+                                warmup_steps=2000, grad_clip=0.0)):
+    """The shared optimizer fields (tempnet.train.run_config) with this trainer's defaults, and the warm-up's
+    start and the schedule's unit."""
+
     warmup_start_lr: float = 0.0
     """The learning rate the warm-up starts from (the authors: 1e-5)."""
     schedule_unit: str = "step"
     """step: the cosine moves every step; epoch: once per epoch, constant within it (the authors' code)."""
-    weight_decay: float = 0.02
-    """AdamW weight decay of the model's matrices (biases and norms: 0)."""
-    betas: tuple[float, ...] = (0.9, 0.999)
-    """AdamW betas of the model."""
-    grad_clip: float = 0.0
-    """Clip the model's gradient norm to this (0 = no clipping; the TempNets are not clipped)."""
 
     def __post_init__(self):
-        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr or self.warmup_steps < 0:
-            raise ValueError(f"need optim.lr > 0, 0 <= optim.min_lr <= optim.lr and optim.warmup_steps >= 0, got "
-                             f"{self.lr}, {self.min_lr}, {self.warmup_steps}")
+        super().__post_init__()
         if self.schedule_unit not in ("step", "epoch"):
             raise ValueError(f"optim.schedule_unit must be 'step' or 'epoch', got {self.schedule_unit!r}")
         if not 0 <= self.warmup_start_lr <= self.lr:
             raise ValueError(f"optim.warmup_start_lr must lie in [0, optim.lr], got {self.warmup_start_lr}")
-        if self.grad_clip < 0 or self.weight_decay < 0 or len(self.betas) != 2:
-            raise ValueError("need optim.grad_clip >= 0, optim.weight_decay >= 0 and two optim.betas")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(with_defaults(BaseTrainConfig, precision="fp16", seed=42, log_every=50, save_every=0, keep_last=2)):
+    """The shared run settings (tempnet.train.run_config) with this trainer's defaults, and the run's length
+    in epochs and its per-process batch."""
+
     epochs: int = 30
     """Training epochs; the cosine schedule spans all of them."""
     batch_size: int = 128
-    """Pairs per GPU (process); the loss sees the global batch of world_size x batch_size."""
-    precision: str = "fp16"
-    """fp32, fp16 (autocast + GradScaler) or bf16 (autocast)."""
-    seed: int = 42
-    """Seeds the model init, the data order and the augmentation."""
-    log_every: int = 50
-    """Write metrics.jsonl every this many steps."""
-    save_every: int = 0
-    """Also checkpoint every this many steps inside an epoch (0 = only at epoch ends)."""
-    keep_last: int = 2
-    """Keep the newest this many checkpoints (0 = all)."""
+    """Pairs per GPU (process) per step; the loss sees the global batch of world_size x batch_size."""
     stop_after_epochs: int = 0
     """Stop after this epoch with its checkpoint written, as if the job died there (0 = run to the end)."""
-    stop_after_steps: Optional[int] = None
-    """Stop after this global step with a checkpoint written (mid-epoch crash; null = off)."""
-    save_every_minutes: Optional[float] = None
-    """Also checkpoint when this many minutes passed since the last checkpoint (hard time limits; null = off)."""
-    find_unused_parameters: bool = False
-    """Passed to DDP; needed by text towers with unused parameters (e.g. BERT's pooler)."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files to OUTPUT_DIR/tensorboard."""
-    progress_bar: bool = True
-    """Show a tqdm progress bar on rank 0."""
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise ValueError("need train.epochs >= 1, train.batch_size >= 1 and train.log_every >= 1")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.stop_after_epochs < 0 or self.save_every < 0:
-            raise ValueError("train.stop_after_epochs and train.save_every must be >= 0")
-        if self.stop_after_steps is not None and self.stop_after_steps < 1:
-            raise ValueError(f"train.stop_after_steps must be >= 1 (null = off), got {self.stop_after_steps}")
-        if self.save_every_minutes is not None and not self.save_every_minutes > 0:
-            raise ValueError(f"train.save_every_minutes must be > 0 (null = off), got {self.save_every_minutes}")
+        super().__post_init__()
+        if self.epochs < 1 or self.batch_size < 1 or self.stop_after_epochs < 0:
+            raise ValueError(f"need train.epochs >= 1, train.batch_size >= 1 and train.stop_after_epochs >= 0, got "
+                             f"{self.epochs}, {self.batch_size}, {self.stop_after_epochs}")
 
 
 #: Fields that may change when a run is resumed (everything else is what was trained).
-RESUME_SAFE = ("train.epochs", "train.stop_after_epochs", "train.stop_after_steps", "train.log_every",
-               "train.save_every", "train.save_every_minutes", "train.keep_last", "train.tensorboard",
-               "train.progress_bar", "data.num_workers",
-               "data.on_bad_sample", "data.max_bad_fraction",  # a run stopped by a bad image may resume with skip
-               "data.train_shards", "data.train_index",  # the shards' content is checked (shard_list_hash), not paths
-               "eval")
+RESUME_SAFE = run_config.RESUME_SAFE + (
+    "train.epochs", "train.stop_after_epochs", "data.num_workers",
+    "data.on_bad_sample", "data.max_bad_fraction",  # a run stopped by a bad image may resume with skip
+    "data.train_shards", "data.train_index",  # the shards' content is checked (shard_list_hash), not paths
+    "eval")
 
 
 @dataclass
@@ -335,9 +301,9 @@ class EvalConfig:
     def __post_init__(self):
         self.retrieval = [s if isinstance(s, RetrievalSetConfig) else RetrievalSetConfig(**s) for s in self.retrieval]
         self.zeroshot = [s if isinstance(s, ZeroShotSetConfig) else ZeroShotSetConfig(**s) for s in self.zeroshot]
-        names = [s.name for s in self.retrieval] + [s.name for s in self.zeroshot]
-        if any(not n for n in names) or len(set(names)) != len(names):
-            raise ValueError(f"every eval set needs a unique, non-empty name, got {names}")
+        for names in ([s.name for s in self.retrieval], [s.name for s in self.zeroshot]):  # metric keys: NAME/KEY,
+            if any(not n for n in names) or len(set(names)) != len(names):  # retrieval's and zero-shot's differ
+                raise ValueError(f"every eval set needs a non-empty name, unique among its kind, got {names}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("need eval.batch_size >= 1 and eval.num_workers >= 0")
 
@@ -361,6 +327,12 @@ class BimodalConfig:
     """Loop, batch size, precision, logging, checkpoints."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation sets."""
+
+    #: Keys of earlier versions: each is an error naming its new key (tempnet.config.load_config).
+    RENAMED = {"train.save_every_steps": "train.save_every", "train.lr": "optim.lr",
+               "train.min_lr_ratio": "optim.min_lr (an absolute learning rate, no longer a ratio of optim.lr)",
+               "train.warmup_steps": "optim.warmup_steps", "train.weight_decay": "optim.weight_decay",
+               "train.betas": "optim.betas", "train.grad_clip": "optim.grad_clip"}
 
     def check_runnable(self, world_size: int) -> None:
         """Checks that need the world size: called by the trainer before it builds anything."""

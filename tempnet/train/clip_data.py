@@ -32,6 +32,7 @@ from tempnet.data.shard_stream import ResampledShardStream
 from tempnet.data.synthetic_image_text import make_synthetic_image_text
 from tempnet.data.shards import (ShardedPairs, ShardIndex, ShardWindowSampler, build_index, check_same_content,
                                   read_index, write_index)
+from tempnet.config import derive
 from tempnet.errors import USER_ERRORS, ConfigError, UserError
 from tempnet.train.clip_config import RetrievalSetConfig, ZeroShotSetConfig
 from tempnet.train.signals import loader_worker_init
@@ -175,12 +176,14 @@ def check_inputs(cfg) -> None:
             raise FileNotFoundError(f"{what}: no such {kind}: {path}")
 
 
-def use_synthetic_data(cfg, out: Path) -> None:
-    """Generate the synthetic set (rank 0, others wait) and point training and evaluation at it."""
+def use_synthetic_data(cfg, out: Path):
+    """Generate the synthetic set (rank 0, others wait); returns the run's config: `cfg` with training and
+    evaluation pointed at the set (`cfg` itself is not changed)."""
     root = Path(out) / "synthetic_data"
     if tdist.is_main_process():
         make_synthetic_image_text(root, num_train=cfg.data.synthetic_pairs)
     tdist.barrier()
-    cfg.data.train_json, cfg.data.image_root = str(root / "train.json"), str(root)
-    cfg.eval.retrieval = [RetrievalSetConfig("synthetic", str(root / "retrieval.json"), str(root))]
-    cfg.eval.zeroshot = [ZeroShotSetConfig("synthetic", "folder", str(root / "zeroshot"))]
+    retrieval = RetrievalSetConfig("synthetic", str(root / "retrieval.json"), str(root))
+    zeroshot = ZeroShotSetConfig("synthetic", "folder", str(root / "zeroshot"))
+    return derive(cfg, {"data": {"train_json": str(root / "train.json"), "image_root": str(root)},
+                        "eval": {"retrieval": [retrieval], "zeroshot": [zeroshot]}})

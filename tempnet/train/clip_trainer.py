@@ -129,12 +129,12 @@ def evaluate(cfg: BimodalConfig, checkpoint: Path, out: Path, device: torch.devi
     info = {}
     if (path / "config.yaml").is_file():
         m = ckpt.load_yaml(path / "config.yaml")["model"]
-        cfg.model = ModelConfig(image=ImageTowerConfig(**m["image"]), text=TextTowerConfig(**m["text"]),
-                                embed_dim=m["embed_dim"], image_size=m["image_size"])
+        cfg = replace(cfg, model=ModelConfig(image=ImageTowerConfig(**m["image"]), text=TextTowerConfig(**m["text"]),
+                                             embed_dim=m["embed_dim"], image_size=m["image_size"]))
     if (path / "trainer_state.json").is_file():
         info = json.loads((path / "trainer_state.json").read_text())
     if cfg.data.synthetic:
-        use_synthetic_data(cfg, out)
+        cfg = use_synthetic_data(cfg, out)
     mcfg = replace(cfg.model, image=replace(cfg.model.image, pretrained=False),
                    text=replace(cfg.model.text, pretrained=False))  # the weights come from the checkpoint
     model, tokenizer = build_model(mcfg, device)
@@ -157,8 +157,8 @@ class ClipRun:
         cfg.check_runnable(self.world)  # inputs: start-of-run checks (tempnet.train.clip_config)
         t = cfg.train
         protocol.seed_everything(t.seed)  # the same initial weights on every rank
-        if cfg.data.synthetic:
-            use_synthetic_data(cfg, out)
+        if cfg.data.synthetic:  # the run's config: the loaded one pointed at the generated set
+            self.cfg = cfg = use_synthetic_data(cfg, out)
         self.model, self.tokenizer = build_model(cfg.model, device)
         self.data = build_train_data(cfg, self.rank, self.world, device, self.tokenizer, self.out)
         self.loader = self.data.loader  # (json: .dataset ImageTextPairs, .batch_sampler GlobalBatchSampler)
@@ -318,7 +318,7 @@ class ClipRun:
                     logger.log(pos["step"], metrics)
                 logger.advance()
                 stop = t.stop_after_steps is not None and pos["step"] >= t.stop_after_steps
-                periodic = (t.save_every and pos["step"] % t.save_every == 0) or run.time_due
+                periodic = t.periodic_save(pos["step"]) or run.time_due
                 if stop or periodic and pos["step_in_epoch"] < self.data.steps_per_epoch:  # else: the epoch's
                     run.save(pos["step"])                                                     # own save below
                 if stop:

@@ -2,6 +2,7 @@
 
 Defaults < the folder's YAML < `key.sub=value` on the command line (`tempnet.config.load_config`).
 Every field has a docstring; `__post_init__` rejects impossible values with a message naming the field.
+The `train` and `optim` fields the CLIP trainer has too are defined once, in tempnet.train.run_config.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tempnet.config import with_defaults
 from tempnet.errors import ConfigError
 from tempnet.integrations.families import causal_lm_types, config_class
 from tempnet.integrations.head import TempNetSettings
 from tempnet.losses.lm import OBJECTIVES
+from tempnet.train import run_config
 from tempnet.train.precision import PRECISIONS
+from tempnet.train.run_config import BaseOptimConfig, BaseTrainConfig
 
 __all__ = ["LMTrainConfig", "ModelConfig", "TempNetTrainSettings", "DataConfig", "OptimConfig", "TrainConfig",
            "EngineConfig", "MODES", "ARCHS", "ENGINES", "PRECISIONS", "RESUME_SAFE"]
@@ -116,76 +120,36 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 6e-4
-    """Peak learning rate of the language model."""
-    min_lr: float = 6e-5
-    """Learning rate at the end of the cosine decay (the model's groups)."""
-    weight_decay: float = 0.1
-    """AdamW weight decay of the language model's matrices (not biases, norms or TempNet)."""
-    betas: tuple = (0.9, 0.95)
-    """AdamW betas."""
+class OptimConfig(with_defaults(BaseOptimConfig, lr=6e-4, min_lr=6e-5, weight_decay=0.1, betas=(0.9, 0.95),
+                                grad_clip=1.0)):
+    """The shared optimizer fields (tempnet.train.run_config) with this trainer's defaults, and AdamW's eps."""
+
     eps: float = 1e-8
     """AdamW epsilon."""
-    warmup_steps: int = 0
-    """Linear warm-up steps before the cosine decay."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this value (0 disables)."""
-
-    def __post_init__(self):
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be positive, got {self.lr}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"optim.min_lr must lie in [0, optim.lr={self.lr}], got {self.min_lr}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
-        if self.weight_decay < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("optim.weight_decay, optim.warmup_steps and optim.grad_clip must be >= 0")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(with_defaults(BaseTrainConfig, seed=1234, save_every=1000, keep_last=3)):
+    """The shared run settings (tempnet.train.run_config) with this trainer's defaults, and the run's length
+    and batch in optimizer steps."""
+
     max_steps: int = 50_000
     """Optimizer steps of the whole run (the schedule spans them)."""
-    stop_after_steps: Optional[int] = None
-    """Stop after this step with a checkpoint written, as if the run crashed (tests resume from it)."""
     micro_batch_size: int = 4
     """Examples per rank per forward pass."""
     global_batch_size: int = 16
     """Examples per optimizer step over all ranks: micro_batch_size x world size x accumulation steps."""
-    precision: str = "fp32"
-    """fp32, fp16 (autocast + loss scaling) or bf16 (autocast)."""
-    seed: int = 1234
-    """Seed of the model initialisation, data order and dropout."""
-    log_every: int = 1
-    """Log every this many steps (rank 0: console, metrics.jsonl, TensorBoard)."""
-    save_every: int = 1000
-    """Write a checkpoint every this many steps (and at stop_after_steps / the end)."""
-    save_every_minutes: Optional[float] = None
-    """Also checkpoint when this many minutes passed since the last checkpoint (hard time limits; null = off)."""
-    keep_last: int = 3
-    """Keep the newest K checkpoints (<= 0 keeps all)."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files to OUTPUT_DIR/tensorboard."""
-    progress_bar: bool = True
-    """Show a tqdm progress bar on rank 0."""
-    find_unused_parameters: bool = False
-    """DDP only: tolerate parameters without gradient."""
 
     def __post_init__(self):
-        _choice(self.precision, PRECISIONS, "train.precision")
-        if self.save_every_minutes is not None and not self.save_every_minutes > 0:
-            raise ValueError(f"train.save_every_minutes must be > 0 (null = off), got {self.save_every_minutes}")
+        super().__post_init__()
         if self.max_steps < 1:
             raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
-        if self.stop_after_steps is not None and not 1 <= self.stop_after_steps <= self.max_steps:
+        if self.stop_after_steps is not None and not self.stop_after_steps <= self.max_steps:
             raise ValueError(f"train.stop_after_steps must lie in [1, train.max_steps={self.max_steps}], "
                              f"got {self.stop_after_steps}")
         if self.micro_batch_size < 1 or self.global_batch_size % self.micro_batch_size:
             raise ValueError(f"train.global_batch_size={self.global_batch_size} must be a positive multiple of "
                              f"train.micro_batch_size={self.micro_batch_size}")
-        if self.log_every < 1 or self.save_every < 1:
-            raise ValueError("train.log_every and train.save_every must be >= 1")
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per rank per optimizer step, with a clear error if the batch does not divide."""
@@ -244,9 +208,7 @@ class TempNetTrainSettings(TempNetSettings):
 
 
 #: Fields that may change when a run is resumed (everything else is what was trained).
-RESUME_SAFE = ("train.max_steps", "train.stop_after_steps", "train.log_every", "train.save_every",
-               "train.save_every_minutes", "train.keep_last",
-               "train.tensorboard", "train.progress_bar", "data.num_workers", "data.num_proc", "data.cache_dir")
+RESUME_SAFE = run_config.RESUME_SAFE + ("train.max_steps", "data.num_workers", "data.num_proc", "data.cache_dir")
 
 
 @dataclass
@@ -265,6 +227,10 @@ class LMTrainConfig:
     """Loop, batch sizes, precision, checkpoints, logging."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """Distributed engine."""
+
+    #: Keys of earlier versions: each is an error naming its new key (tempnet.config.load_config).
+    RENAMED = {"optim.tempnet_lr": "tempnet.lr", "debug.synthetic": "data.synthetic",
+               "debug.num_documents": "data.synthetic_documents", "debug.vocab_size": "data.synthetic_vocab_size"}
 
     def __post_init__(self):
         _choice(self.objective, tuple(OBJECTIVES), "objective")

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from tempnet.config import config_to_dict, save_config
+from tempnet.config import config_to_dict, derive, save_config
 from tempnet.data.lm import IGNORE_INDEX, build_token_cache, open_token_cache
 from tempnet.data.sampler import StepBatchSampler
 from tempnet.distributed import (all_reduce_max, all_reduce_mean, all_reduce_min, barrier, destroy, is_main_process,
@@ -93,10 +93,8 @@ class _Run:
         self.world, self.rank = world_size_and_rank()
         protocol.seed_everything(cfg.train.seed)
         with main_process_first():
-            if cfg.data.synthetic:
-                for section, values in prepare_debug_assets(cfg, output_dir).items():
-                    for key, value in values.items():
-                        setattr(getattr(cfg, section), key, value)
+            if cfg.data.synthetic:  # the run's config: the loaded one with the generated paths
+                self.cfg = cfg = derive(cfg, prepare_debug_assets(cfg, output_dir))
             # before anything is written: a refused resume (config, world size) changes nothing
             self.point = protocol.resume_point(output_dir, config_to_dict(cfg), RESUME_SAFE) if resume else None
             self.tokenizer = load_tokenizer(cfg)
@@ -190,7 +188,7 @@ class _Run:
                     run.check()
                     metrics = logger.log(step, self._metrics(terms, tokens, grad_norm, time.perf_counter() - t0))
                 logger.advance()
-                if step % cfg.train.save_every == 0 or step == last or run.time_due:
+                if cfg.train.periodic_save(step) or step == last or run.time_due:
                     run.save(step)
                 if run.signum:
                     run.preempt(step)

@@ -224,7 +224,10 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
                                       "tempnet.rho=3.0 and tempnet.target_entropy=2.0 are exclusive"),
         "lm_target_entropy_above_log_v": (gpt2("za6", good, "tempnet.rho=null", "tempnet.target_entropy=9.0"),
                                           "tempnet.target_entropy must lie in (0, log V = 5.951]"),
+        "lm_renamed_key": (gpt2("zc", good, "optim.tempnet_lr=1e-4"), "config key optim.tempnet_lr was renamed to tempnet.lr"),
         # CLIP trainer
+        "clip_renamed_key": (clip_run("zd", "train.json", "train.save_every_steps=5"),
+                             "config key train.save_every_steps was renamed to train.save_every"),
         "clip_annotations_not_json": (clip_run("q", "not_json.json"), "cannot parse annotation file"),
         "clip_caption_number": (clip_run("r", "caption_number.json"),
                                 f"entry 3 of {clip / 'caption_number.json'} has a caption that is not a string: 7"),
