@@ -382,6 +382,7 @@ def tempnet_model_from_config(base_config: PreTrainedConfig, **settings) -> Temp
     settings: TempNetConfig fields (objective, rho, tau, tau_min, tau_max, hidden_size, dropout).
     """
     cls = tempnet_class_for(base_config.model_type)
+    base_config = families.text_section(base_config, cls.config_class)  # (a multimodal family's text config)
     data = {k: v for k, v in base_config.to_dict().items() if k not in ("model_type", "transformers_version")}
     stored = getattr(base_config, "tempnet", None)
     tempnet = (TempNetConfig.from_dict(stored) if stored else TempNetConfig()).replace(**settings)
