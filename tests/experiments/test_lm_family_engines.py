@@ -40,7 +40,25 @@ RUNS = [("qwen2", "frozen", "zero1", True), ("gemma2", "finetune", "zero1", Fals
         ("gemma2", "frozen", "accelerate", True), ("qwen2", "finetune", "accelerate", False)]
 
 
+def _debug_assets_first(out, family: str, mode: str) -> None:
+    """The debug base model, tokenizer and corpus made by a 1-process run and copied into OUT/debug_assets.
+
+    Under ZeRO-3, a 2-process run that makes them itself hangs: rank 0 builds the base model alone (the other
+    rank waits at the barrier) while transformers' HfDeepSpeedConfig is live, so zero.Init partitions it with
+    collectives rank 1 never joins (the LLaMA debug configs' bug, not a family's: tempnet/train/lm_debug.py)."""
+    import shutil
+    import sys
+
+    if not (out / "debug_assets").exists():
+        prep = out.parent / f"{out.name}_assets"
+        run([sys.executable, *train_cmd(MODES[mode], prep, *FAMILIES[family], "train.max_steps=1",
+                                        "train.save_every=1", "train.progress_bar=false")])
+        shutil.copytree(prep / "debug_assets", out / "debug_assets")
+
+
 def _launch(engine: str, out, family: str, mode: str, *extra: str, resume: bool = False):
+    if engine == "zero3":
+        _debug_assets_first(out, family, mode)
     args = train_cmd(MODES[mode], out, *COMMON, *FAMILIES[family], *ENGINES[engine], *extra, resume=resume)
     if engine == "accelerate":
         launcher = accelerate_launch(2, "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
