@@ -4,7 +4,8 @@ Qwen2 (the fused loss, except under ZeRO-3 where the full-logits path serves) an
 always the full-logits path), through the LLaMA debug configs with `model.arch` switched: LLaMA-2's (frozen:
 only TempNet trains) and LLaMA-1's (finetune: everything trains). Each of the 8 runs below is one engine on one
 family in one mode, chosen so that every engine meets both families and both modes (a Latin square, not the
-full product of 16: each run costs ~30 s here). Each run: finite losses, a `final/` checkpoint of its own
+full product of 16: the 8 runs, 3 resumes and 2 asset runs took ~15 min in all on
+a shared 2-core machine, 40-110 s a run). Each run: finite losses, a `final/` checkpoint of its own
 family that loads back through `tempnet_model_from_pretrained` with the logged run's weights (frozen: the base
 untouched, TempNet moved; finetune: both moved), and one run per engine kind resumes exactly from its
 checkpoint.
