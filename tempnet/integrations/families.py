@@ -18,8 +18,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 
 from tempnet.errors import ConfigError
 
-__all__ = ["SUFFIX", "causal_lm_types", "base_type", "check_causal_lm", "config_class", "derive", "class_names",
-           "install_lazy_types"]
+__all__ = ["SUFFIX", "causal_lm_types", "base_type", "check_causal_lm", "config_class", "text_section", "derive",
+           "class_names", "install_lazy_types"]
 
 #: Appended to a family's model_type in the config of its TempNet class.
 SUFFIX = "_tempnet"
@@ -49,8 +49,26 @@ def check_causal_lm(model_type: str) -> str:
 
 
 def config_class(model_type: str) -> type:
-    """The config class of a causal-LM family (its `model.base` keys are this class's)."""
-    return CONFIG_MAPPING[check_causal_lm(model_type)]
+    """The config class a causal-LM family's model is built from (its `model.base` keys are this class's): the
+    family's config, or its text section's class where the causal LM takes only that (see `_text_config_class`)."""
+    family = check_causal_lm(model_type)
+    return _text_config_class(family) or CONFIG_MAPPING[family]
+
+
+def _text_config_class(family: str) -> type | None:
+    """The text-section config class of a family whose causal LM is built from that section alone (e.g.
+    MllamaForCausalLM from MllamaTextConfig), else None: transformers' rule in AutoModelForCausalLM, where a
+    composite config whose `sub_configs["text_config"]` is the model's `config_class` is replaced by its
+    `get_text_config()`."""
+    config = CONFIG_MAPPING[family]
+    text = (getattr(config, "sub_configs", None) or {}).get("text_config")
+    return text if text is not None and MODEL_FOR_CAUSAL_LM_MAPPING[config].config_class is text else None
+
+
+def text_section(config, config_cls: type):
+    """`config` as a model of `config_cls` (a TempNet config class) is built from it: the text section of a
+    composite config when the family's causal LM takes only that, else `config` itself."""
+    return config if isinstance(config, config_cls.__mro__[1]) else config.get_text_config()
 
 
 def class_names(family: str) -> tuple[str, str]:
@@ -68,8 +86,8 @@ def derive(model_type: str, mixin: type, module: str) -> type:
     family = check_causal_lm(model_type)
     if family in _DERIVED:
         return _DERIVED[family]
-    config_base = CONFIG_MAPPING[family]
-    model_base = MODEL_FOR_CAUSAL_LM_MAPPING[config_base]
+    model_base = MODEL_FOR_CAUSAL_LM_MAPPING[CONFIG_MAPPING[family]]
+    config_base = config_class(family)  # (the text section's class for Mllama, Llama 4, Qwen 3.5, ...)
     config_name, model_name = class_names(family)
     config_cls = type(config_name, (config_base,), {
         "__module__": module, "__annotations__": {"tempnet": "dict | None"}, "tempnet": None,

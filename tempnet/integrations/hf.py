@@ -184,16 +184,18 @@ class TempNetCausalLMMixin:
         forward over 8 tokens, comparing the family's logits with what its LM head received and returned, and that
         with the plain linear map of the head's weight and bias (a head module with its own logit scale differs).
         """
-        verdict = self.__dict__.get("_fused_verdict")
-        if verdict is None:
-            verdict = self._fused_verdict = self._probe_fused_logits()
-            if not verdict:
-                logger.warning("%s: the family's forward does not return its LM head's output on the backbone's last "
-                               "hidden state, so the fused loss is not used (full-logits path)", type(self).__name__)
-        return verdict
+        return self.fused_loss_declined() is None
+
+    def fused_loss_declined(self) -> str | None:
+        """Why the fused loss would not see this family's own logits (see `fused_loss_reproduces_logits`), or None."""
+        if "_fused_verdict" not in self.__dict__:
+            reason = self._fused_verdict = self._probe_fused_logits()
+            if reason is not None:
+                logger.warning("%s: %s, so the fused loss is not used (full-logits path)", type(self).__name__, reason)
+        return self._fused_verdict
 
     @torch.no_grad()
-    def _probe_fused_logits(self) -> bool:
+    def _probe_fused_logits(self) -> str | None:
         seen: dict[str, torch.Tensor] = {}
         lm_head = self.get_output_embeddings()
         hooks = [self.base_model.register_forward_hook(lambda m, a, out: seen.update(hidden=out[0])),  # (None: no
@@ -207,11 +209,17 @@ class TempNetCausalLMMixin:
             for hook in hooks:
                 hook.remove()
             self.train(was_training)
-        if "head_in" not in seen or "hidden" not in seen:  # the forward does not call its LM head module
-            return False
+        if "head_in" not in seen or "hidden" not in seen:
+            return "the family's forward does not call its LM head module on its backbone's output"
+        if not torch.equal(seen["head_in"], seen["hidden"]):
+            return "the family's forward changes the backbone's last hidden state before its LM head"
         linear = F.linear(seen["head_in"], lm_head.weight, getattr(lm_head, "bias", None))  # what the fused op computes
-        return torch.equal(seen["head_in"], seen["hidden"]) and torch.equal(seen["head_out"], linear) and \
-            torch.equal(logits, seen["head_out"].to(logits.dtype))
+        if not torch.equal(seen["head_out"], linear):
+            return "the family's LM head is not the plain linear map of its weight and bias (e.g. its own logit scale)"
+        if not torch.equal(logits, seen["head_out"].to(logits.dtype)):
+            return ("the family's forward post-processes its LM head's output (e.g. Gemma 2's final_logit_softcapping "
+                    "or a logit multiplier)")
+        return None
 
     def _zero3_partitioned(self) -> bool:
         """True when DeepSpeed ZeRO-3 partitions the weights: the fused op reads the LM head's weight outside
@@ -382,6 +390,7 @@ def tempnet_model_from_config(base_config: PreTrainedConfig, **settings) -> Temp
     settings: TempNetConfig fields (objective, rho, tau, tau_min, tau_max, hidden_size, dropout).
     """
     cls = tempnet_class_for(base_config.model_type)
+    base_config = families.text_section(base_config, cls.config_class)  # (a multimodal family's text config)
     data = {k: v for k, v in base_config.to_dict().items() if k not in ("model_type", "transformers_version")}
     stored = getattr(base_config, "tempnet", None)
     tempnet = (TempNetConfig.from_dict(stored) if stored else TempNetConfig()).replace(**settings)

@@ -191,6 +191,10 @@ class TempNetTrainSettings(TempNetSettings):
     """Learning rate of the single learned temperature of objective=dro (the "DRO only" ablation row):
     its own group, constant, so tau can reach its DRO optimum within a run (at TempNet's 2e-6 it
     would hardly move)."""
+    fused_loss: Optional[bool] = None
+    """null (auto): the fused loss (`tempnet.ops.linear_tempnet_dro_loss`) where it reproduces the family's own
+    logits, else the full-logits path, said once; true: the fused loss or an error naming why the family (or
+    ZeRO-3) rules it out; false: the full-logits path."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -203,8 +207,10 @@ class TempNetTrainSettings(TempNetSettings):
                              f"{self.lr}, {self.global_lr}, {self.weight_decay}")
 
     def head(self) -> dict:
-        """Only the fields a checkpoint stores (TempNetSettings')."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TempNetSettings)}
+        """Only the fields a checkpoint stores (TempNetSettings'); fused_loss auto is stored as true (the model
+        takes the fused path only where it reproduces the family's logits)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TempNetSettings)}
+        return {**fields, "fused_loss": self.fused_loss is not False}
 
 
 #: Fields that may change when a run is resumed (everything else is what was trained).

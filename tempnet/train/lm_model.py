@@ -68,6 +68,22 @@ def _load_or_create(cfg, tokenizer):
                            **head_settings(cfg))
 
 
+def _check_fused_loss(model, fused_loss: bool | None) -> None:
+    """tempnet.fused_loss=true where the fused loss would not run: a ConfigError naming why (null falls back)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if fused_loss is not True:
+        return
+    if is_deepspeed_zero3_enabled():
+        raise ConfigError("tempnet.fused_loss=true: DeepSpeed ZeRO-3 partitions the LM head's weight, which the fused "
+                          "loss reads outside a module call; set tempnet.fused_loss=null (auto) or false")
+    reason = model.fused_loss_declined()
+    if reason is not None:
+        raise ConfigError(f"tempnet.fused_loss=true: {reason}, so the fused loss would train on other logits than "
+                          f"{model.config.model_type.removesuffix('_tempnet')}'s forward gives; set "
+                          "tempnet.fused_loss=null (auto: the full-logits path) or false")
+
+
 def build_model(cfg, tokenizer):
     """The TempNet causal LM for cfg.model.mode, on the CPU, in training mode.
 
@@ -91,6 +107,7 @@ def build_model(cfg, tokenizer):
             raise ConfigError(f"tempnet.{exc}") from None
         say(f"tempnet: rho = {model.tempnet_rho:.4f}, target entropy log V - rho = "
             f"{math.log(model.config.vocab_size) - model.tempnet_rho:.4f} nats (V = {model.config.vocab_size})")
+    _check_fused_loss(model, cfg.tempnet.fused_loss)
     if m.mode == "frozen":
         model.freeze_base()
     elif m.dtype not in (None, "float32") and cfg.engine.name != "deepspeed":

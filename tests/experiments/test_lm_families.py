@@ -1,18 +1,23 @@
 """Frozen TempNet on two non-LLaMA families through LLaMA-2/train.py (configs/debug.yaml, model.arch switched):
 Qwen2 (the fused loss) and Gemma 2 (soft-capped logits: the full-logits path). Each trains only TempNet on the
 frozen base, saves a checkpoint of its own family, resumes exactly, and 1- and 2-process runs of the same global
-batches agree (1e-5), as the LLaMA runs do (test_lm_llama2.py, test_lm_engines.py).
+batches agree (1e-5), as the LLaMA runs do (test_lm_llama2.py, test_lm_engines.py). On Gemma 2 the default
+`tempnet.fused_loss` (null: auto) falls back to the full-logits path and says so once; an explicit true stops
+with one error line naming the reason.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from helpers import run, torchrun
+from helpers import OFFLINE_ENV, REPO, run, torchrun
 from lm_runs import metrics, train, train_cmd
+from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +56,20 @@ def test_frozen_run_trains_only_tempnet_in_its_family(reference):
     assert all(torch.equal(v, state[k]) for k, v in base.items() if not k.startswith("tempnet."))
     assert not all(torch.equal(v, state[k]) for k, v in base.items() if k.startswith("tempnet."))  # TempNet trained
     # the fused loss where it reproduces the family's logits; Gemma 2's soft-capping takes the full-logits path
-    said = "fused loss is not used" in proc.stderr
-    assert said is (family == "gemma2"), proc.stderr[-2000:]
+    said = proc.stderr.count("fused loss is not used")
+    assert said == (family == "gemma2"), proc.stderr[-2000:]  # said once where the family declines it
+
+
+def test_an_explicit_fused_loss_on_a_family_that_declines_it_is_one_error_line(tmp_path):
+    """tempnet.fused_loss=true on Gemma 2 (soft-capped logits): exit 2, one `error:` line with the reason,
+    no run files (the default, auto, takes the full-logits path: test_frozen_run_trains_only_tempnet_in_its_family)."""
+    cmd = [sys.executable, *train_cmd("LLaMA-2", tmp_path, *_args("gemma2"), "tempnet.fused_loss=true")]
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert "tempnet.fused_loss=true: the family's forward post-processes its LM head's output" in line, line
+    assert "gemma2" in line and "tempnet.fused_loss=null" in line, line
+    assert not [p.name for p in tmp_path.glob("*") if p.name in RUN_FILES or p.name.startswith("checkpoint")]
 
 
 def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):

@@ -14,6 +14,8 @@ import torch
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from tempnet.integrations import families
+
 VOCAB = 160
 MAX_PARAMS = 400_000
 
@@ -62,16 +64,18 @@ def tiny_config(model_type: str):
         config = config_cls(**kwargs)
     except Exception as exc:  # noqa: BLE001 (the reason is reported)
         return None, f"config does not build with tiny sizes ({type(exc).__name__}: {str(exc)[:80]})"
+    # the causal LM of a multimodal family is built from the text section alone (transformers' rule, as the wrapper's)
+    own = config if isinstance(config, families.config_class(model_type)) else config.get_text_config()
     try:
         with torch.device("meta"):  # sized without memory: a family with an unshrunk size key stays large
-            count = parameter_count(MODEL_FOR_CAUSAL_LM_MAPPING[config_cls](config))
+            count = parameter_count(MODEL_FOR_CAUSAL_LM_MAPPING[config_cls](own))
     except Exception as exc:  # noqa: BLE001
         return None, f"model does not build with tiny sizes ({type(exc).__name__}: {str(exc)[:80]})"
     if count > MAX_PARAMS:
         return None, f"{count:,} parameters with every known size key shrunk (> {MAX_PARAMS:,})"
     try:  # the family's own model, without TempNet, must run and backpropagate on this config
         ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
-        MODEL_FOR_CAUSAL_LM_MAPPING[config_cls](config).eval()(input_ids=ids, labels=ids).loss.backward()
+        MODEL_FOR_CAUSAL_LM_MAPPING[config_cls](own).eval()(input_ids=ids, labels=ids).loss.backward()
     except Exception as exc:  # noqa: BLE001
         return None, f"the family's own model fails on the tiny config ({type(exc).__name__}: {str(exc)[:80]})"
     return config, None

@@ -1,0 +1,102 @@
+"""DeepSpeed ZeRO-1/2/3 and accelerate on two non-LLaMA families, frozen and finetune, 2 processes (gloo, CPU).
+
+Qwen2 (the fused loss, except under ZeRO-3 where the full-logits path serves) and Gemma 2 (soft-capped logits:
+always the full-logits path), through the LLaMA debug configs with `model.arch` switched: LLaMA-2's (frozen:
+only TempNet trains) and LLaMA-1's (finetune: everything trains). Each of the 8 runs below is one engine on one
+family in one mode, chosen so that every engine meets both families and both modes (a Latin square, not the
+full product of 16: the 8 runs, 3 resumes and 2 asset runs took ~15 min in all on
+a shared 2-core machine, 40-110 s a run). Each run: finite losses, a `final/` checkpoint of its own
+family that loads back through `tempnet_model_from_pretrained` with the logged run's weights (frozen: the base
+untouched, TempNet moved; finetune: both moved), and one run per engine kind resumes exactly from its
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from helpers import accelerate_launch, torchrun
+from lm_runs import metrics, run, train_cmd
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2", "train.progress_bar=false",
+          "train.tensorboard=false")
+FAMILIES = {"qwen2": ("model.arch=qwen2",),  # the debug LLaMA's model.base keys are Qwen2's and Gemma 2's too
+            "gemma2": ("model.arch=gemma2", "model.base.head_dim=32")}  # (final_logit_softcapping 30 by default)
+MODES = {"frozen": "LLaMA-2", "finetune": "LLaMA-1"}  # the folder whose debug.yaml is that mode
+ENGINES = {"zero1": ("engine.name=deepspeed", "engine.deepspeed_config=GPT_2/configs/ds_zero1.json"),
+           "zero2": ("engine.name=deepspeed", "engine.deepspeed_config=GPT_2/configs/ds_zero2.json"),
+           "zero3": ("engine.name=deepspeed", "engine.deepspeed_config=GPT_2/configs/ds_zero3.json"),
+           "accelerate": ("engine.name=accelerate",)}
+#: (family, mode, engine, resume too): each engine on both families and in both modes.
+RUNS = [("qwen2", "frozen", "zero1", True), ("gemma2", "finetune", "zero1", False),
+        ("qwen2", "finetune", "zero2", False), ("gemma2", "frozen", "zero2", False),
+        ("gemma2", "finetune", "zero3", True), ("qwen2", "frozen", "zero3", False),
+        ("gemma2", "frozen", "accelerate", True), ("qwen2", "finetune", "accelerate", False)]
+
+
+def _debug_assets_first(out, family: str, mode: str) -> None:
+    """The debug base model, tokenizer and corpus made by a 1-process run and copied into OUT/debug_assets.
+
+    Under ZeRO-3, a 2-process run that makes them itself hangs: rank 0 builds the base model alone (the other
+    rank waits at the barrier) while transformers' HfDeepSpeedConfig is live, so zero.Init partitions it with
+    collectives rank 1 never joins (the LLaMA debug configs' bug, not a family's: tempnet/train/lm_debug.py)."""
+    import shutil
+    import sys
+
+    if not (out / "debug_assets").exists():
+        prep = out.parent / f"{out.name}_assets"
+        run([sys.executable, *train_cmd(MODES[mode], prep, *FAMILIES[family], "train.max_steps=1",
+                                        "train.save_every=1", "train.progress_bar=false")])
+        shutil.copytree(prep / "debug_assets", out / "debug_assets")
+
+
+def _launch(engine: str, out, family: str, mode: str, *extra: str, resume: bool = False):
+    if engine == "zero3":
+        _debug_assets_first(out, family, mode)
+    args = train_cmd(MODES[mode], out, *COMMON, *FAMILIES[family], *ENGINES[engine], *extra, resume=resume)
+    if engine == "accelerate":
+        launcher = accelerate_launch(2, "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
+                                     "--dynamo_backend", "no")
+    else:
+        launcher = torchrun(2)
+    return run([*launcher, *args], timeout=600)
+
+
+@pytest.mark.parametrize("family,mode,engine,resume", RUNS, ids=[f"{f}-{m}-{e}" for f, m, e, _ in RUNS])
+def test_two_process_engine_run_of_a_family(family, mode, engine, resume, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tempnet.integrations.hf import tempnet_class_for, tempnet_model_from_pretrained
+
+    out = tmp_path / "run"
+    _launch(engine, out, family, mode)
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert all(math.isfinite(r[k]) for r in rows for k in ("loss", "ce", "tau_mean", "grad_norm")), rows
+    stored = json.loads((out / "final" / "config.json").read_text())
+    assert stored["model_type"] == f"{family}_tempnet" and stored["tempnet"]["rho"] == 3.0
+    final = tempnet_model_from_pretrained(out / "final")
+    assert type(final) is tempnet_class_for(family)
+    assert type(AutoModelForCausalLM.from_pretrained(out / "final")) is type(final)
+    start = tempnet_model_from_pretrained(out / "debug_assets" / f"base-{family}", fresh_tempnet=True).state_dict()
+    state = final.state_dict()
+    base_same = all(torch.equal(v, state[k]) for k, v in start.items() if not k.startswith("tempnet."))
+    assert base_same is (mode == "frozen"), "the base trains exactly when the mode is finetune"
+    assert not all(torch.equal(v, state[k]) for k, v in start.items() if k.startswith("tempnet."))  # TempNet trained
+    with torch.no_grad():  # the checkpoint runs: finite loss and tau from the saved weights
+        ids = torch.arange(3, 19)[None]
+        loaded = final.eval()(input_ids=ids, labels=ids)
+    assert torch.isfinite(loaded.loss) and bool((loaded.tau > 0).all())
+    if resume:  # stopped after step 2, resumed from checkpoint-2 with the same engine: the same losses
+        again = tmp_path / "resumed"
+        _launch(engine, again, family, mode, "train.stop_after_steps=2")
+        _launch(engine, again, family, mode, resume=True)
+        for key in ("loss", "ce", "tau_mean", "grad_norm"):
+            assert [r[key] for r in metrics(again)] == [r[key] for r in rows], key
