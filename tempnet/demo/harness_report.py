@@ -87,7 +87,8 @@ def plot_harness(harness: dict, path: Path) -> Path:
                 if cell is not None and cell.get(metric) is not None and math.isfinite(cell[metric]):
                     ys.append(i + 0.38 * (k - 0.5 * (len(settings) - 1)))
                     xs.append(cell[metric])
-                    errs.append(cell.get(f"{metric}_std") or 0)
+                    err = cell.get(f"{metric}_std") or 0
+                    errs.append(err if math.isfinite(err) else 0)  # a seed's blow-up: the mean's bar, no error bar
             ax.barh(ys, xs, xerr=errs, height=0.36, color=f"C{k}", label=setting)
         bayes = harness[settings[0]].get("bayes", {}).get(task, {}).get(metric)
         if bayes is not None:
@@ -97,7 +98,8 @@ def plot_harness(harness: dict, path: Path) -> Path:
         if metric in _LOWER_IS_BETTER:  # perplexities span orders of magnitude where a rule breaks
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xlim(0.8 * min(values + [bayes or math.inf]), 1.25 * max(values))
+            low = 0.8 * min(values + [bayes or math.inf])  # a rule's blow-up (1e254) runs off the axis at 1e4 x low
+            ax.set_xlim(low, min(1.25 * max(values), 1e4 * low))
         else:
             ax.set_xlim(0.0, 1.08 * max(values + [bayes or 0.0]) + 1e-9)  # bars start at 0
         ax.set_yticks(range(len(methods)), methods if ax is axes[0][0] else [""] * len(methods), fontsize=8)

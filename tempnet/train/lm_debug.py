@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -94,6 +95,20 @@ def train_tokenizer(arch: str, texts: list[str], vocab_size: int, target: Path) 
     tmp.rename(target)
 
 
+@contextmanager
+def _without_zero3():
+    """Rank 0 builds the debug base model alone (the others wait at a barrier), so not under a live ZeRO-3
+    config: transformers' zero.Init would partition it with collectives the other ranks never join."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    live = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers' one handle on the live config
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = live
+
+
 def save_base_model(arch: str, base: dict, tokenizer_dir: Path, seed: int, target: Path) -> None:
     """A random plain Hugging Face causal LM (no TempNet) standing in for a pretrained checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -105,7 +120,8 @@ def save_base_model(arch: str, base: dict, tokenizer_dir: Path, seed: int, targe
     torch.manual_seed(seed)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
+    with _without_zero3():
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
     tok.save_pretrained(tmp)
     tmp.rename(target)
 
