@@ -1,8 +1,8 @@
 """The engines: one optimizer step for both trainers, and the LLM trainer's three distributed back-ends.
 
 `OptimizerStep` is the update every trainer runs after its forward: the loss scaled into backward (fp16), then
-for a list of optimizers unscale, clip (each its own norm), step (a step whose gradients are not finite is
-skipped by the GradScaler, which lowers its scale: `skipped`), scheduler, zero_grad. The CLIP trainer runs it on
+for a list of optimizers unscale, clip (each its own norm), step (the GradScaler skips the update of an
+optimizer whose gradients are not finite and lowers its scale: `skipped`), scheduler, zero_grad. The CLIP trainer runs it on
 its model's and its TempNets' optimizers under `wrap_ddp`; the LLM engine `ddp` is the same step around one.
 
 The LLM trainer's loop is the same for all three back-ends; an engine owns what differs between them:
