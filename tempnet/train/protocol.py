@@ -1,12 +1,12 @@
 """The run protocol both trainers follow, in the order a run meets it.
 
     with running(output_dir, resume, overwrite, check_inputs) as (out, preemption):  # signals, lock, directory
-        seed_everything(seed)                                        # then the trainer builds its objects
-        point = resume_point(out, config, RESUME_SAFE)               # (resume) checks only: a refused resume
-        ...                                                          #   writes nothing
+        seed_everything(cfg.train.seed)
+        point = resume_point(out, config_to_dict(cfg), RESUME_SAFE)  # (--resume) checks only: writes nothing
+        ...                                                          # the trainer builds data, model, optimizers
         with Protocol.start(out, cfg, point, device, trainer, preemption, total_steps, description) as run:
-            for step in ...:                                         # restored, config.yaml, logger: step 1 on
-                ... the trainer's optimizer step ...
+            for step in ...:                                         # (restored, config.yaml written, logger open)
+                ...                                                  # the trainer's optimizer step
                 run.end_step(step, loss, grad_norm, skipped, metrics=..., save=...)
 
 `trainer` is what the protocol asks of a trainer: `write_files(dir)` (its rank's checkpoint files),
