@@ -230,6 +230,7 @@ class ClipRun:
             taus = dict(zip(("tau_image", "tau_text"), self.ddp_tempnets(img, txt)))  # [B] each
         out = self.criterion(img, txt, image_ids, text_ids, **taus)
         lr = self.sched.get_last_lr()[0]  # this step's, before the schedule moves
+        self.update.zero_grad()  # (the last step's gradients stay until now, for inspection)
         self.update.backward(out["loss"] * self.world)  # each rank holds the full global loss; DDP averages
         norms = self.update.step()
         self.skipped = self.update.skipped  # fp16 dropped this update

@@ -2,8 +2,10 @@
 
 `OptimizerStep` is the update every trainer runs after its forward: the loss scaled into backward (fp16), then
 for a list of optimizers unscale, clip (each its own norm), step (the GradScaler skips the update of an
-optimizer whose gradients are not finite and lowers its scale: `skipped`), scheduler, zero_grad. The CLIP trainer runs it on
-its model's and its TempNets' optimizers under `wrap_ddp`; the LLM engine `ddp` is the same step around one.
+optimizer whose gradients are not finite and lowers its scale: `skipped`), scheduler. `zero_grad()` clears
+the gradients: the LLM engine right after the step, the CLIP step before its backward (kept for inspection).
+The CLIP trainer runs it on its model's and its TempNets' optimizers under `wrap_ddp`; the LLM engine `ddp`
+is the same step around one optimizer.
 
 The LLM trainer's loop is the same for all three back-ends; an engine owns what differs between them:
 process-group set-up, wrapping, mixed precision, gradient accumulation, clipping, checkpoint
@@ -62,8 +64,12 @@ class OptimizerStep:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
+    def zero_grad(self) -> None:
+        for s in self.stepped:
+            s.optimizer.zero_grad(set_to_none=True)
+
     def step(self) -> list[torch.Tensor]:
-        """Unscale, clip, step optimizers, scaler and schedules, zero the gradients; returns each optimizer's
+        """Unscale, clip, step optimizers, scaler and schedules; returns each optimizer's
         gradient norm before clipping (device tensors: reading one is the caller's synchronisation).
         `skipped` then tells whether fp16 dropped the update (the scale drops on a skip; None without fp16)."""
         for s in self.stepped:
@@ -77,7 +83,6 @@ class OptimizerStep:
         for s in self.stepped:
             if s.scheduler is not None:
                 s.scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
         return norms
 
 
@@ -139,8 +144,10 @@ class DDPEngine:
         self.update.backward(loss / self.accum)
 
     def step(self) -> torch.Tensor:
-        """The OptimizerStep; returns the gradient norm before clipping."""
-        return self.update.step()[0]
+        """The OptimizerStep, then zero_grad; returns the gradient norm before clipping."""
+        norm = self.update.step()[0]
+        self.update.zero_grad()
+        return norm
 
     def save(self, path: Path) -> None:
         if is_main_process():

@@ -90,6 +90,8 @@ def test_each_optimizer_is_clipped_by_its_own_norm_and_only_given_schedules_move
     for p, q, g in zip(b.parameters(), before_b, grads_b):  # unclipped: lr x its own gradient
         assert torch.allclose(p.detach(), q - 0.1 * g)
     assert opt_a.param_groups[0]["lr"] == 0.05 and opt_b.param_groups[0]["lr"] == 0.1
+    assert all(p.grad is not None for p in [*a.parameters(), *b.parameters()])  # kept until zero_grad
+    update.zero_grad()
     assert all(p.grad is None for p in [*a.parameters(), *b.parameters()])
     assert update.skipped is None  # no loss scaling in fp32
 
@@ -105,6 +107,7 @@ def test_fp16_skips_the_update_of_an_optimizer_with_non_finite_gradients_and_say
     assert bool(update.skipped)  # the scale dropped
     assert all(torch.equal(p.detach(), q) for p, q in zip(a.parameters(), before[a]))  # a: skipped
     assert not any(torch.equal(p.detach(), q) for p, q in zip(b.parameters(), before[b]))  # b's own check passed
+    update.zero_grad()
     update.backward(sum(p.sum() for m in (a, b) for p in m.parameters()))  # finite: taken
     update.step()
     assert not bool(update.skipped) and not torch.equal(next(a.parameters()).detach(), before[a][0])
