@@ -11,7 +11,7 @@
         config.yaml            the config that wrote it
         COMPLETE               written last: a JSON manifest {file: size} of everything above
 
-A checkpoint is written as `checkpoint-<step>.tmp/` and renamed when complete (tempnet.train.run), so a
+A checkpoint is written as `checkpoint-<step>.tmp/` and renamed when complete (tempnet.train.protocol), so a
 crash mid-write leaves a `.tmp` directory that resume skips and the next save or prune removes.
 
 A run never silently reuses a directory: without `--resume` a directory holding a run is refused

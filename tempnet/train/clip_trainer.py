@@ -9,9 +9,10 @@
 DIR/eval.json (latest evaluation; history in DIR/eval_log.jsonl) and DIR/checkpoint-<step>/ in the layout
 of tempnet.train.checkpoint (model.safetensors, tempnets.safetensors, optimizer.pt with the per-sample loss
 state, rng_state_<rank>.pt, trainer_state.json), written, resumed and guarded by the run protocol
-(tempnet.train.run: lock, preemption, divergence guard, full-disk errors) shared with the LLM trainer.
-Every rank computes the same global-batch loss (the
-losses gather features), so the loss is multiplied by the world size before DDP averages the gradients.
+(tempnet.train.protocol: lock, preemption, resuming, config.yaml, logging, divergence guard, full-disk errors)
+shared with the LLM trainer, as is the optimizer step (tempnet.train.engines.OptimizerStep). Every rank
+computes the same global-batch loss (the losses gather features), so the loss is multiplied by the world size
+before DDP averages the gradients.
 """
 
 from __future__ import annotations
@@ -24,29 +25,27 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tempnet import distributed as tdist
-from tempnet.config import config_to_dict, save_config
+from tempnet.config import config_to_dict
 from tempnet.data.image_text import RetrievalSet
 from tempnet.data.image_transforms import center_crop_transform, eval_transform
 from tempnet.data.zeroshot_sets import build_zeroshot_set
 from tempnet.losses import CONTRASTIVE_LOSSES
 from tempnet.losses.sample_state import cosine_gamma, set_gamma
 from tempnet.train import checkpoint as ckpt
-from tempnet.train import run as protocol
+from tempnet.train import protocol
 from tempnet.train.best import keep_if_best
 from tempnet.train.cli import build_parser, parse, run_trainer
 from tempnet.train.clip_data import build_train_data, check_inputs, use_synthetic_data
-from tempnet.train.divergence import scale_of
+from tempnet.train.engines import OptimizerStep, Stepped, wrap_ddp
 from tempnet.train.logging import append_jsonl, rewind_jsonl
 from tempnet.train.clip_config import RESUME_SAFE, BimodalConfig, ImageTowerConfig, ModelConfig, TextTowerConfig
 from tempnet.train.clip_eval import evaluate_retrieval, evaluate_zeroshot
 from tempnet.modules import TempNetPair
 from tempnet.train.clip_model import DualEncoder, build_image_tower, build_text_tower, build_tokenizer
-from tempnet.train.logging import MetricsLogger
 from tempnet.train.optim import decay_groups, warmup_cosine
-from tempnet.train.precision import autocast, grad_scaler
+from tempnet.train.precision import autocast
 from tempnet.train.signals import Preemption
 
 __all__ = ["main", "cli", "train", "evaluate", "ClipRun", "use_synthetic_data", "keep_if_best"]
@@ -151,7 +150,7 @@ class ClipRun:
     """Everything a run needs (data, model, TempNets, loss, optimizers, DDP wrappers); `step` is one
     optimisation step, `save` / `load` the checkpoint, `fit` the loop."""
 
-    def __init__(self, cfg: BimodalConfig, out: Path, device: torch.device):
+    def __init__(self, cfg: BimodalConfig, out: Path, device: torch.device, resume: bool = False):
         self.cfg, self.out, self.device = cfg, Path(out), device
         self.world, self.rank = tdist.world_size_and_rank()
         cfg.check_runnable(self.world)  # inputs: start-of-run checks (tempnet.train.clip_config)
@@ -159,6 +158,8 @@ class ClipRun:
         protocol.seed_everything(t.seed)  # the same initial weights on every rank
         if cfg.data.synthetic:  # the run's config: the loaded one pointed at the generated set
             self.cfg = cfg = use_synthetic_data(cfg, out)
+        # checks only, before the model is built: a refused resume (config, world size) changes no file
+        self.point = protocol.resume_point(self.out, config_to_dict(cfg), RESUME_SAFE) if resume else None
         self.model, self.tokenizer = build_model(cfg.model, device)
         self.data = build_train_data(cfg, self.rank, self.world, device, self.tokenizer, self.out)
         self.loader = self.data.loader  # (json: .dataset ImageTextPairs, .batch_sampler GlobalBatchSampler)
@@ -169,10 +170,13 @@ class ClipRun:
         self.criterion = loss_cls.from_config(cfg.loss_args, self.data.num_samples)
         self.criterion.to(device)
         self._build_optimizers(self.data.steps_per_epoch)
-        self.scaler = grad_scaler(device, t.precision)
-        self.ddp_model = DDP(self.model, find_unused_parameters=t.find_unused_parameters) if self.world > 1 \
-            else self.model
-        self.ddp_tempnets = DDP(self.tempnets) if self.world > 1 and self.tempnets is not None else self.tempnets
+        stepped = [Stepped(self.opt, self.sched, cfg.optim.grad_clip, list(self.model.parameters()))]
+        if self.opt_t is not None:  # its schedule moves once per epoch (`_end_epoch_schedules`)
+            stepped.append(Stepped(self.opt_t))
+        self.update = OptimizerStep(device, t.precision, stepped)
+        self.scaler = self.update.scaler
+        self.ddp_model = wrap_ddp(self.model, device, t.find_unused_parameters)
+        self.ddp_tempnets = wrap_ddp(self.tempnets, device) if self.tempnets is not None else None
         self.pos = {"epoch": 0, "step": 0, "step_in_epoch": 0}
         self.skipped = None
 
@@ -212,30 +216,15 @@ class ClipRun:
                 self.tempnets.init_from_first_batch(img, txt, partial(self.model, images, ids, mask, normalize=False))
             taus = dict(zip(("tau_image", "tau_text"), self.ddp_tempnets(img, txt)))  # [B] each
         out = self.criterion(img, txt, image_ids, text_ids, **taus)
-        loss = out["loss"]
-        opts = [o for o in (self.opt, self.opt_t) if o is not None]
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        self.scaler.scale(loss * self.world).backward()  # each rank holds the full global loss; DDP averages
-        for o in opts:
-            self.scaler.unscale_(o)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = self.cfg.optim.grad_clip
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0
-                     else torch.nn.utils.get_total_norm([p.grad for p in params]))
-        metrics = {**{k: v.detach() if torch.is_tensor(v) else v for k, v in out.items()},
-                   "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm,
-                   "bad_samples": self.dataset.num_bad()}  # inputs: entries replaced so far (this rank's count)
+        lr = self.sched.get_last_lr()[0]  # this step's, before the schedule moves
+        self.update.zero_grad()  # (the last step's gradients stay until now, for inspection)
+        self.update.backward(out["loss"] * self.world)  # each rank holds the full global loss; DDP averages
+        norms = self.update.step()
+        self.skipped = self.update.skipped  # fp16 dropped this update
+        metrics = {**{k: v.detach() if torch.is_tensor(v) else v for k, v in out.items()}, "lr": lr,
+                   "grad_norm": norms[0], "bad_samples": self.dataset.num_bad()}  # entries replaced (this rank's)
         if self.opt_t is not None:
-            metrics["lr_tempnet"] = self.opt_t.param_groups[0]["lr"]
-            metrics["grad_norm_tempnet"] = torch.nn.utils.get_total_norm(
-                [p.grad for p in self.tempnets.parameters() if p.grad is not None])
-        before = scale_of(self.scaler)
-        for o in opts:
-            self.scaler.step(o)
-        self.scaler.update()
-        self.skipped = None if before is None else scale_of(self.scaler) < before  # fp16 dropped this update
-        self.sched.step()
+            metrics.update(lr_tempnet=self.opt_t.param_groups[0]["lr"], grad_norm_tempnet=norms[1])
         return metrics
 
     # ---- checkpoints (written by the protocol: temporary directory, manifest, rename) --------------
@@ -251,7 +240,11 @@ class ClipRun:
         return {**self.pos, **self.data.state(), "world_size": self.world}
 
     def load(self, point: protocol.ResumePoint) -> None:
-        """Restore everything a checkpoint holds (the data position into self.pos)."""
+        """Restore everything a checkpoint holds, the RNG state included."""
+        protocol.restore(point, self.load_files)
+
+    def load_files(self, point: protocol.ResumePoint) -> None:
+        """Restore the files `write_files` wrote (the data position into self.pos)."""
         path = point.path
         self.data.check_state(point.state, path)
         self.model.load_state_dict(ckpt.load_weights(path / "model.safetensors", self.device))
@@ -260,33 +253,20 @@ class ClipRun:
         stored = ckpt.load_state(path / "optimizer.pt", "cpu")  # the per-sample state may stay on the host
         for key, obj in self._stateful().items():
             obj.load_state_dict(stored[key])
-        ckpt.load_rng(path, self.rank)
         self.pos.update({k: int(point.state[k]) for k in ("epoch", "step", "step_in_epoch")})
-        protocol.say(f"resumed from {path}")
 
     # ---- the loop --------------------------------------------------------------------------------
-    def fit(self, resume: bool, preemption: Preemption) -> dict | None:
+    def fit(self, preemption: Preemption) -> dict | None:
         """Epochs of `step`, evaluation and a checkpoint at each epoch end; returns the last evaluation."""
-        cfg, t = self.cfg, self.cfg.train
-        # checks only: a refused resume (config, world size) changes no file
-        point = protocol.resume_point(self.out, config_to_dict(cfg), RESUME_SAFE) if resume else None
-        if point is not None:
-            self.load(point)
-            protocol.rewind_run_files(self.out, point.step)
-        if self.rank == 0:
-            save_config(cfg, self.out / "config.yaml")
-            self.data.write_files()
-        run = protocol.Protocol(self.out, self.device, self.write_files, self.trainer_state, cfg, t.keep_last,
-                                t.save_every_minutes, point.path if point else None, preemption)
-        logger = MetricsLogger(self.out, tensorboard=t.tensorboard, resume_step=point.step if point else None,
-                               total_steps=t.epochs * self.data.steps_per_epoch, progress_bar=t.progress_bar,
-                               description=f"{cfg.loss} [ddp x{self.world}]")
-        try:
+        cfg, point = self.cfg, self.point
+        with protocol.Protocol.start(self.out, cfg, point, self.device, self, preemption,
+                                     cfg.train.epochs * self.data.steps_per_epoch,
+                                     f"{cfg.loss} [ddp x{self.world}]") as run:
+            if self.rank == 0:
+                self.data.write_files()
             if point is not None and cfg.eval.select_best:
                 self._select_best_of(point.path)  # an epoch whose checkpoint was saved but not yet compared
-            return self._epochs(run, logger)
-        finally:
-            logger.close()
+            return self._epochs(run)
 
     def _select_best_of(self, path: Path) -> None:
         """The best-checkpoint rule for checkpoint `path`, from its epoch's row of eval_log.jsonl."""
@@ -297,7 +277,7 @@ class ClipRun:
                 keep_if_best(self.out, path, rows[-1], self.cfg.eval.select_best)
         tdist.barrier()
 
-    def _epochs(self, run: protocol.Protocol, logger: MetricsLogger) -> dict | None:
+    def _epochs(self, run: protocol.Protocol) -> dict | None:
         cfg, t, pos = self.cfg, self.cfg.train, self.pos
         evals = EvalSets(cfg, self.device) if self.rank == 0 else None
         record = None
@@ -311,20 +291,16 @@ class ClipRun:
                 metrics = self.step(batch)
                 pos["step"] += 1
                 pos["step_in_epoch"] += 1
-                run.after_step(pos["step"], metrics["loss"], metrics["grad_norm"], self.skipped)
-                if pos["step"] % t.log_every == 0 or pos["step"] == 1:
-                    run.check()
-                    metrics.update(epoch=epoch, sec_per_step=(time.time() - tic) / (pos["step_in_epoch"] - first))
-                    logger.log(pos["step"], metrics)
-                logger.advance()
-                stop = t.stop_after_steps is not None and pos["step"] >= t.stop_after_steps
-                periodic = t.periodic_save(pos["step"]) or run.time_due
-                if stop or periodic and pos["step_in_epoch"] < self.data.steps_per_epoch:  # else: the epoch's
-                    run.save(pos["step"])                                                     # own save below
+                step, epoch_end = pos["step"], pos["step_in_epoch"] >= self.data.steps_per_epoch
+                log = (lambda: {**metrics, "epoch": epoch, "sec_per_step": (time.time() - tic) / (
+                    pos["step_in_epoch"] - first)}) if step % t.log_every == 0 or step == 1 else None
+                stop = t.stop_after_steps is not None and step >= t.stop_after_steps
+                periodic = t.periodic_save(step)
+                # the epoch's end saves (and preempts) below, after its evaluation
+                run.end_step(step, metrics["loss"], metrics["grad_norm"], self.skipped, metrics=log,
+                             save=stop or periodic and not epoch_end, hold=stop or epoch_end)
                 if stop:
                     return record
-                if run.signum and pos["step_in_epoch"] < self.data.steps_per_epoch:  # else: after the epoch's
-                    run.preempt(pos["step"])                                          # evaluation and save
             pos["epoch"], pos["step_in_epoch"] = epoch + 1, 0
             self._end_epoch_schedules()
             run.check()  # a diverged model is neither evaluated nor saved
@@ -351,9 +327,5 @@ class ClipRun:
 def train(cfg: BimodalConfig, output_dir: str | Path, device: torch.device, resume: bool = False,
           overwrite: bool = False) -> dict | None:
     """Run (or resume) one training run in `output_dir`; returns the last evaluation record."""
-    with Preemption() as preemption:  # before anything is written: a signal in start-up ends in a checkpoint
-        out, lock = protocol.open_run(output_dir, resume, overwrite, lambda: check_inputs(cfg))
-        try:
-            return ClipRun(cfg, out, device).fit(resume, preemption)
-        finally:
-            protocol.release(lock)
+    with protocol.running(output_dir, resume, overwrite, lambda: check_inputs(cfg)) as (out, preemption):
+        return ClipRun(cfg, out, device, resume).fit(preemption)

@@ -1,12 +1,19 @@
-"""Distributed engines of the LLM trainer: one small interface over DDP, DeepSpeed and accelerate.
+"""The engines: one optimizer step for both trainers, and the LLM trainer's three distributed back-ends.
 
-The trainer's loop is the same for all three; an engine owns what differs between them:
+`OptimizerStep` is the update every trainer runs after its forward: the loss scaled into backward (fp16), then
+for a list of optimizers unscale, clip (each its own norm), step (the GradScaler skips the update of an
+optimizer whose gradients are not finite and lowers its scale: `skipped`), scheduler. `zero_grad()` clears
+the gradients: the LLM engine right after the step, the CLIP step before its backward (kept for inspection).
+The CLIP trainer runs it on its model's and its TempNets' optimizers under `wrap_ddp`; the LLM engine `ddp`
+is the same step around one optimizer.
+
+The LLM trainer's loop is the same for all three back-ends; an engine owns what differs between them:
 process-group set-up, wrapping, mixed precision, gradient accumulation, clipping, checkpoint
 files and gathering the final weights. Per optimizer step the trainer calls, for each of the
 `accum` micro-batches, `with engine.micro_batch(last): out = engine.forward(batch); engine.backward(out.loss)`,
 then `engine.step()`. Each engine scales the loss by 1 / accum itself.
 
-  ddp         torch DDP (or a bare module in one process); torch.autocast + GradScaler; torch.save files.
+  ddp         torch DDP (or a bare module in one process); torch.autocast + OptimizerStep; torch.save files.
   deepspeed   deepspeed.initialize with the folder's ZeRO JSON ("auto" fields filled from the config),
               a torch AdamW passed in (no fused_adam build); save_checkpoint / load_checkpoint.
   accelerate  Accelerator (FSDP when `accelerate launch --config_file fsdp.yaml` asks for it on GPUs);
@@ -19,6 +26,7 @@ import contextlib
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +38,68 @@ from tempnet.train.checkpoint import load_state, load_weights, save_state, save_
 from tempnet.train.divergence import scale_of
 from tempnet.train.precision import autocast, grad_scaler
 
-__all__ = ["build_engine", "DDPEngine", "DeepSpeedEngine", "AccelerateEngine", "fill_deepspeed_config"]
+__all__ = ["Stepped", "OptimizerStep", "wrap_ddp", "build_engine", "DDPEngine", "DeepSpeedEngine",
+           "AccelerateEngine", "fill_deepspeed_config"]
+
+
+@dataclass
+class Stepped:
+    """One optimizer of an `OptimizerStep`."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object = None
+    """Stepped after every update (None: the trainer steps its own, e.g. once per epoch)."""
+    clip: float = 0.0
+    """The largest gradient norm (<= 0: not clipped; the norm is still measured)."""
+    params: list | None = None
+    """Whose gradients the norm covers, in the order they are summed (default: the optimizer's groups')."""
+
+
+class OptimizerStep:
+    """`backward(loss)` then `step()` for a list of optimizers under one GradScaler (enabled for fp16)."""
+
+    def __init__(self, device: torch.device, precision: str, stepped: list[Stepped]):
+        self.scaler, self.stepped, self.skipped = grad_scaler(device, precision), stepped, None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def zero_grad(self) -> None:
+        for s in self.stepped:
+            s.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> list[torch.Tensor]:
+        """Unscale, clip, step optimizers, scaler and schedules; returns each optimizer's
+        gradient norm before clipping (device tensors: reading one is the caller's synchronisation).
+        `skipped` then tells whether fp16 dropped the update (the scale drops on a skip; None without fp16)."""
+        for s in self.stepped:
+            self.scaler.unscale_(s.optimizer)
+        norms = [_grad_norm(s) for s in self.stepped]
+        before = scale_of(self.scaler)
+        for s in self.stepped:
+            self.scaler.step(s.optimizer)
+        self.scaler.update()
+        self.skipped = None if before is None else scale_of(self.scaler) < before
+        for s in self.stepped:
+            if s.scheduler is not None:
+                s.scheduler.step()
+        return norms
+
+
+def _grad_norm(s: Stepped) -> torch.Tensor:
+    params = s.params if s.params is not None else [p for g in s.optimizer.param_groups for p in g["params"]]
+    if s.clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, s.clip).detach()
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).detach()
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
+    """DistributedDataParallel over the process group, or the module itself in one process."""
+    if world_size_and_rank()[0] == 1:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
+
 
 def _trainable_state(model: nn.Module, frozen: bool) -> dict:
     """The whole state dict, or in frozen mode only the trainable parameters (the base is reloaded from its path)."""
@@ -50,15 +119,16 @@ class DDPEngine:
         self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         self.accum, self.clip, self.frozen = accum, cfg.optim.grad_clip, cfg.model.mode == "frozen"
         self.precision, self.find_unused = cfg.train.precision, cfg.train.find_unused_parameters
-        self.scaler = grad_scaler(self.device, self.precision)
-        self.skipped = None
 
     def prepare(self, model: nn.Module, optimizer, scheduler) -> None:
         self.unwrapped, self.optimizer, self.scheduler = model.to(self.device), optimizer, scheduler
-        if world_size_and_rank()[0] > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.find_unused)
-        self.model = model
+        self.model = wrap_ddp(model, self.device, self.find_unused)
+        self.update = OptimizerStep(self.device, self.precision, [Stepped(optimizer, scheduler, self.clip)])
+        self.scaler = self.update.scaler
+
+    @property
+    def skipped(self) -> torch.Tensor | None:
+        return self.update.skipped
 
     def micro_batch(self, last: bool):
         """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
@@ -71,21 +141,13 @@ class DDPEngine:
             return self.model(**batch)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss / self.accum).backward()
+        self.update.backward(loss / self.accum)
 
     def step(self) -> torch.Tensor:
-        """Unscale, clip, step optimizer, scaler and schedule; returns the gradient norm before clipping (a
-        device tensor: reading it is the caller's synchronisation). `skipped` tells whether fp16 dropped it."""
-        self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.clip if self.clip > 0 else float("inf"))
-        before = scale_of(self.scaler)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.skipped = None if before is None else scale_of(self.scaler) < before  # the scale drops on a skip
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm.detach()
+        """The OptimizerStep, then zero_grad; returns the gradient norm before clipping."""
+        norm = self.update.step()[0]
+        self.update.zero_grad()
+        return norm
 
     def save(self, path: Path) -> None:
         if is_main_process():

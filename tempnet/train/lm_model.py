@@ -11,7 +11,7 @@ import math
 
 from tempnet.errors import ConfigError, check_model_path
 from tempnet.train.inputs import load_pretrained
-from tempnet.train.run import say
+from tempnet.train.protocol import say
 
 __all__ = ["load_tokenizer", "build_model", "head_settings"]
 

@@ -7,8 +7,8 @@ A run writes DIR/config.yaml (the resolved config), DIR/metrics.jsonl (+ DIR/ten
 DIR/checkpoint-<step>/ (the newest train.keep_last of them) and, once train.max_steps are done,
 DIR/final/ (save_pretrained: loadable by the Hugging Face integration and lm-eval). Every rank runs
 the same code; rank 0 alone writes logs and shared files. The engine (tempnet.train.engines) hides
-DDP / DeepSpeed / accelerate; the run directory, lock, preemption, divergence guard and checkpoint
-writing are the run protocol's (tempnet.train.run), shared with the CLIP trainer.
+DDP / DeepSpeed / accelerate; the run directory, lock, preemption, resuming, config.yaml, logging, divergence
+guard and checkpoint writing are the run protocol's (tempnet.train.protocol), shared with the CLIP trainer.
 """
 
 from __future__ import annotations
@@ -21,24 +21,22 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from tempnet.config import config_to_dict, derive, save_config
+from tempnet.config import config_to_dict, derive
 from tempnet.data.lm import IGNORE_INDEX, build_token_cache, open_token_cache
 from tempnet.data.sampler import StepBatchSampler
 from tempnet.distributed import (all_reduce_max, all_reduce_mean, all_reduce_min, barrier, destroy, is_main_process,
                                  main_process_first, world_size_and_rank)
 from tempnet.errors import check_model_path
-from tempnet.train import checkpoint as ckpt
-from tempnet.train import run as protocol
+from tempnet.train import protocol
 from tempnet.train.cli import build_parser, parse, run_trainer
 from tempnet.train.engines import build_engine
 from tempnet.train.lm_config import RESUME_SAFE, LMTrainConfig
 from tempnet.train.lm_debug import prepare_debug_assets
 from tempnet.train.lm_model import build_model, load_tokenizer
 from tempnet.train.optim import build_lm_optimizer, build_lm_scheduler
-from tempnet.train.logging import MetricsLogger
 from tempnet.train.signals import Preemption, loader_worker_init
 
-__all__ = ["main", "train", "cli"]
+__all__ = ["main", "train", "cli", "LMRun"]
 
 
 def main(argv: Sequence[str] | None = None, default_config: str | Path | None = None,
@@ -74,18 +72,16 @@ def train(cfg: LMTrainConfig, output_dir: str | Path, resume: bool = False, over
     """Run (or resume) one training run; returns the last logged metrics."""
     cfg.check_runnable()
     check_inputs(cfg)
-    engine, lock = build_engine(cfg), None
-    with Preemption() as preemption:  # before anything is written: a signal in start-up ends in checkpoint-1
-        try:
-            out, lock = protocol.open_run(output_dir, resume, overwrite, lambda: check_inputs(cfg))
-            return _Run(cfg, out, engine, resume).fit(preemption)
-        finally:
-            protocol.release(lock)
-            engine.close()
-            destroy()
+    engine = build_engine(cfg)
+    try:
+        with protocol.running(output_dir, resume, overwrite, lambda: check_inputs(cfg)) as (out, preemption):
+            return LMRun(cfg, out, engine, resume).fit(preemption)
+    finally:
+        engine.close()
+        destroy()
 
 
-class _Run:
+class LMRun:
     """One run's state: data, model, engine, logger; `fit` is the loop."""
 
     def __init__(self, cfg: LMTrainConfig, output_dir: Path, engine, resume: bool):
@@ -102,8 +98,6 @@ class _Run:
         self.dataset = open_token_cache(cache, cfg.data)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and in every run
         model = build_model(cfg, self.tokenizer)
-        if is_main_process():  # inputs: written once data, tokenizer and model passed their checks
-            save_config(cfg, output_dir / "config.yaml")
         optimizer = build_lm_optimizer(model, cfg.optim, cfg.tempnet)
         engine.prepare(model, optimizer, build_lm_scheduler(optimizer, cfg.optim, cfg.tempnet, cfg.train.max_steps))
         torch.manual_seed(cfg.train.seed + 1 + self.rank)  # dropout streams differ between ranks
@@ -113,12 +107,11 @@ class _Run:
         return {"step": step, "world_size": self.world, "engine": self.engine.name,
                 "samples_seen": step * self.cfg.train.global_batch_size}
 
-    def load(self) -> int:
-        path = self.point.path
-        self.engine.load(path)
-        ckpt.load_rng(path, self.rank)
-        protocol.say(f"resumed from {path}")
-        return self.point.step
+    def write_files(self, path: Path) -> None:
+        self.engine.save(path)
+
+    def load_files(self, point: protocol.ResumePoint) -> None:
+        self.engine.load(point.path)
 
     # ---- metrics ---------------------------------------------------------------------------------
     def _metrics(self, terms: list[dict], tokens: torch.Tensor, grad_norm, seconds: float) -> dict:
@@ -140,11 +133,10 @@ class _Run:
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self, preemption: Preemption) -> dict:
-        cfg, engine, resume = self.cfg, self.engine, self.resume
-        start = self.load() if resume else 0
-        run = protocol.Protocol(self.out, engine.device, engine.save, self.trainer_state, cfg, cfg.train.keep_last,
-                                cfg.train.save_every_minutes, self.point.path if resume else None, preemption)
-        metrics = self._loop(run, start)
+        cfg, engine = self.cfg, self.engine
+        with protocol.Protocol.start(self.out, cfg, self.point, engine.device, self, preemption, cfg.train.max_steps,
+                                     f"{cfg.objective} [{engine.name} x{self.world}]") as run:
+            metrics = self._loop(run, self.point.step if self.point else 0)
         if (cfg.train.stop_after_steps or cfg.train.max_steps) == cfg.train.max_steps:
             run.check()
             final = self.out / "final"
@@ -158,7 +150,7 @@ class _Run:
         return metrics
 
     def _loop(self, run: protocol.Protocol, start: int) -> dict:
-        cfg, engine, resume = self.cfg, self.engine, self.resume
+        cfg, engine = self.cfg, self.engine
         last = cfg.train.stop_after_steps or cfg.train.max_steps  # null: run to max_steps
         sampler = StepBatchSampler(len(self.dataset), cfg.train.micro_batch_size, engine.accum, self.world, self.rank,
                                    cfg.train.seed, start, cfg.train.max_steps)
@@ -166,9 +158,6 @@ class _Run:
         batches = iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                   pin_memory=engine.device.type == "cuda", generator=torch.Generator(),
                                   worker_init_fn=loader_worker_init))
-        logger = MetricsLogger(self.out, tensorboard=cfg.train.tensorboard, resume_step=start if resume else None,
-                               total_steps=cfg.train.max_steps, progress_bar=cfg.train.progress_bar,
-                               description=f"{cfg.objective} [{engine.name} x{self.world}]")
         metrics: dict = {}
         try:
             for step in range(start + 1, last + 1):
@@ -183,16 +172,10 @@ class _Run:
                     losses.append(out.loss.detach())
                     tokens += (batch["labels"] != IGNORE_INDEX).sum()
                 grad_norm = engine.step()
-                run.after_step(step, torch.stack(losses), grad_norm, engine.skipped)
-                if step % cfg.train.log_every == 0 or step == last:
-                    run.check()
-                    metrics = logger.log(step, self._metrics(terms, tokens, grad_norm, time.perf_counter() - t0))
-                logger.advance()
-                if cfg.train.periodic_save(step) or step == last or run.time_due:
-                    run.save(step)
-                if run.signum:
-                    run.preempt(step)
+                log = (lambda: self._metrics(terms, tokens, grad_norm, time.perf_counter() - t0)) \
+                    if step % cfg.train.log_every == 0 or step == last else None
+                metrics = run.end_step(step, torch.stack(losses), grad_norm, engine.skipped, metrics=log,
+                                       save=cfg.train.periodic_save(step) or step == last) or metrics
         finally:
-            logger.close()
             del batches  # shuts its workers down now, not when a traceback that holds this frame goes
         return metrics

@@ -42,7 +42,7 @@ elif point == "best":  # die when checkpoint-WHERE is copied to checkpoint-best.
     best._write_json = write_json
 elif point == "nan":  # the update of step WHERE leaves every weight NaN (not a save step): step WHERE+1 diverges
     import torch
-    import tempnet.train.run as run
+    import tempnet.train.protocol as run
     optimizers, init, after_step = [], torch.optim.Optimizer.__init__, run.Protocol.after_step
     def recording_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
@@ -93,7 +93,7 @@ else:  # SIG[:rank1][:twice]: the signal to the job in step WHERE (updated, not 
         logging.MetricsLogger.log = signalling_log
     if "twice" in options:
         import time
-        import tempnet.train.run as run
+        import tempnet.train.protocol as run
         release = run.release
         def signalling_release(lock):
             if os.environ.get("RANK", "0") == "0":

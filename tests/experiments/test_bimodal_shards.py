@@ -160,7 +160,7 @@ def test_a_resume_keeps_host_state_off_the_device(tmp_path, monkeypatch):
     so a state that passed through it could not be copied back)."""
     from tempnet.config import config_to_dict
     from tempnet.train import checkpoint as ckpt
-    from tempnet.train import run as protocol
+    from tempnet.train import protocol
     from tempnet.train.cli import build_parser, parse
     from tempnet.train.clip_config import RESUME_SAFE, BimodalConfig
     from tempnet.train.clip_trainer import ClipRun

@@ -75,7 +75,7 @@ def test_per_sample_state_round_trips_through_the_trainer_checkpoint(loss, tmp_p
     """Every loss with per-sample state: 2 steps, the trainer's save, a fresh trainer's load; the criterion's
     whole state (key set typed here) and the TempNets come back equal, and the next step is the same."""
     from tempnet.config import config_to_dict, load_config
-    from tempnet.train import run as protocol
+    from tempnet.train import protocol
     from tempnet.train.clip_config import RESUME_SAFE, BimodalConfig
     from tempnet.train.clip_trainer import ClipRun
 

@@ -20,7 +20,7 @@ from tempnet.train.checkpoint import checkpoint_dir, mark_complete, prepare_outp
 from tempnet.train.divergence import MAX_SKIPPED_STEPS, DivergenceGuard, Diverged
 from tempnet.train.lock import RunLock
 from tempnet.train.logging import MetricsLogger, rewind_jsonl
-from tempnet.train.run import no_space_error
+from tempnet.train.protocol import no_space_error
 
 
 # ---- lock --------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_the_second_signal_window(when, status, printed):
 
 
 def test_the_wall_clock_cadence_asks_for_a_save(tmp_path):
-    from tempnet.train.run import Protocol
+    from tempnet.train.protocol import Protocol
 
     run = Protocol(tmp_path, "cpu", lambda path: None, lambda step: {}, None, 1, save_every_minutes=2)
     now = [run._last_save]

@@ -1,9 +1,17 @@
-"""The run protocol both trainers follow: prepare and lock the output directory, resume, save, rewind.
+"""The run protocol both trainers follow, in the order a run meets it.
 
-    out, lock = open_run(output_dir, resume, overwrite, check_inputs)   # every rank; rank 0 locks
-    point = resume_point(out, config, RESUME_SAFE)                   # checks only: a refused resume writes nothing
-    ... rewind_run_files(out, point.step) ...                        # then the metric files match the checkpoint
-    path = save_checkpoint(out, step, write_files, trainer_state, cfg, keep_last)
+    with running(output_dir, resume, overwrite, check_inputs) as (out, preemption):  # signals, lock, directory
+        seed_everything(cfg.train.seed)
+        point = resume_point(out, config_to_dict(cfg), RESUME_SAFE)  # (--resume) checks only: writes nothing
+        ...                                                          # the trainer builds data, model, optimizers
+        with Protocol.start(out, cfg, point, device, trainer, preemption, total_steps, description) as run:
+            for step in ...:                                         # (restored, config.yaml written, logger open)
+                ...                                                  # the trainer's optimizer step
+                run.end_step(step, loss, grad_norm, skipped, metrics=..., save=...)
+
+`trainer` is what the protocol asks of a trainer: `write_files(dir)` (its rank's checkpoint files),
+`load_files(point)` (read them back) and `trainer_state(step)` (trainer_state.json). The step end is one
+sequence for both: divergence guard and signals -> check and log -> progress -> save -> preempt.
 
 A checkpoint is written into `checkpoint-<step>.tmp/`, its COMPLETE manifest last, and renamed to
 `checkpoint-<step>/` only then, so the previous checkpoint is never touched by a write that fails (a full
@@ -13,6 +21,7 @@ layout inside is tempnet.train.checkpoint's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,7 +30,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -31,11 +40,13 @@ from tempnet.distributed import is_main_process, max_over_ranks, world_size_and_
 from tempnet.errors import USER_ERRORS, UserError
 from tempnet.train import checkpoint as ckpt
 from tempnet.train.best import BEST_FILE, finish_best_update
+from tempnet.train.divergence import DivergenceGuard
 from tempnet.train.lock import RunLock
-from tempnet.train.logging import rewind_jsonl
+from tempnet.train.logging import MetricsLogger, rewind_jsonl
+from tempnet.train.signals import Preempted, Preemption
 
-__all__ = ["seed_everything", "open_run", "ResumePoint", "resume_point", "rewind_run_files", "save_checkpoint",
-           "no_space_error", "say", "release"]
+__all__ = ["running", "seed_everything", "open_run", "release", "ResumePoint", "resume_point", "restore",
+           "rewind_run_files", "save_checkpoint", "no_space_error", "say", "Protocol"]
 
 #: Below this many free bytes a failed write is taken for a full disk (torch.save reports one as
 #: "RuntimeError: ... unexpected pos", without errno).
@@ -93,6 +104,20 @@ def open_run(output_dir: str | Path, resume: bool, overwrite: bool,
     return out, lock
 
 
+@contextlib.contextmanager
+def running(output_dir: str | Path, resume: bool, overwrite: bool,
+            check_inputs: Callable[[], None] = lambda: None) -> Iterator[tuple[Path, Preemption]]:
+    """A run's frame: signals are watched from before anything is written (a signal during start-up ends in
+    the first step's checkpoint), the directory is opened and locked (`open_run`), and released at the end.
+    Yields (the run directory, the installed Preemption)."""
+    with Preemption() as preemption:
+        out, lock = open_run(output_dir, resume, overwrite, check_inputs)
+        try:
+            yield out, preemption
+        finally:
+            release(lock)
+
+
 @dataclass
 class ResumePoint:
     path: Path
@@ -113,6 +138,15 @@ def resume_point(out: Path, config: dict, safe: Iterable[str]) -> ResumePoint:
     path = ckpt.latest_checkpoint(out)
     ckpt.check_resume(ckpt.load_yaml(path / "config.yaml"), config, safe, path)
     return ResumePoint(path, ckpt.read_trainer_state(path, world_size_and_rank()[0]))
+
+
+def restore(point: ResumePoint, load_files: Callable[[ResumePoint], None]) -> int:
+    """Load a resume point: the trainer's files (`load_files`), then the RNG state saved with them (last, so
+    nothing loaded after it draws from the streams). Returns the step to continue after."""
+    load_files(point)
+    ckpt.load_rng(point.path, world_size_and_rank()[1])
+    say(f"resumed from {point.path}")
+    return point.step
 
 
 def rewind_run_files(out: Path, step: int) -> None:
@@ -196,12 +230,13 @@ def release(lock: RunLock | None) -> None:
 
 
 class Protocol:
-    """A training loop's side of the protocol: the divergence guard, preemption and every save.
+    """A training loop's side of the protocol: the divergence guard, preemption, the logger and every save.
 
-    Per optimizer step the loop calls `after_step(step, loss, grad_norm, skipped)` (device arithmetic and
-    one tiny CPU all-reduce: the ranks agree on a signal and on the wall-clock cadence), `check()` where it
-    logs, `save(step)` for its periodic checkpoints, and `preempt(step)` when `signum` is set: that saves
-    (unless this step just was) and raises Preempted. Every save first runs the divergence check.
+    `Protocol.start` opens it at a run's first step. Per optimizer step the loop calls `end_step`, which is
+    `after_step(step, loss, grad_norm, skipped)` (device arithmetic and one tiny CPU all-reduce: the ranks
+    agree on a signal and on the wall-clock cadence), then on logging steps `check()` and the log, then
+    `save(step)` when the loop asks or the wall clock is due, then `preempt(step)` when `signum` is set: that
+    saves (unless this step just was) and raises Preempted. Every save first runs the divergence check.
     `preemption` is the trainer's installed tempnet.train.signals.Preemption (none: signals are not watched).
     """
 
@@ -210,14 +245,56 @@ class Protocol:
                  preemption=None):
         import time
 
-        from tempnet.train.divergence import DivergenceGuard
-        from tempnet.train.signals import Preemption
-
         self.out, self.write_files, self.trainer_state, self.config, self.keep_last = \
             out, write_files, trainer_state, config, keep_last
         self.guard, self.preemption, self.newest = DivergenceGuard(device), preemption or Preemption(), newest
         self.minutes, self._clock, self._last_save = save_every_minutes, time.monotonic, time.monotonic()
         self.signum, self.time_due, self.saved_step = 0, False, None
+        self.logger: MetricsLogger | None = None
+
+    @classmethod
+    def start(cls, out: Path, config, point: ResumePoint | None, device, trainer, preemption, total_steps: int,
+              description: str) -> "Protocol":
+        """A run at its first step: `point` restored (the trainer's files, then the RNG) and the run's files
+        rewound to it, config.yaml written (rank 0), the metrics logger opened (`config.train`: keep_last,
+        save_every_minutes, tensorboard, progress_bar). Close it (a `with` block) when the loop ends."""
+        if point is not None:
+            restore(point, trainer.load_files)
+            rewind_run_files(out, point.step)
+        if is_main_process():  # inputs: written once data, model and the resume point passed their checks
+            save_config(config, out / "config.yaml")
+        t = config.train
+        run = cls(out, device, trainer.write_files, trainer.trainer_state, config, t.keep_last, t.save_every_minutes,
+                  point.path if point else None, preemption)
+        run.logger = MetricsLogger(out, tensorboard=t.tensorboard, resume_step=point.step if point else None,
+                                   total_steps=total_steps, progress_bar=t.progress_bar, description=description)
+        return run
+
+    def __enter__(self) -> "Protocol":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def end_step(self, step: int, loss, grad_norm=None, skipped=None, *, metrics: Callable[[], dict] | None = None,
+                 save: bool = False, hold: bool = False) -> dict | None:
+        """The end of optimizer step `step`, the same for every trainer: guard and signals, then (`metrics`
+        given: a logging step) check and log `metrics()`, the progress bar, a save (`save`, or the wall clock
+        due), a preemption (a signal). `hold`: the loop saves and preempts itself after this step (CLIP's
+        epoch end, evaluated first; its last step), so neither the clock nor a signal acts here.
+        Returns the logged record, or None."""
+        self.after_step(step, loss, grad_norm, skipped)
+        record = None
+        if metrics is not None:
+            self.check()
+            record = self.logger.log(step, metrics())
+        self.logger.advance()
+        if save or self.time_due and not hold:
+            self.save(step)
+        if self.signum and not hold:
+            self.preempt(step)
+        return record
 
     def after_step(self, step: int, loss, grad_norm=None, skipped=None) -> None:
         self.guard.update(step, loss, grad_norm, skipped)
@@ -238,8 +315,6 @@ class Protocol:
 
     def preempt(self, step: int):
         """Save at `step` (the ranks agreed on it) and raise Preempted; a second signal now aborts at once."""
-        from tempnet.train.signals import Preempted
-
         self.preemption.saving = True
         path = self.newest if self.saved_step == step else self.save(step)
         self.preemption.saved = True  # from now on a repeated signal is ignored: the process exits 128 + signum
