@@ -15,6 +15,17 @@ from helpers import REPO, free_port, load_module, read_jsonl, run  # noqa: F401
 FOLDERS = ("GPT_2", "LLaMA-1", "LLaMA-2")
 
 
+#: The LLaMA debug configs switched to another family: their model.base keys are Qwen2's and Gemma 2's too
+#: (Gemma 2 soft-caps its logits: final_logit_softcapping 30 by default).
+FAMILIES = {"qwen2": ("model.arch=qwen2",), "gemma2": ("model.arch=gemma2", "model.base.head_dim=32")}
+
+
+def short_run(steps: int) -> tuple[str, ...]:
+    """A STEPS-step run saving every 2 steps and keeping the last 2, quiet."""
+    return (f"train.max_steps={steps}", "train.save_every=2", "train.keep_last=2", "train.progress_bar=false",
+            "train.tensorboard=false")
+
+
 def train_cmd(folder: str, out: Path, *overrides: str, config: str = "debug.yaml", resume: bool = False) -> list:
     """The argv after the launcher: `<folder>/train.py --config <folder>/configs/<config> --output-dir OUT ...`."""
     return [f"{folder}/train.py", "--config", f"{folder}/configs/{config}", "--output-dir", out, *overrides,

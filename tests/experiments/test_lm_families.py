@@ -16,16 +16,13 @@ import pytest
 import torch
 
 from helpers import OFFLINE_ENV, REPO, run, torchrun
-from lm_runs import metrics, train, train_cmd
+from lm_runs import FAMILIES, metrics, short_run, train, train_cmd
 from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
 
 STEPS = 6
-COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2", "train.progress_bar=false",
-          "train.tensorboard=false")
-FAMILIES = {"qwen2": ("model.arch=qwen2",),  # the debug LLaMA's model.base keys are Qwen2's and Gemma 2's too
-            "gemma2": ("model.arch=gemma2", "model.base.head_dim=32")}  # (final_logit_softcapping 30 by default)
+COMMON = short_run(STEPS)
 
 
 def _args(family):

@@ -19,15 +19,12 @@ import pytest
 import torch
 
 from helpers import accelerate_launch, torchrun
-from lm_runs import metrics, run, train_cmd
+from lm_runs import FAMILIES, metrics, short_run, run, train_cmd
 
 pytestmark = pytest.mark.slow
 
 STEPS = 4
-COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2", "train.progress_bar=false",
-          "train.tensorboard=false")
-FAMILIES = {"qwen2": ("model.arch=qwen2",),  # the debug LLaMA's model.base keys are Qwen2's and Gemma 2's too
-            "gemma2": ("model.arch=gemma2", "model.base.head_dim=32")}  # (final_logit_softcapping 30 by default)
+COMMON = short_run(STEPS)
 MODES = {"frozen": "LLaMA-2", "finetune": "LLaMA-1"}  # the folder whose debug.yaml is that mode
 ENGINES = {"zero1": ("engine.name=deepspeed", "engine.deepspeed_config=GPT_2/configs/ds_zero1.json"),
            "zero2": ("engine.name=deepspeed", "engine.deepspeed_config=GPT_2/configs/ds_zero2.json"),
