@@ -1,7 +1,10 @@
-"""The paper's losses: robust next-token loss (lm) and global contrastive losses (contrastive)."""
+"""The paper's losses: robust next-token loss (lm), the LM objectives by name (objectives), the LM head fused
+with the temperature head and the loss (fused), and global contrastive losses (contrastive)."""
 
 from tempnet.losses.contrastive import ClipLoss, CompositionalState, CyClipLoss, ISogCLRLoss, RobustGCLoss, SogCLRLoss
-from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective, dro_lm_loss, objective_terms, tempered_ce_loss
+from tempnet.losses.fused import linear_tempnet_dro_loss
+from tempnet.losses.lm import dro_lm_loss, objective_terms, tempered_ce_loss
+from tempnet.losses.objectives import OBJECTIVES, LMObjective, Objective, TempNetSettings, build_objective
 
 #: Contrastive losses by the names the Bimodal-CL trainer and configs use. Each is called as
 #: loss_fn(image_features, text_features, image_ids, text_ids, tau_image=None, tau_text=None) and returns
@@ -15,6 +18,7 @@ CONTRASTIVE_LOSSES = {
 }
 
 __all__ = [
-    "dro_lm_loss", "tempered_ce_loss", "objective_terms", "LMObjective", "OBJECTIVES", "build_objective",
+    "dro_lm_loss", "tempered_ce_loss", "objective_terms", "LMObjective", "Objective", "OBJECTIVES", "build_objective",
+    "TempNetSettings", "linear_tempnet_dro_loss",
     "ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss", "CompositionalState", "CONTRASTIVE_LOSSES",
 ]
