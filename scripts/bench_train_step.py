@@ -107,7 +107,7 @@ def make_step(model, optimizer, ids):
         if variant == "ce":  # the base class's forward on the same weights: logits and HF's own CE, no TempNet
             loss = GPT2LMHeadModel.forward(model, input_ids=ids, labels=ids).loss
         else:
-            model.config.tempnet = model.tempnet_config.replace(fused_loss=variant == "fused").to_dict()
+            model.use_fused_loss(variant == "fused")
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()

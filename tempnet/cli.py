@@ -100,6 +100,7 @@ def _load(args):
 
     from tempnet.integrations import decoding
     from tempnet.integrations.export import read_tempnet_file
+    from tempnet.integrations.head import fits_vocab
     from tempnet.integrations.hf import checkpoint_family, tempnet_model_from_pretrained
 
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if args.device == "cpu" else "auto")
@@ -115,8 +116,8 @@ def _load(args):
     model.to(args.device).eval()
 
     if args.tempnet is not None:
-        head, settings, vocab = read_tempnet_file(args.tempnet)
-        if settings.objective.startswith("tempnet") and vocab != model.config.vocab_size:
+        head, _, vocab = read_tempnet_file(args.tempnet)
+        if not fits_vocab(head, model.config.vocab_size):
             raise DataError(f"--tempnet {args.tempnet} was built for vocabulary size {vocab} but {args.model} has "
                             f"vocabulary size {model.config.vocab_size}")
         return model, decoding.TempNetLogitsProcessor(head, record=True), "TempNet file"

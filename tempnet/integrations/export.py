@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from tempnet.errors import DataError, UserError, check_model_dir
 
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, build_head, check_head_shapes, checkpoint_shapes,
-                                       head_shapes, load_tempnet_file, read_checkpoint_tensors,
+                                       fits_vocab, head_shapes, load_tempnet_file, read_checkpoint_tensors,
                                        released_state, resolve_settings, save_tempnet_file)
 from tempnet.integrations.hf import TempNetCausalLMMixin, tempnet_model_from_pretrained
 
@@ -92,7 +92,7 @@ def attach_tempnet(base: str | os.PathLike, file: str | os.PathLike, **from_pret
     head, settings, vocab = read_tempnet_file(file)
     download = {k: v for k, v in from_pretrained_kwargs.items() if k in DOWNLOAD_KEYS}
     base_vocab = PreTrainedConfig.get_config_dict(base, **download)[0].get("vocab_size")
-    if settings.objective.startswith("tempnet") and base_vocab != vocab:
+    if not fits_vocab(head, base_vocab):
         raise DataError(f"the TempNet in {file} was built for vocabulary size {vocab} but {base} has vocabulary "
                          f"size {base_vocab}")
     model = tempnet_model_from_pretrained(base, fresh_tempnet=True, **settings.to_dict(), **from_pretrained_kwargs)

@@ -1,8 +1,9 @@
 """The temperature head of a causal LM: its settings, and its weights inside checkpoints.
 
-`TempNetConfig` holds what a checkpoint needs to rebuild the head (objective, rho, tau range,
-hidden size, dropout); the HF wrappers store it under "tempnet" in config.json. The head itself is
-built by the core (`tempnet.losses.lm.build_objective`), never here.
+`TempNetConfig` holds what a checkpoint needs to rebuild the head (the objective's name and its
+`TempNetSettings`: rho, tau range, hidden size, dropout); the HF wrappers store it under "tempnet" in
+config.json. `TempNetConfig.build` parses it into the core's `Objective` (tempnet.losses.objectives), which
+builds the head and computes the loss; nothing here does.
 
 The authors' released checkpoints (LLM-Opt/TempNet-LLaMA2-Chat-*) are plain LLaMA checkpoints whose
 state dict also holds fp16 `tempnet.*` weights, with no TempNet settings in config.json, a tau range
@@ -16,23 +17,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
-from tempnet.losses.lm import DEFAULT_RHO, OBJECTIVES, LMObjective, build_objective, rho_for_target_entropy
-from tempnet.modules import check_tau_range
+from tempnet.losses.objectives import Objective, TempNetSettings, objective_class
 
 __all__ = [
     "TempNetSettings", "TempNetConfig", "RELEASED_TEMPNET", "DTYPES", "PREFIX", "DOWNLOAD_KEYS", "build_head", "head_shapes",
     "resolve_settings", "check_head_shapes", "checkpoint_shapes", "read_checkpoint_tensors", "save_tempnet_file",
     "load_tempnet_file", "TempNetFile", "SCALAR_KEYS", "released_shapes", "released_state", "zero_dim_keys",
-    "load_head_tensors",
+    "load_head_tensors", "fits_vocab", "quiet_loading_report", "check_base_loaded",
 ]
 
 #: Where the head's parameters live inside a causal LM's state dict.
@@ -45,61 +46,6 @@ DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", "
 
 
 @dataclass
-class TempNetSettings:
-    """The temperature head's numbers (also the `tempnet:` section of the LLM training configs)."""
-
-    rho: Optional[float] = None
-    """KL budget of the robust loss (used by "dro" and "tempnet_dro"); None: log V - target_entropy when that is
-    set, else the paper's 8.0 (`tempnet.losses.lm.DEFAULT_RHO`)."""
-    target_entropy: Optional[float] = None
-    """The budget given as a target entropy H (nats) of the tempered distribution: rho = log V - H
-    (`tempnet.losses.lm.rho_for_target_entropy`), the same target for any vocabulary size V."""
-    tau: float = 1.0
-    """The fixed tau of "ce", the initial tau of "dro"."""
-    tau_min: float = 0.01
-    """Lower end of the predicted tau."""
-    tau_max: float = 2.0
-    """Upper end of the predicted tau."""
-    hidden_size: int = 256
-    """M, TempNet's projection width."""
-    dropout: float = 0.5
-    """Dropout inside TempNet's projection."""
-    pooling: str = "centred"
-    """TempNet's pooling: "centred" (the paper's, (w - 1/M) * h) or "uncentred" (w * h: no saddle where h is
-    constant across units, so tau becomes personal sooner; see tempnet.modules.TempNet)."""
-    fused_loss: bool = True
-    """With labels, compute the training loss by `tempnet.ops.linear_tempnet_dro_loss` (logits chunk by chunk,
-    no full-vocabulary tensor kept; the output's logits are then None). False: the full logits path."""
-
-    def __post_init__(self):
-        check_tau_range(self.tau_min, self.tau_max)
-        if self.rho is not None and not self.rho >= 0:
-            raise ValueError(f"rho (the KL budget) must be >= 0, got {self.rho}")
-        if self.target_entropy is not None and not self.target_entropy > 0:
-            raise ValueError(f"target_entropy must be > 0 (nats), got {self.target_entropy}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if self.pooling not in ("centred", "uncentred"):
-            raise ValueError(f"pooling must be 'centred' or 'uncentred', got {self.pooling!r}")
-        if self.hidden_size < 1 or not 0 <= self.dropout < 1:
-            raise ValueError(f"need hidden_size >= 1 and 0 <= dropout < 1, got {self.hidden_size}, {self.dropout}")
-
-
-    def budget(self, vocab_size: int) -> float:
-        """rho for a vocabulary of this size: `rho`, or log V - `target_entropy`, or the paper's 8.0.
-
-        A stored config holds both once resolved (a model records the rho its target gave); they must agree.
-        """
-        if self.target_entropy is None:
-            return DEFAULT_RHO if self.rho is None else self.rho
-        rho = rho_for_target_entropy(self.target_entropy, vocab_size)
-        if self.rho is not None and not math.isclose(self.rho, rho, rel_tol=0.0, abs_tol=1e-9):
-            raise ValueError(f"rho={self.rho} and target_entropy={self.target_entropy} disagree for vocabulary size "
-                             f"{vocab_size} (log V - target_entropy = {rho:.6f}): give one of them")
-        return rho
-
-
-@dataclass
 class TempNetConfig(TempNetSettings):
     """Settings of the temperature head stored in a checkpoint: the numbers plus the objective."""
 
@@ -107,8 +53,7 @@ class TempNetConfig(TempNetSettings):
     """"tempnet_dro" (paper), "tempnet_ce", "dro" (one learned global tau) or "ce" (fixed tau)."""
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; choose one of {sorted(OBJECTIVES)}")
+        objective_class(self.objective)  # a ValueError naming the objectives
         super().__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,11 +71,9 @@ class TempNetConfig(TempNetSettings):
     def replace(self, **overrides) -> "TempNetConfig":
         return TempNetConfig.from_dict({**self.to_dict(), **overrides})
 
-    def build(self, vocab_size: int) -> LMObjective:
-        """The core objective (temperature module + robust flag + rho) for a vocabulary of this size."""
-        return build_objective(self.objective, vocab_size, rho=self.budget(vocab_size), tau=self.tau, tau_min=self.tau_min,
-                               tau_max=self.tau_max, hidden_size=self.hidden_size, dropout=self.dropout,
-                               pooling=self.pooling)
+    def build(self, vocab_size: int) -> Objective:
+        """The core objective for a vocabulary of this size (its head, robust flag and resolved rho)."""
+        return objective_class(self.objective)(self, vocab_size)
 
 
 #: Settings assumed for a checkpoint that holds TempNet weights but no "tempnet" entry in config.json:
@@ -139,8 +82,13 @@ RELEASED_TEMPNET = TempNetConfig(objective="tempnet_dro", rho=8.5, tau_min=0.01,
 
 
 def build_head(cfg: TempNetConfig, vocab_size: int) -> nn.Module:
-    """Just the temperature module of `cfg.build(vocab_size)`."""
-    return cfg.build(vocab_size).temperature
+    """A fresh temperature head of `cfg.build(vocab_size)`."""
+    return cfg.build(vocab_size).build_head()
+
+
+def fits_vocab(head: nn.Module, vocab_size: int) -> bool:
+    """Whether `head` reads logits of this vocabulary size (a head built for none, e.g. one global tau, fits any)."""
+    return getattr(head, "vocab_size", vocab_size) == vocab_size
 
 
 def head_shapes(cfg: TempNetConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
@@ -207,6 +155,30 @@ def check_head_shapes(path, found: dict[str, tuple], expected: dict[str, tuple],
         if have != want:
             raise ValueError(f"{PREFIX}{key} in {path} has shape {have} but objective {settings.objective!r} with "
                              f"hidden_size={settings.hidden_size} expects {want}; fix the settings or {hint}")
+
+
+@contextmanager
+def quiet_loading_report():
+    """Silence transformers' load report while the head's expected shape mismatches are ignored."""
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        report.setLevel(level)
+
+
+def check_base_loaded(path, info: dict) -> None:
+    """After a load that ignored size mismatches: raise on any outside the head, warn on missing/unexpected."""
+    keys = [k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]]
+    others = sorted(k for k in keys if not k.startswith(PREFIX))
+    if others:
+        raise ValueError(f"weights in {path} do not fit the model (size mismatch): {others}")
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(PREFIX))
+    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(PREFIX))
+    if missing or unexpected:
+        logging.getLogger(__name__).warning("loading %s: missing keys %s, unexpected keys %s", path, missing, unexpected)
 
 
 # ---- reading checkpoints without loading the model -------------------------------------------------

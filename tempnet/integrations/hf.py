@@ -5,8 +5,8 @@ The TempNet class of every causal-LM family (`tempnet_class_for("qwen2")` -> `Qw
 family's own `*ForCausalLM` class plus a `tempnet` submodule (`tempnet.integrations.families` derives it),
 so one checkpoint holds base weights and `tempnet.*` weights, config.json holds the head's settings
 under "tempnet" and model_type "<family>_tempnet". forward(labels=...) returns the objective's
-loss (by default fused with the LM head, `tempnet.ops.linear_tempnet_dro_loss`, so no full-vocabulary
-tensor is kept; else the core's `objective_terms`) and the per-position tau; without labels it returns the logits
+loss (by default fused with the LM head, `tempnet.losses.fused.linear_tempnet_dro_loss`, so no full-vocabulary
+tensor is kept; else the objective's `loss`) and the per-position tau; without labels it returns the logits
 already divided by tau, so `generate` (any strategy, KV cache, left padding) and pipelines work
 unchanged. The head always reads the detached logits (TempNet shifts them by their max itself).
 """
@@ -14,7 +14,6 @@ unchanged. The head always reads the detached logits (TempNet shifts them by the
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +27,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from tempnet.errors import ConfigError
 from tempnet.integrations import families
 from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
-from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, build_head,
-                                       check_head_shapes, checkpoint_shapes, head_shapes,
-                                       load_head_tensors, resolve_settings, zero_dim_keys)
-from tempnet.losses.lm import objective_terms
-from tempnet.ops import linear_tempnet_dro_loss
+from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, check_base_loaded,
+                                       check_head_shapes, checkpoint_shapes, head_shapes, load_head_tensors,
+                                       quiet_loading_report, resolve_settings, zero_dim_keys)
+from tempnet.losses.fused import linear_tempnet_dro_loss
 
 IGNORE_INDEX = -100
 
@@ -59,6 +57,8 @@ class TempNetCausalLMMixin:
     The head is `self.tempnet`: TempNet for "tempnet_ce"/"tempnet_dro", GlobalTemperature for "dro",
     FixedTemperature for "ce" (all from `tempnet.modules`). Its parameters stay in float32 when the
     model is loaded in half precision (they are small, and TempNet is often the only thing trained).
+    `self.tempnet_objective` (a `tempnet.losses.objectives.Objective`) is config.tempnet parsed once, when the
+    head is built: change the settings by `reset_tempnet` or `use_fused_loss`, not by editing config.tempnet.
     """
 
     _keep_in_fp32_modules_strict = ["tempnet"]
@@ -71,17 +71,19 @@ class TempNetCausalLMMixin:
     # ---- the head --------------------------------------------------------------------------------
     @property
     def tempnet_config(self) -> TempNetConfig:
-        """The head's settings (from config.tempnet; the released defaults when config has none)."""
-        stored = getattr(self.config, "tempnet", None)
-        return TempNetConfig.from_dict(stored) if stored else RELEASED_TEMPNET
+        """The head's settings: config.tempnet as parsed when the head was built (the released defaults if none)."""
+        return self.tempnet_objective.settings
 
     def _attach_head(self) -> None:
-        settings = self.tempnet_config
+        """Parse config.tempnet into `tempnet_objective` (config.tempnet records the rho it resolves) and build
+        the head."""
+        stored = getattr(self.config, "tempnet", None)
+        settings = TempNetConfig.from_dict(stored) if stored else RELEASED_TEMPNET
         objective = settings.build(self.config.vocab_size)
-        self.tempnet = objective.temperature
-        self.tempnet_robust, self.tempnet_rho = objective.robust, objective.rho
-        if getattr(self.config, "tempnet", None) and settings.rho is None and objective.robust:  # record the rho used
-            self.config.tempnet = settings.replace(rho=objective.rho).to_dict()
+        if stored and settings.rho is None and objective.robust:
+            objective = settings.replace(rho=objective.rho).build(self.config.vocab_size)
+            self.config.tempnet = objective.settings.to_dict()
+        self.tempnet_objective, self.tempnet = objective, objective.build_head()
 
     def reset_tempnet(self, **overrides) -> nn.Module:
         """Replace the head by a fresh one (settings updated by `overrides`), on the LM head's device."""
@@ -89,6 +91,11 @@ class TempNetCausalLMMixin:
         device = self.get_output_embeddings().weight.device
         self._attach_head()
         return self.tempnet.to(device).train(self.training)
+
+    def use_fused_loss(self, fused: bool = True) -> None:
+        """Train through the fused loss (`TempNetSettings.fused_loss`) or the full-logits path; the head is kept."""
+        settings = self.tempnet_config.replace(fused_loss=fused)
+        self.config.tempnet, self.tempnet_objective = settings.to_dict(), settings.build(self.config.vocab_size)
 
     def freeze_base(self) -> "TempNetCausalLMMixin":
         """Leave only the head trainable (the paper's LLaMA-2 setting: LLM frozen, TempNet trained)."""
@@ -101,7 +108,7 @@ class TempNetCausalLMMixin:
         if head is None:
             return super()._init_weights(module)
         if module is head:  # a freshly built head, copied into every parameter that was not loaded
-            fresh = build_head(self.tempnet_config, self.config.vocab_size)
+            fresh = self.tempnet_objective.build_head()
             for name, param in module.named_parameters():
                 hf_init.copy_(param, fresh.get_parameter(name).to(param))
         elif not any(module is m for m in head.modules()):
@@ -117,8 +124,8 @@ class TempNetCausalLMMixin:
         labels [B, L]: the input ids (shifted inside), -100 ignored; loss = the objective of
         `tempnet_config` (per-token mean). Returns logits [B, L, V] float32 divided by tau, tau [B, L, 1]
         float32, loss_terms (loss, ce, tau_mean/min/max). With labels and `tempnet_config.fused_loss`
-        the loss comes from `tempnet.ops.linear_tempnet_dro_loss` over the backbone's hidden states, no
-        full-vocabulary tensor is kept, and logits is None; otherwise from the core's `objective_terms`.
+        the loss comes from `tempnet.losses.fused.linear_tempnet_dro_loss` over the backbone's hidden states, no
+        full-vocabulary tensor is kept, and logits is None; otherwise from the objective's `loss`.
         """
         kwargs.pop("num_items_in_batch", None)  # the core averages over the batch's non-ignored tokens
         return_dict = kwargs.pop("return_dict", None)
@@ -134,7 +141,7 @@ class TempNetCausalLMMixin:
         return result if return_dict is not False else result.to_tuple()
 
     def _logits_forward(self, labels, logits_to_keep, **inputs) -> TempNetCausalLMOutput:
-        """The full-logits path: the base model's logits, tau from them, the loss by `objective_terms`."""
+        """The full-logits path: the base model's logits, tau from them, the objective's loss."""
         out = super().forward(logits_to_keep=logits_to_keep, return_dict=True, **inputs)
         logits = out.logits  # [B, L, V]
         tau = self.tempnet(logits.detach())  # [B, L, 1] float32
@@ -142,8 +149,8 @@ class TempNetCausalLMMixin:
         if labels is not None:
             vocab = logits.shape[-1]
             labels = labels.to(logits.device)
-            terms = objective_terms(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1),
-                                    tau[:, :-1].reshape(-1, 1), self.tempnet_robust, self.tempnet_rho)
+            terms = self.tempnet_objective.loss(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1),
+                                                tau[:, :-1].reshape(-1, 1))
         # With labels the loss already holds the graph: the returned logits / tau are then a plain tensor, so
         # training keeps no second float32 copy of the logits alive until backward.
         with torch.set_grad_enabled(torch.is_grad_enabled() and terms is None):
@@ -166,9 +173,10 @@ class TempNetCausalLMMixin:
         labels = labels.to(hidden.device)
         # position t predicts token t + 1; the last position predicts nothing but still gets its tau
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # [B, L]
+        objective = self.tempnet_objective
         terms = linear_tempnet_dro_loss(hidden.reshape(-1, width), lm_head.weight, targets.reshape(-1), self.tempnet,
-                                        self.tempnet_rho, objective=self.tempnet_config.objective,
-                                        lm_head_bias=lm_head.bias, ignore_index=IGNORE_INDEX)
+                                        objective.rho, objective=objective, lm_head_bias=lm_head.bias,
+                                        ignore_index=IGNORE_INDEX)
         tau = terms.pop("tau").reshape(batch, length, 1)  # [B, L, 1], detached
         fields = {k: v for k, v in out.items()
                   if k in TempNetCausalLMOutput.__dataclass_fields__ and k != "last_hidden_state"}  # cache, ...
@@ -296,15 +304,15 @@ class TempNetCausalLMMixin:
         if fresh_tempnet:  # the stored head (if any) is replaced: its missing or mismatched keys are expected
             mismatched = any(expected.get(k) not in (None, shape) for k, shape in found.items())
             kwargs["ignore_mismatched_sizes"] = kwargs.get("ignore_mismatched_sizes", False) or mismatched
-            with _quiet_loading_report():
+            with quiet_loading_report():
                 model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
-            _check_base_loaded(path, info)  # size mismatches are ignored for the head only
+            check_base_loaded(path, info)  # size mismatches are ignored for the head only
             model.reset_tempnet()
         elif zero_dim_keys(found):  # the authors' Megatron export stores `scaler` 0-dim: copied in as [1] below
             kwargs["ignore_mismatched_sizes"] = True
-            with _quiet_loading_report():
+            with quiet_loading_report():
                 model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
-            _check_base_loaded(path, info)
+            check_base_loaded(path, info)
             load_head_tensors(model.tempnet, path, zero_dim_keys(found), **download)
             info["mismatched_keys"] = [k for k in info["mismatched_keys"]
                                        if (k[0] if isinstance(k, tuple) else k)[len(PREFIX):] not in found]
@@ -320,30 +328,6 @@ class TempNetCausalLMMixin:
         if self.tempnet_config.fused_loss and not self._zero3_partitioned() and \
                 self.get_output_embeddings().weight.device.type != "meta":
             self.fused_loss_reproduces_logits()
-
-
-@contextmanager
-def _quiet_loading_report():
-    """Silence transformers' load report while the head's expected shape mismatches are ignored."""
-    report = logging.getLogger("transformers.modeling_utils")
-    level = report.level
-    report.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        report.setLevel(level)
-
-
-def _check_base_loaded(path, info: dict) -> None:
-    """After a load that ignored size mismatches: raise on any outside the head, warn on missing/unexpected."""
-    keys = [k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]]
-    others = sorted(k for k in keys if not k.startswith(PREFIX))
-    if others:
-        raise ValueError(f"weights in {path} do not fit the model (size mismatch): {others}")
-    missing = sorted(k for k in info["missing_keys"] if not k.startswith(PREFIX))
-    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(PREFIX))
-    if missing or unexpected:
-        logger.warning("loading %s: missing keys %s, unexpected keys %s", path, missing, unexpected)
 
 
 # ---- the classes of every causal-LM family (tempnet.integrations.families) ----------------------------

@@ -25,8 +25,8 @@ from torch import nn
 
 from tempnet.errors import DataError, UserError
 from tempnet.integrations.head import (PREFIX, TempNetConfig, build_head, check_head_shapes, checkpoint_shapes,
-                                       head_shapes, load_tempnet_file, read_checkpoint_tensors, released_state,
-                                       resolve_settings)
+                                       fits_vocab, head_shapes, load_tempnet_file, read_checkpoint_tensors,
+                                       released_state, resolve_settings)
 
 __all__ = ["ServingHead", "finite_for_tempnet", "request_wants_tempnet", "XARG", "TEMPNET_FILE_KEY"]
 
@@ -93,7 +93,7 @@ class ServingHead:
                 head, settings, vocab = load_tempnet_file(tempnet_file)
             except Exception as exc:  # safetensors' own error type, or a file without TempNet metadata
                 raise UserError(f"{tempnet_file} is not a TempNet export (tempnet export writes one): {exc}") from None
-            if settings.objective.startswith("tempnet") and vocab != vocab_size:
+            if not fits_vocab(head, vocab_size):
                 raise DataError(f"the TempNet in {tempnet_file} was built for vocabulary size {vocab} but the served "
                                 f"model {checkpoint} has vocabulary size {vocab_size}")
             return cls(head.to(device).eval(), settings, vocab_size, str(tempnet_file))

@@ -1,8 +1,11 @@
-"""The paper's losses: robust next-token loss (lm) and global contrastive losses (contrastive)."""
+"""The paper's losses: robust next-token loss (lm), the LM objectives by name (objectives), the LM head fused
+with the temperature head and the loss (fused), and global contrastive losses (contrastive)."""
 
 from tempnet.losses.contrastive import (ClipLoss, CompositionalState, ContrastiveLoss, CyClipLoss, ISogCLRLoss,
                                         RobustGCLoss, SogCLRLoss)
-from tempnet.losses.lm import OBJECTIVES, LMObjective, build_objective, dro_lm_loss, objective_terms, tempered_ce_loss
+from tempnet.losses.fused import linear_tempnet_dro_loss
+from tempnet.losses.lm import dro_lm_loss, objective_terms, tempered_ce_loss
+from tempnet.losses.objectives import OBJECTIVES, LMObjective, Objective, TempNetSettings, build_objective
 
 #: The contrastive losses by the names the Bimodal-CL trainer and configs use (`loss=NAME`): the one list of
 #: names (config validation, `--help`, `clip_config.LOSS_NAMES` read it). Each is a `ContrastiveLoss`, built by
@@ -19,7 +22,8 @@ CONTRASTIVE_LOSSES: dict[str, type[ContrastiveLoss]] = {
 }
 
 __all__ = [
-    "dro_lm_loss", "tempered_ce_loss", "objective_terms", "LMObjective", "OBJECTIVES", "build_objective",
+    "dro_lm_loss", "tempered_ce_loss", "objective_terms", "LMObjective", "Objective", "OBJECTIVES", "build_objective",
+    "TempNetSettings", "linear_tempnet_dro_loss",
     "ContrastiveLoss", "ClipLoss", "CyClipLoss", "SogCLRLoss", "ISogCLRLoss", "RobustGCLoss", "CompositionalState",
     "CONTRASTIVE_LOSSES",
 ]

@@ -1,4 +1,4 @@
-"""Next-token losses with a temperature: the paper's robust (DRO) loss and the ablation objectives.
+"""Next-token losses with a temperature: the paper's robust (DRO) loss and the tempered cross-entropy.
 
 For one position with logits z [V], label y, temperature tau and KL budget rho:
 
@@ -6,25 +6,22 @@ For one position with logits z [V], label y, temperature tau and KL budget rho:
                  = tau * CE(z / tau, y) + tau * (rho - log V)
 
 This is the dual of max_{p: KL(p, uniform) <= rho} E_p[z_k - z_y]: the tau minimising it is the one
-where KL(softmax(z / tau) || uniform) = rho. Both z and tau receive gradients.
+where KL(softmax(z / tau) || uniform) = rho. Both z and tau receive gradients. The objectives by name
+(a temperature source plus one of these losses) are in `tempnet.losses.objectives`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tempnet import checks
 
-from tempnet.modules import FixedTemperature, GlobalTemperature, TempNet
-
-__all__ = ["dro_lm_loss", "tempered_ce_loss", "LMObjective", "OBJECTIVES", "build_objective", "check_rho_vocab",
+__all__ = ["dro_lm_loss", "tempered_ce_loss", "objective_terms", "check_rho_vocab",
            "rho_for_target_entropy", "DEFAULT_RHO",
            "dro_optimal_tau", "kl_to_uniform", "entropy"]
 
@@ -102,30 +99,10 @@ def _robust_from_ce(ce: torch.Tensor, tau: torch.Tensor, rho: float, vocab_size:
     return tau * (ce + (rho - math.log(vocab_size))) * valid
 
 
-class LMObjective(nn.Module):
-    """A temperature source plus a loss: the unit the paper's ablation table varies.
-
-    forward(logits [N, V], labels [N]) -> dict with
-        "loss":     the term to minimise (scalar, float32)
-        "ce":       cross-entropy of z / tau, detached (the tempered model's NLL, for logging)
-        "tau_mean", "tau_min", "tau_max": statistics over the non-ignored positions, detached
-    The temperature source reads the detached logits, so it never sends gradient into the model.
-    """
-
-    def __init__(self, temperature: nn.Module, robust: bool, rho: float = 0.0, ignore_index: int = -100):
-        super().__init__()
-        if robust:
-            _check_rho(rho)
-        self.temperature, self.robust, self.rho, self.ignore_index = temperature, robust, float(rho), ignore_index
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        tau = self.temperature(logits.detach())  # [N, 1]
-        return objective_terms(logits, labels, tau, self.robust, self.rho, self.ignore_index)
-
-
 def objective_terms(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor, robust: bool, rho: float,
                     ignore_index: int = -100) -> dict[str, torch.Tensor]:
-    """The loss dict of `LMObjective` for a tau already predicted: shared with the HF wrapper.
+    """The objectives' loss dict for a tau already predicted (`tempnet.losses.objectives.Objective.loss`):
+    the robust loss when `robust`, else the cross-entropy of z / tau; ce and tau statistics for logging.
 
     One pass over the logits serves both the loss and the logged cross-entropy.
     """
@@ -140,10 +117,6 @@ def objective_terms(logits: torch.Tensor, labels: torch.Tensor, tau: torch.Tenso
         loss = ce
     t = tau.detach().reshape(-1)[valid] if valid.any() else tau.detach().reshape(-1)
     return {"loss": loss, "ce": ce.detach(), "tau_mean": t.mean(), "tau_min": t.min(), "tau_max": t.max()}
-
-
-def _ce(vocab_size: int, *, tau: float = 1.0, **_) -> LMObjective:
-    return LMObjective(FixedTemperature(tau), robust=False)
 
 
 def check_rho_vocab(rho: float, vocab_size: int, allow_large_rho: bool = False) -> None:
@@ -177,38 +150,6 @@ def rho_for_target_entropy(target_entropy: float, vocab_size: int) -> float:
         raise ValueError(f"target_entropy must lie in (0, log V = {log_v:.3f}] (vocabulary size V={vocab_size}), "
                          f"got {target_entropy}")
     return log_v - target_entropy
-
-
-def _dro(vocab_size: int, *, rho: float = 8.0, tau: float = 1.0, tau_min: float = 0.01, tau_max: float = 2.0, **_):
-    return LMObjective(GlobalTemperature(tau, tau_min, tau_max), robust=True, rho=rho)
-
-
-def _tempnet(robust: bool) -> Callable[..., LMObjective]:
-    def build(vocab_size: int, *, rho: float = 8.0, tau_min: float = 0.01, tau_max: float = 2.0,
-              hidden_size: int = 256, dropout: float = 0.5, pooling: str = "centred", **_) -> LMObjective:
-        net = TempNet(vocab_size, hidden_size, tau_min, tau_max, dropout, pooling)
-        return LMObjective(net, robust=robust, rho=rho)
-    return build
-
-
-#: The ablation table's rows by name: (no TempNet, no DRO), (DRO only), (TempNet only), (both).
-OBJECTIVES: dict[str, Callable[..., LMObjective]] = {
-    "ce": _ce,
-    "dro": _dro,
-    "tempnet_ce": _tempnet(robust=False),
-    "tempnet_dro": _tempnet(robust=True),
-}
-
-
-def build_objective(name: str, vocab_size: int, **kwargs) -> LMObjective:
-    """OBJECTIVES[name](vocab_size, **kwargs) with a clear error for an unknown name.
-
-    kwargs: tau (fixed / initial tau), rho, tau_min, tau_max, hidden_size, dropout, pooling; each objective takes
-    the ones it needs. Trainers also call `check_rho_vocab` (rho must stay below log V).
-    """
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](vocab_size, **kwargs)
 
 
 # ---- the DRO optimum of fixed logits (float64 numpy): targets for tests, the synthetic language and the demo ----

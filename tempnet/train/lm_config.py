@@ -15,7 +15,7 @@ from tempnet.config import with_defaults
 from tempnet.errors import ConfigError
 from tempnet.integrations.families import causal_lm_types, config_class
 from tempnet.integrations.head import TempNetSettings
-from tempnet.losses.lm import OBJECTIVES
+from tempnet.losses.objectives import OBJECTIVES
 from tempnet.train import run_config
 from tempnet.train.precision import PRECISIONS
 from tempnet.train.run_config import BaseOptimConfig, BaseTrainConfig
@@ -240,9 +240,10 @@ class LMTrainConfig:
 
     def __post_init__(self):
         _choice(self.objective, tuple(OBJECTIVES), "objective")
-        if self.model.mode == "frozen" and not self.objective.startswith("tempnet") and self.objective != "dro":
+        if self.model.mode == "frozen" and not OBJECTIVES[self.objective].trains_temperature:
+            trained = ", ".join(name for name, objective in OBJECTIVES.items() if objective.trains_temperature)
             raise ValueError(f"model.mode=frozen trains only the temperature, but objective={self.objective!r} "
-                             "has no trainable temperature; use tempnet_dro, tempnet_ce or dro")
+                             f"has no trainable temperature; use one of {trained}")
 
     def check_runnable(self) -> None:
         """Checks that the (valid but empty) defaults fail, and that data.synthetic replaces no path the user set:

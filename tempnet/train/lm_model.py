@@ -100,13 +100,14 @@ def build_model(cfg, tokenizer):
         raise ConfigError(f"tempnet.{exc}") from None
     _check_vocab(model, tokenizer)
     _check_positions(model, cfg.data.seq_len, m.mode == "scratch")
-    if model.tempnet_robust:
+    objective = model.tempnet_objective
+    if objective.robust:
         try:
-            check_rho_vocab(model.tempnet_rho, model.config.vocab_size, cfg.tempnet.allow_large_rho)
+            check_rho_vocab(objective.rho, model.config.vocab_size, cfg.tempnet.allow_large_rho)
         except ValueError as exc:
             raise ConfigError(f"tempnet.{exc}") from None
-        say(f"tempnet: rho = {model.tempnet_rho:.4f}, target entropy log V - rho = "
-            f"{math.log(model.config.vocab_size) - model.tempnet_rho:.4f} nats (V = {model.config.vocab_size})")
+        say(f"tempnet: rho = {objective.rho:.4f}, target entropy log V - rho = "
+            f"{math.log(model.config.vocab_size) - objective.rho:.4f} nats (V = {model.config.vocab_size})")
     _check_fused_loss(model, cfg.tempnet.fused_loss)
     if m.mode == "frozen":
         model.freeze_base()

@@ -9,7 +9,8 @@ from torch import nn
 
 from tempnet.losses.lm import objective_terms
 from tempnet.modules import FixedTemperature, GlobalTemperature, TempNet
-from tempnet.ops import ROBUST_OBJECTIVES, default_chunk_size, linear_tempnet_dro_loss
+from tempnet.losses.objectives import OBJECTIVES
+from tempnet.ops import default_chunk_size, linear_tempnet_dro_loss
 
 N, D, V = 23, 16, 37  # chunk sizes 5 and 7 do not divide N
 
@@ -42,7 +43,7 @@ def _unfused(h, w, b, y, head, objective, rho, chunk=None):
     z = F.linear(h, w, b)  # [N, V]
     zd = z.detach()
     tau = head(zd) if chunk is None else torch.cat([head(zd[i:i + chunk]) for i in range(0, N, chunk)])
-    return objective_terms(z, y, tau, ROBUST_OBJECTIVES[objective], rho)
+    return objective_terms(z, y, tau, OBJECTIVES[objective].robust, rho)
 
 
 def _grads(loss, tensors):
@@ -54,7 +55,7 @@ def _close(got, want, rtol=1e-4):
     return torch.allclose(got, want, rtol=rtol, atol=rtol * 0.1 * want.abs().max().item() + 1e-7)
 
 
-@pytest.mark.parametrize("objective", sorted(ROBUST_OBJECTIVES))
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
 @pytest.mark.parametrize("chunk", [5, 7, 100])
 def test_values_and_gradients_equal_the_unfused_path(objective, chunk):
     h, w, b, y = _inputs()

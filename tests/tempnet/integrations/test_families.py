@@ -80,7 +80,7 @@ def check_family(model_type: str, config, tmp_path, full: bool = True) -> None:
     results = {}
     for fused in (True, False):
         model.zero_grad()
-        model.config.tempnet = model.tempnet_config.replace(fused_loss=fused).to_dict()
+        model.use_fused_loss(fused)
         result = model(input_ids=x, labels=labels)
         result.loss.backward()
         results[fused] = (result, _grads(model))
@@ -212,12 +212,12 @@ def test_target_entropy_gives_rho_for_the_vocabulary_and_both_are_recorded(tmp_p
     """rho = log V - target_entropy (KL(p || uniform) = log V - H(p)); the saved config holds both, and reloads."""
     config, _ = tiny_config("qwen3")
     model = tempnet_model_from_config(config, objective="tempnet_dro", target_entropy=1.5, hidden_size=16)
-    assert model.tempnet_rho == pytest.approx(math.log(VOCAB) - 1.5, abs=1e-12)
-    assert (model.tempnet_config.rho, model.tempnet_config.target_entropy) == (model.tempnet_rho, 1.5)
+    assert model.tempnet_objective.rho == pytest.approx(math.log(VOCAB) - 1.5, abs=1e-12)
+    assert (model.tempnet_config.rho, model.tempnet_config.target_entropy) == (model.tempnet_objective.rho, 1.5)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert loaded.tempnet_rho == model.tempnet_rho and loaded.tempnet_config.target_entropy == 1.5
+    assert loaded.tempnet_objective.rho == model.tempnet_objective.rho and loaded.tempnet_config.target_entropy == 1.5
     with pytest.raises(ValueError, match="disagree"):  # a stored rho that is not log V - target_entropy
         tempnet_model_from_config(config, objective="tempnet_dro", target_entropy=1.5, rho=2.0, hidden_size=16)
     default = tempnet_model_from_config(config, objective="tempnet_dro", hidden_size=16)
-    assert default.tempnet_rho == 8.0 and default.tempnet_config.rho == 8.0  # neither given: the paper's 8.0
+    assert default.tempnet_objective.rho == 8.0 and default.tempnet_config.rho == 8.0  # neither given: the paper's 8.0

@@ -53,8 +53,8 @@ def test_from_config_builds_the_objectives_head(make_config, objective):
 
 
 def _set_fused(model, fused: bool):
-    model.config.tempnet = model.tempnet_config.replace(fused_loss=fused).to_dict()
-    assert model.tempnet_config.fused_loss is fused
+    model.use_fused_loss(fused)
+    assert model.tempnet_config.fused_loss is fused and model.config.tempnet["fused_loss"] is fused
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -260,7 +260,7 @@ def test_gpt2_round_trip_and_overrides(tmp_path):
     assert loaded.tempnet.logit.item() == pytest.approx(0.3)
     assert torch.equal(loaded(input_ids=x).logits, model(input_ids=x).logits)
     overridden = tempnet_model_from_pretrained(tmp_path, rho=3.0)  # settings only used by the loss
-    assert overridden.tempnet_rho == 3.0 and overridden.tempnet.logit.item() == pytest.approx(0.3)
+    assert overridden.tempnet_objective.rho == 3.0 and overridden.tempnet.logit.item() == pytest.approx(0.3)
 
 
 def test_plain_base_checkpoint_needs_fresh_tempnet(tmp_path):
