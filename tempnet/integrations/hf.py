@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from tempnet.errors import ConfigError
 from tempnet.integrations import families
 from tempnet.integrations.decoding import TempNetLogitsProcessor  # noqa: F401  (public name, see tempnet.__init__)
+from tempnet.integrations.fused_probe import fused_logits_mismatch
 from tempnet.integrations.head import (DOWNLOAD_KEYS, PREFIX, RELEASED_TEMPNET, TempNetConfig, check_base_loaded,
                                        check_head_shapes, checkpoint_shapes, head_shapes, load_head_tensors,
                                        quiet_loading_report, resolve_settings, zero_dim_keys)
@@ -197,37 +199,11 @@ class TempNetCausalLMMixin:
     def fused_loss_declined(self) -> str | None:
         """Why the fused loss would not see this family's own logits (see `fused_loss_reproduces_logits`), or None."""
         if "_fused_verdict" not in self.__dict__:
-            reason = self._fused_verdict = self._probe_fused_logits()
+            base_forward = partial(super().forward, use_cache=False, return_dict=True)  # the family's own
+            reason = self._fused_verdict = fused_logits_mismatch(self, base_forward)
             if reason is not None:
                 logger.warning("%s: %s, so the fused loss is not used (full-logits path)", type(self).__name__, reason)
         return self._fused_verdict
-
-    @torch.no_grad()
-    def _probe_fused_logits(self) -> str | None:
-        seen: dict[str, torch.Tensor] = {}
-        lm_head = self.get_output_embeddings()
-        hooks = [self.base_model.register_forward_hook(lambda m, a, out: seen.update(hidden=out[0])),  # (None: no
-                 lm_head.register_forward_hook(lambda m, a, out: seen.update(head_in=a[0], head_out=out))]  # change)
-        was_training = self.training
-        ids = torch.arange(8, device=lm_head.weight.device).remainder(self.config.vocab_size)[None]  # [1, 8]
-        try:
-            self.eval()
-            logits = super().forward(input_ids=ids, use_cache=False, return_dict=True).logits  # [1, 8, V]
-        finally:
-            for hook in hooks:
-                hook.remove()
-            self.train(was_training)
-        if "head_in" not in seen or "hidden" not in seen:
-            return "the family's forward does not call its LM head module on its backbone's output"
-        if not torch.equal(seen["head_in"], seen["hidden"]):
-            return "the family's forward changes the backbone's last hidden state before its LM head"
-        linear = F.linear(seen["head_in"], lm_head.weight, getattr(lm_head, "bias", None))  # what the fused op computes
-        if not torch.equal(seen["head_out"], linear):
-            return "the family's LM head is not the plain linear map of its weight and bias (e.g. its own logit scale)"
-        if not torch.equal(logits, seen["head_out"].to(logits.dtype)):
-            return ("the family's forward post-processes its LM head's output (e.g. Gemma 2's final_logit_softcapping "
-                    "or a logit multiplier)")
-        return None
 
     def _zero3_partitioned(self) -> bool:
         """True when DeepSpeed ZeRO-3 partitions the weights: the fused op reads the LM head's weight outside
