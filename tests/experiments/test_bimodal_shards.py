@@ -174,7 +174,7 @@ def test_a_resume_keeps_host_state_off_the_device(tmp_path, monkeypatch):
     assert {b.device.type for b in run.criterion.buffers() if b.numel() == run.data.num_samples} == {"cpu"}
     load_weights = ckpt.load_weights  # safetensors cannot load onto meta: the weights come via the host
     monkeypatch.setattr(ckpt, "load_weights", lambda file, dev: {k: v.to(dev) for k, v in load_weights(file).items()})
-    run.load(protocol.resume_point(out, config_to_dict(cfg), RESUME_SAFE))
+    run.load(protocol.resume_point(out, config_to_dict(run.cfg), RESUME_SAFE))
     stored = torch.load(out / "checkpoint-2" / "optimizer.pt", weights_only=True)["criterion"]
     state = run.criterion.state_dict()
     per_sample = [k for k, v in stored.items() if v.dim() == 1 and len(v) == run.data.num_samples]
