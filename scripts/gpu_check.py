@@ -15,7 +15,7 @@ The checks (each a subprocess from the repository root, its output in OUT/<name>
   bench_contrastive      scripts/bench_contrastive.py at B 4096, d 256
   serving_vllm           tests/serving (vLLM with TempNet's plugin: offline, the OpenAI server, Model Runner V2 end
                          to end, scripts/bench_serving.py) in the serving environment: $TEMPNET_SERVE_PYTHON, else
-                         .venv-serve/bin/python (the official `vllm` wheel, see README "Serving"), else this Python
+                         .venv-serve/bin/python (the official `vllm` wheel, see tempnet/integrations/vllm/README.md), else this Python
 OUT/summary.json: per check name, command, status (passed | failed | timeout | skipped (over budget)),
 seconds, key numbers (the last logged loss and tau of a trainer, the benchmark's times, the test counts).
 Each check has its own time limit, and none runs past the 8-minute budget of the whole.

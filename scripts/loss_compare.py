@@ -29,7 +29,7 @@ from tempnet.errors import UserError, run_cli
 
 #: Tolerance of the suite's comparison (fp32), relative to each key's largest |value| over the curve: 23x the
 #: largest spread measured on the launch-script runs between CPU kernels (ATEN_CPU_CAPABILITY=default, avx2, avx512;
-#: 1 or 2 threads): 1.6e-7 LLM, 4.3e-7 CLIP (README, Tests; the demo's longer runs use 5e-5). A real change moves
+#: 1 or 2 threads): 1.6e-7 LLM, 4.3e-7 CLIP (tests/README.md; the demo's longer runs use 5e-5). A real change moves
 #: far more (e.g. 9e-5).
 RTOL = 1e-5
 #: eval.json entries that are positions, not numbers a change could move.

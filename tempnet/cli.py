@@ -287,7 +287,7 @@ def cmd_serve(args) -> int:
     try:
         from tempnet.integrations.vllm import processors, serve_argv  # noqa: F401  (the plugin imports here)
     except ImportError as exc:
-        raise UserError(f"{exc}; see README 'Serving' for the environment that serves") from None
+        raise UserError(f"{exc}; see tempnet/integrations/vllm/README.md for the environment that serves") from None
     server = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
               *serve_argv(args.checkpoint, args.vllm_args, None if args.tempnet is None else str(args.tempnet))]
     sys.stdout.flush()

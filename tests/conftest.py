@@ -37,7 +37,7 @@ def golden(request):
     failing with the first step and key that moved; with --update-golden it rewrites that file instead.
     The default bound (loss_compare.RTOL, 1e-5 of each key's largest value in the run) is 23x the largest spread
     measured between CPU kernels and thread counts on the launch-script runs (4.3e-7; LLM runs 1.6e-7); the demo's
-    longer runs pass their own (README, Tests)."""
+    longer runs pass their own (tests/README.md)."""
     from helpers import REPO, load_module
 
     lc = load_module("loss_compare", REPO / "scripts" / "loss_compare.py")

@@ -73,7 +73,7 @@ def test_runs_match_their_golden_curves(synthetic_run, golden):
     runs = sorted(p.parent for p in (out / "runs").glob("*_seed0/metrics.jsonl"))
     assert [r.name for r in runs] == sorted([f"lm_{row}_seed0" for row in ROWS] + [f"clip_{loss}_seed0" for loss in
                                              ("clip", "sogclr", "isogclr", "isogclr_tempnet")])
-    for run in runs:  # 12 LM / 10 CLIP steps: kernels and threads moved them up to 4.8e-6 (README, Tests): 10x that
+    for run in runs:  # 12 LM / 10 CLIP steps: kernels and threads moved them up to 4.8e-6 (tests/README.md): 10x that
         golden(f"demo-{run.name.removesuffix('_seed0')}", run, rtol=5e-5)
 
 

@@ -120,7 +120,7 @@ class DataConfig:
     """webdataset: the epoch's order permutes the shards, then the samples within windows of this many shards
     (reads stay within them; 0 = one window: a full permutation, for small sets: reads then jump between all shards)."""
     resampled: bool = False
-    """webdataset: stream shards drawn with replacement (no exact order; see README for its resume guarantee)."""
+    """webdataset: stream shards drawn with replacement (no exact order; see Bimodal-CL/README.md for its resume guarantee)."""
     shuffle_buffer: int = 2000
     """webdataset with resampled: samples in each worker's seeded shuffle buffer."""
     on_bad_sample: str = "error"

@@ -12,7 +12,7 @@ from helpers import SP_VOCAB  # noqa: F401  (the tests' vocabulary size)
 
 #: Each serving test module starts with pytest.importorskip("vllm", reason=NEEDS_VLLM).
 NEEDS_VLLM = ("needs vLLM: run the serving tests in the serving environment (bash .ci/serve_env.sh DIR; "
-              "DIR/bin/python -m pytest tests/serving), see README 'Serving with vLLM'")
+              "DIR/bin/python -m pytest tests/serving), see tempnet/integrations/vllm/README.md")
 
 #: vLLM's CPU attention kernels refuse head size 16: 128 / 2 heads = 64.
 LLAMA = dict(vocab_size=SP_VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,

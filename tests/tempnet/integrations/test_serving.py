@@ -78,8 +78,8 @@ def test_serve_refuses_a_tempnet_of_another_vocabulary(plain_dir, tmp_path):
 def test_serve_without_vllm_says_so(tiny_llama_dir):
     line = _error_line(_serve(tiny_llama_dir))
     assert line.startswith("error: TempNet's vLLM plugin needs vLLM's V1 logits-processor interface")
-    assert "vLLM does not import (No module named 'vllm')" in line and line.endswith("see README 'Serving' for the "
-                                                                                     "environment that serves")
+    assert "vLLM does not import (No module named 'vllm')" in line
+    assert line.endswith("see tempnet/integrations/vllm/README.md for the environment that serves")
 
 
 def test_serve_with_a_vllm_too_old_for_either_interface(tiny_llama_dir, tmp_path):
