@@ -5,9 +5,17 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# One intra-op thread per test process (set before torch is imported; a value the caller set is kept): the suite
+# runs as 2 workers on 2 cores beside the runs they spawn, and tiny models gain nothing from more threads. With
+# 2 threads each the workers oversubscribe the cores and OpenMP's waiting threads take the CPU time (a 2-layer
+# LLaMA's forward + backward ran 40x slower that way beside one busy process). Subprocesses get the same
+# (helpers.OFFLINE_ENV).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # (in case a plugin imported torch first)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
 
 os.environ.setdefault("TEMPNET_CHECKS", "1")  # value checks (id ranges, NaN) on in every test
