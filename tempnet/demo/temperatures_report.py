@@ -15,6 +15,9 @@ LABELS = {"tau_1": "tau = 1", "best_fixed": "best fixed tau", "dynatemp": "dynat
           "hidden_head": "hidden-state head (AutoDeco)", "oracle_per_position": "per-position optimum (truth)",
           "dro_optimal_truth": "truth's DRO-optimal tau", "min_p": "min-p", "top_n_sigma": "top-n-sigma",
           "p_less": "p-less"}
+#: The knobs of each tuned method's grid points, in order (the grids themselves are the run's, in its settings).
+KNOBS = {"best_fixed": ("tau",), "dynatemp": ("T", "range", "exponent"), "edt": ("t0", "n", "theta"),
+         "min_p": ("T", "min_p"), "top_n_sigma": ("T", "n"), "p_less": ("T",)}
 _KEYS = ("kl_to_truth", "gap_closed", "test_ppl", "ece", "sample_true_logprob", "sample_true_logprob_mc",
          "sample_true_logprob_mc_se", "sample_entropy", "tau_mean", "tau_std", "valid_nll")
 
@@ -39,6 +42,25 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
     out["checks"] = {k: max(s["checks"][k] for s in per_seed) for k in per_seed[0]["checks"]}
     out["hidden_head_loss_first_last"] = [s["hidden_head_loss"] for s in per_seed]
     return out
+
+
+def _values(values) -> str:
+    """The distinct values of one knob: listed when few, else their count, spacing and range."""
+    v = sorted(set(float(x) for x in values))
+    if len(v) <= 10:
+        return "{" + ", ".join(f"{x:g}" for x in v) + "}"
+    steps = np.diff(np.log(v)) if v[0] > 0 else np.array([np.nan])
+    spacing = " log-spaced" if np.allclose(steps, steps[0], rtol=1e-3) else ""
+    return f"{len(v)}{spacing} values in [{v[0]:g}, {v[-1]:g}]"
+
+
+def describe_grid(method: str, grid) -> str:
+    """`method (knobs) over knob in values x ...` from the grid points themselves (so the text is the run's)."""
+    knobs = KNOBS[method]
+    columns = list(zip(*(point if isinstance(point, (list, tuple)) else (point,) for point in grid)))
+    assert len(columns) == len(knobs), (method, len(columns), knobs)
+    return f"{method} ({', '.join(knobs)}) over " + " x ".join(
+        f"{k} in {_values(c)}" for k, c in zip(knobs, columns)) + f" ({len(grid)} settings)"
 
 
 def _cell(rec: dict, key: str, fmt: str) -> str:
@@ -68,16 +90,17 @@ def render(result: dict) -> str:
                          f"{_cell(rec, 'tau_mean', '{:.3g}')} ({_cell(rec, 'tau_std', '{:.2g}')}) | {chosen} |")
         lines.append("")
     s = result["settings"]
+    grids = s["grids"]
     lines += [f"_{spread}; KL, perplexity and ECE exact on {s['budget']['test_docs']} test documents (the truth p* known "
               "at every position); gap closed = (KL(tau = 1) - KL) / (KL(tau = 1) - KL(per-position optimum)); "
               f"sampled: {s['budget']['prompts']} continuations of {s['budget']['new_tokens']} tokens per method "
               f"(plain sampling through the method's logits processor), true log p = E_q[log max(p*, "
               f"{s['true_logprob_floor']:g})] per token, entropy = H(q) per token (nats). Tuned on the validation "
-              "NLL: best_fixed over 41 log-spaced tau in [0.1, 10]; dynatemp (T, range, exponent) over T in "
-              "{0.6, 0.8, 1, 1.2, 1.5, 2, 3, 4} x range {0.25, 0.5, 1} x exponent {0.5, 1, 2}; EDT (t0, n, theta) over "
-              "t0 in the same T x theta {0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 4}, n = 0.8. The samplers (min_p as "
-              "(T, min_p), top_n_sigma as (T, n), p_less as (T,); 72 settings each, like dynatemp and EDT) truncate, so "
-              "their KL and perplexity are infinite (n/a) and they are tuned to the validation entropy of tau = 1 "
+              f"NLL: {'; '.join(describe_grid(m, grids[m]) for m in ('best_fixed', 'dynatemp', 'edt') if m in grids)}. "
+              "The samplers ("
+              f"{'; '.join(describe_grid(m, grids[m]) for m in ('min_p', 'top_n_sigma', 'p_less') if m in grids)}) "
+              "truncate, so their KL and perplexity are infinite (n/a) and they are tuned to the validation entropy of "
+              "tau = 1 "
               "(equal diversity). tempnet_*: a fresh "
               "TempNet trained by the LLM trainer on the frozen model (joint_tempnet_dro: the model's own "
               "TempNet); references: oracle_per_position and dro_optimal_truth read the truth._", ""]
