@@ -17,15 +17,20 @@ within 6e-8 of the hand step (tolerance 2e-6), grad_norm equal to 1e-5 relative,
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from helpers import accelerate_launch, deepspeed_launcher, run, torchrun
-from lm_runs import metrics, train_cmd
+from lm_runs import metrics, one_thread, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
+    with one_thread():
+        yield
 
 EPS, TEMPNET_WD = 1e-3, 0.05
 ONE_STEP = ("train.max_steps=1", "optim.warmup_steps=0", f"optim.eps={EPS}", "optim.grad_clip=0",
@@ -34,9 +39,8 @@ DEEPSPEED = ("engine.name=deepspeed", "engine.deepspeed_config=GPT_2/configs/ds_
 
 
 def _command(engine: str, nproc: int, out) -> list:
-    if engine == "ddp":
-        launcher = [sys.executable] if nproc == 1 else torchrun(nproc)
-        return [*launcher, *train_cmd("GPT_2", out, *ONE_STEP)]
+    if engine == "ddp":  # (1 process: main(argv) in this process, see _train)
+        return [*torchrun(nproc), *train_cmd("GPT_2", out, *ONE_STEP)]
     if engine == "deepspeed":
         return [*(torchrun(1) if nproc == 1 else deepspeed_launcher(nproc)), *train_cmd("GPT_2", out, *ONE_STEP, *DEEPSPEED)]
     return [*accelerate_launch(nproc, *(["--multi_gpu"] if nproc > 1 else []), "--num_machines", "1",
@@ -79,12 +83,21 @@ def adamw_first_step(p0: dict, grads: dict, cfg) -> dict:
     return out
 
 
+def _train(engine: str, nproc: int, out) -> None:
+    """The run: DDP with 1 process is the trainer's main(argv) here (lm_runs.train_here: the same numbers as
+    `python GPT_2/train.py`, which other tests run as a subprocess); every launcher runs as a subprocess."""
+    if (engine, nproc) == ("ddp", 1):
+        train_here("GPT_2", out, *ONE_STEP)
+    else:
+        run(_command(engine, nproc, out))
+
+
 @pytest.mark.parametrize("engine,nproc", [("ddp", 1), ("deepspeed", 1), ("accelerate", 1), ("ddp", 2),
                                           ("deepspeed", 2), ("accelerate", 2)])
 def test_one_step_equals_the_hand_computed_adamw_step(engine, nproc, tmp_path):
     from tempnet.integrations.hf import tempnet_model_from_pretrained
 
-    run(_command(engine, nproc, tmp_path))
+    _train(engine, nproc, tmp_path)
     p0, grads, cfg = hand_step(tmp_path)
     assert cfg.train.accumulation_steps(nproc) == 2 // nproc and cfg.optim.eps == EPS
     (row,) = metrics(tmp_path)

@@ -9,6 +9,7 @@ with one error line naming the reason.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -16,10 +17,17 @@ import pytest
 import torch
 
 from helpers import OFFLINE_ENV, REPO, run, torchrun
-from lm_runs import FAMILIES, metrics, short_run, train, train_cmd
+from lm_runs import FAMILIES, metrics, one_thread, short_run, train_cmd, train_here
 from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
+    with one_thread():
+        yield
 
 STEPS = 6
 COMMON = short_run(STEPS)
@@ -31,13 +39,23 @@ def _args(family):
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def reference(request, tmp_path_factory):
+    """The uninterrupted run, main(argv) in this process (lm_runs.train_here: bit for bit the numbers of
+    `python LLaMA-2/train.py`, which test_an_explicit_fused_loss... runs as a subprocess), with what it logged
+    through the TempNet integration's logger (a subprocess writes those lines to stderr)."""
     out = tmp_path_factory.mktemp(f"{request.param}_ref")
-    proc = train("LLaMA-2", out, *_args(request.param))
-    return request.param, out, proc
+    logger, said = logging.getLogger("tempnet.integrations.hf"), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        train_here("LLaMA-2", out, *_args(request.param))
+    finally:
+        logger.removeHandler(handler)
+    return request.param, out, said
 
 
 def test_frozen_run_trains_only_tempnet_in_its_family(reference):
-    family, out, proc = reference
+    family, out, said = reference
     rows = metrics(out)
     assert len(rows) == STEPS and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     stored = json.loads((out / "final" / "config.json").read_text())
@@ -53,8 +71,8 @@ def test_frozen_run_trains_only_tempnet_in_its_family(reference):
     assert all(torch.equal(v, state[k]) for k, v in base.items() if not k.startswith("tempnet."))
     assert not all(torch.equal(v, state[k]) for k, v in base.items() if k.startswith("tempnet."))  # TempNet trained
     # the fused loss where it reproduces the family's logits; Gemma 2's soft-capping takes the full-logits path
-    said = proc.stderr.count("fused loss is not used")
-    assert said == (family == "gemma2"), proc.stderr[-2000:]  # said once where the family declines it
+    declined = [line for line in said if "fused loss is not used" in line]
+    assert len(declined) == (family == "gemma2"), said  # said once where the family declines it
 
 
 def test_an_explicit_fused_loss_on_a_family_that_declines_it_is_one_error_line(tmp_path):
@@ -71,8 +89,8 @@ def test_an_explicit_fused_loss_on_a_family_that_declines_it_is_one_error_line(t
 
 def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):
     family, out, _ = reference
-    train("LLaMA-2", tmp_path, *_args(family), "train.stop_after_steps=3")
-    train("LLaMA-2", tmp_path, *_args(family), resume=True)
+    train_here("LLaMA-2", tmp_path, *_args(family), "train.stop_after_steps=3")
+    train_here("LLaMA-2", tmp_path, *_args(family), resume=True)
     a, b = metrics(out), metrics(tmp_path)
     for key in ("loss", "ce", "tau_mean", "tau_min", "tau_max", "lr_tempnet", "grad_norm"):
         assert [r[key] for r in a] == [r[key] for r in b], key

@@ -8,20 +8,33 @@ a run on 2 cores). Each run: finite losses, a `final/` checkpoint of its own
 family that loads back through `tempnet_model_from_pretrained` with the logged run's weights (frozen: the base
 untouched, TempNet moved; finetune: both moved), and one DeepSpeed and one accelerate run resume exactly from their
 checkpoint.
+
+The resume is one launch, not two: a copy of the finished run without its last checkpoint and final/ is the
+directory a run stopped after step 2 leaves (checkpoint-2 and the metrics it logged; the trainer rewinds the
+metrics past the checkpoint). The run directory is a symlink, pointed at the copy for the resume, so the resumed
+run sees the same --output-dir (its config.yaml holds paths under it: the debug assets).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
 from helpers import accelerate_launch, torchrun
-from lm_runs import FAMILIES, metrics, short_run, run, train_cmd
+from lm_runs import FAMILIES, metrics, one_thread, run, short_run, train_cmd
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
+    with one_thread():
+        yield
 
 STEPS = 4
 COMMON = short_run(STEPS)
@@ -52,8 +65,10 @@ def test_two_process_engine_run_of_a_family(family, mode, engine, resume, tmp_pa
 
     from tempnet.integrations.hf import tempnet_class_for, tempnet_model_from_pretrained
 
-    out = tmp_path / "run"
-    _launch(engine, out, family, mode)
+    out, link = tmp_path / "first", tmp_path / "run"
+    out.mkdir()
+    link.symlink_to(out, target_is_directory=True)
+    _launch(engine, link, family, mode)
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert all(math.isfinite(r[k]) for r in rows for k in ("loss", "ce", "tau_mean", "grad_norm")), rows
@@ -71,9 +86,17 @@ def test_two_process_engine_run_of_a_family(family, mode, engine, resume, tmp_pa
         ids = torch.arange(3, 19)[None]
         loaded = final.eval()(input_ids=ids, labels=ids)
     assert torch.isfinite(loaded.loss) and bool((loaded.tau > 0).all())
-    if resume:  # stopped after step 2, resumed from checkpoint-2 with the same engine: the same losses
+    if resume:  # as if stopped after step 2, resumed from checkpoint-2 with the same engine: the same losses
         again = tmp_path / "resumed"
-        _launch(engine, again, family, mode, "train.stop_after_steps=2")
-        _launch(engine, again, family, mode, resume=True)
+        shutil.copytree(out, again, symlinks=True)
+        shutil.rmtree(again / f"checkpoint-{STEPS}")
+        shutil.rmtree(again / "final")
+        assert sorted(p.name for p in again.glob("checkpoint-*")) == ["checkpoint-2"]
+        link.unlink()
+        link.symlink_to(again, target_is_directory=True)
+        proc = _launch(engine, link, family, mode, resume=True)
+        assert f"resumed from {link / 'checkpoint-2'}" in proc.stderr, proc.stderr[-3000:]
+        assert (again / "final").is_dir() and (again / f"checkpoint-{STEPS}" / "COMPLETE").is_file()
+        assert [r["step"] for r in metrics(again)] == list(range(1, STEPS + 1))
         for key in ("loss", "ce", "tau_mean", "grad_norm"):
             assert [r[key] for r in metrics(again)] == [r[key] for r in rows], key

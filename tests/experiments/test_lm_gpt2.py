@@ -1,9 +1,11 @@
 """GPT_2 end to end on configs/debug.yaml: train, checkpoint, resume, load, and the distributed engines.
 
-The multi-process comparisons live here only (tiny model, 8 steps): torchrun DDP with 2 processes,
-DeepSpeed ZeRO-2 (torchrun) and ZeRO-3 (the `deepspeed` launcher) with 2 processes, each against the
-1-process run with the same global batch (4 = 2 micro x 2 accumulation = 2 micro x 2 ranks), and DDP with
-2 processes x accumulation 2 against 1 process x accumulation 4 (micro-batch 1).
+The multi-step multi-process comparisons live here (tiny model, 8 steps): DeepSpeed ZeRO-2 (torchrun) and
+ZeRO-3 (the `deepspeed` launcher) with 2 processes, each against the 1-process run with the same global batch
+(4 = 2 micro x 2 accumulation = 2 micro x 2 ranks), and DDP with 2 processes x accumulation 2 against 1 process
+x accumulation 4 (micro-batch 1). DDP with 2 processes and no accumulation is checked against a hand-computed
+step in test_lm_engines.py. The 1-process runs are the trainer's main(argv) in this process (lm_runs.train_here:
+the same numbers as `python GPT_2/train.py`, which the launch-script tests run as a subprocess).
 Tolerance: 1e-5 absolute on the logged loss and tau_mean, 1e-5 relative on grad_norm (float32 reductions in another order; the
 runs measured here agree to ~2e-6 or exactly).
 """
@@ -17,9 +19,16 @@ import pytest
 import torch
 
 from helpers import ActivationDtypes, deepspeed_launcher, order_agreement, record_indices, torchrun
-from lm_runs import REPO, assert_runs_match, load_train_module, metrics, run, train, train_cmd
+from lm_runs import REPO, assert_runs_match, load_train_module, metrics, one_thread, run, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
+    with one_thread():
+        yield
 
 STEPS = 8
 COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2")
@@ -30,7 +39,7 @@ TOL = 1e-5
 def reference(tmp_path_factory):
     """The uninterrupted 1-process run (accumulation 2)."""
     out = tmp_path_factory.mktemp("gpt2_ref")
-    train("GPT_2", out, *COMMON)
+    train_here("GPT_2", out, *COMMON)
     return out
 
 
@@ -52,10 +61,10 @@ def test_debug_run_trains_and_writes_everything(reference):
 
 
 def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):
-    train("GPT_2", tmp_path, *COMMON, "train.stop_after_steps=4")
+    train_here("GPT_2", tmp_path, *COMMON, "train.stop_after_steps=4")
     assert not (tmp_path / "final").exists()  # a simulated crash: no final model
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
-    train("GPT_2", tmp_path, *COMMON, resume=True)
+    train_here("GPT_2", tmp_path, *COMMON, resume=True)
     assert metrics(tmp_path) == [{**r, "tokens_per_s": m["tokens_per_s"]} for r, m in
                                  zip(metrics(reference), metrics(tmp_path))]  # every logged value but speed equal
     from safetensors.torch import load_file
@@ -174,14 +183,6 @@ def test_a_run_past_one_epoch_reads_each_epoch_in_a_new_order(tmp_path, monkeypa
     assert all(order_agreement(a, b) < 0.5 for a, b in zip(epochs, epochs[1:])), epochs
 
 
-def test_torchrun_two_processes_match_one(reference, tmp_path):
-    run([*torchrun(2),
-         *train_cmd("GPT_2", tmp_path, f"train.max_steps={STEPS}")])
-    a, b = metrics(reference), metrics(tmp_path)
-    assert_runs_match(a, b, TOL)
-    assert (tmp_path / "checkpoint-8" / "rng_state_1.pt").exists()  # one RNG file per rank
-
-
 def test_two_processes_with_accumulation_match_one_with_more(tmp_path):
     """World 2 x accumulation 2 = world 1 x accumulation 4 (micro-batch 1, global batch 4, 4 steps): rank 1's
     micro-batches beyond the first and the 1 / accum scaling on a rank > 0 are only exercised here. The
@@ -190,10 +191,11 @@ def test_two_processes_with_accumulation_match_one_with_more(tmp_path):
 
     micro = ("train.max_steps=4", "train.micro_batch_size=1", "train.global_batch_size=4", "train.save_every=4")
     run([*torchrun(2), *train_cmd("GPT_2", tmp_path / "two", *micro)])
-    train("GPT_2", tmp_path / "one", *micro)
+    train_here("GPT_2", tmp_path / "one", *micro)
     a, b = metrics(tmp_path / "two"), metrics(tmp_path / "one")
     assert [r["step"] for r in a] == [1, 2, 3, 4]
     assert_runs_match(a, b, TOL)
+    assert (tmp_path / "two" / "checkpoint-4" / "rng_state_1.pt").exists()  # one RNG file per rank
     wa, wb = (load_file(tmp_path / d / "final" / "model.safetensors") for d in ("two", "one"))
     assert wa.keys() == wb.keys() and any(k.startswith("tempnet.") for k in wa)
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)

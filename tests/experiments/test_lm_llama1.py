@@ -6,6 +6,8 @@ accelerate's FSDP cannot run on a CPU: accelerate turns FSDP on only for GPU-lik
 runs MULTI_CPU data parallel here. The test runs that real launch with 2 processes (the engine's
 accumulate / backward / clip / save_state path), checks the trainer says FSDP was not applied, and
 compares with the 1-process run (tolerance 1e-5 absolute on loss and tau_mean, relative on grad_norm).
+The 1-process runs are the trainer's main(argv) in this process (lm_runs.train_here: the same numbers as
+`python LLaMA-1/train.py`, which the launch-script tests run as a subprocess).
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ import pytest
 import torch
 
 from helpers import accelerate_launch, torchrun
-from lm_runs import assert_runs_match, metrics, run, train, train_cmd
+from lm_runs import assert_runs_match, metrics, one_thread, run, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
+    with one_thread():
+        yield
 
 STEPS = 8
 COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2")
@@ -26,7 +35,7 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("llama1_ref")
-    train("LLaMA-1", out, *COMMON)
+    train_here("LLaMA-1", out, *COMMON)
     return out
 
 
@@ -41,8 +50,8 @@ def test_debug_finetune_trains(reference):
 
 
 def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):
-    train("LLaMA-1", tmp_path, *COMMON, "train.stop_after_steps=3")
-    train("LLaMA-1", tmp_path, *COMMON, resume=True)
+    train_here("LLaMA-1", tmp_path, *COMMON, "train.stop_after_steps=3")
+    train_here("LLaMA-1", tmp_path, *COMMON, resume=True)
     a, b = metrics(reference), metrics(tmp_path)
     for key in ("loss", "ce", "tau_mean", "tau_min", "tau_max", "lr", "lr_tempnet", "grad_norm"):
         assert [r[key] for r in a] == [r[key] for r in b], key

@@ -1,6 +1,8 @@
 """LLaMA-2 end to end: a TempNet trained on a frozen tiny LLaMA (configs/debug.yaml, packed text) and on
 a frozen chat model with Alpaca data (configs/debug_chat.yaml); resume with TempNet dropout on (so the
-restored RNG states matter); final/ loads; the export script extracts the TempNet.
+restored RNG states matter); final/ loads; the export script extracts the TempNet. The runs are the trainer's
+main(argv) in this process (lm_runs.train_here: the same numbers as `python LLaMA-2/train.py`, which
+test_lm_families.py and the launch-script tests run as a subprocess).
 """
 
 from __future__ import annotations
@@ -8,9 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_runs import metrics, run, train
+from lm_runs import metrics, one_thread, run, train_here
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
+    with one_thread():
+        yield
 
 STEPS = 8
 COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2", "tempnet.dropout=0.1")
@@ -19,7 +28,7 @@ COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2",
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("llama2_ref")
-    train("LLaMA-2", out, *COMMON)
+    train_here("LLaMA-2", out, *COMMON)
     return out
 
 
@@ -40,8 +49,8 @@ def test_frozen_run_trains_only_tempnet(reference):
 
 
 def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):
-    train("LLaMA-2", tmp_path, *COMMON, "train.stop_after_steps=4")
-    train("LLaMA-2", tmp_path, *COMMON, resume=True)
+    train_here("LLaMA-2", tmp_path, *COMMON, "train.stop_after_steps=4")
+    train_here("LLaMA-2", tmp_path, *COMMON, resume=True)
     a, b = metrics(reference), metrics(tmp_path)
     for key in ("loss", "ce", "tau_mean", "tau_min", "tau_max", "lr_tempnet", "grad_norm"):
         assert [r[key] for r in a] == [r[key] for r in b], key
@@ -57,7 +66,7 @@ def test_export_script_extracts_the_tempnet(reference):
 
 
 def test_chat_run_on_alpaca_data(tmp_path):
-    train("LLaMA-2", tmp_path, f"train.max_steps={STEPS}", config="debug_chat.yaml")
+    train_here("LLaMA-2", tmp_path, f"train.max_steps={STEPS}", config="debug_chat.yaml")
     rows = metrics(tmp_path)
     first, last = sum(r["loss"] for r in rows[:3]) / 3, sum(r["loss"] for r in rows[-3:]) / 3
     assert last < first, [r["loss"] for r in rows]
