@@ -7,7 +7,6 @@ the test with the tail of its output. The generic pieces (free port, JSONL, laun
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from helpers import OFFLINE_ENV as ENV  # noqa: F401  (re-exported for the tests that pass env= on)
@@ -65,26 +64,11 @@ def load_train_module(folder: str):
     return load_module("lm_train_" + folder.replace("-", "_"), REPO / folder / "train.py")
 
 
-@contextmanager
-def one_thread():
-    """torch on one thread inside the block (as the subprocesses, OMP_NUM_THREADS=1), the count before restored after.
-    A tiny model gains nothing from a second thread, and on a busy machine its idle workers spin: an in-process run on
-    the default threads costs about 3x the CPU time of the same run on one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yaml", resume: bool = False) -> dict:
     """The same run as `train(...)`, through the folder's `main(argv)` in this process (no interpreter start-up, no
     imports: a tiny debug run is mostly those). For runs checked by their numbers only; the command line itself runs
-    as a subprocess elsewhere (train() here, the launch-script tests). On one thread (one_thread), as the subprocesses:
-    the numbers equal a subprocess's bit for bit. The global RNGs, the environment and the working directory are
+    as a subprocess elsewhere (train() here, the launch-script tests). On one thread, as the subprocesses
+    (tests/conftest.py): the numbers equal a subprocess's bit for bit. The global RNGs, the environment and the working directory are
     restored afterwards, so the run changes nothing another test sees."""
     import os
     import random
@@ -96,8 +80,7 @@ def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yam
     try:
         argv = train_cmd(folder, out, *overrides, config=config, resume=resume)[1:]
         argv[1] = str(REPO / argv[1])  # the config path, which the subprocess finds from the repository root
-        with one_thread():
-            return load_train_module(folder).main([str(a) for a in argv])
+        return load_train_module(folder).main([str(a) for a in argv])
     finally:
         random.setstate(state[0])
         np.random.set_state(state[1])

@@ -21,16 +21,10 @@ import pytest
 import torch
 
 from helpers import accelerate_launch, deepspeed_launcher, run, torchrun
-from lm_runs import metrics, one_thread, train_cmd, train_here
+from lm_runs import metrics, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
-    with one_thread():
-        yield
 
 EPS, TEMPNET_WD = 1e-3, 0.05
 ONE_STEP = ("train.max_steps=1", "optim.warmup_steps=0", f"optim.eps={EPS}", "optim.grad_clip=0",

@@ -17,17 +17,11 @@ import pytest
 import torch
 
 from helpers import OFFLINE_ENV, REPO, run, torchrun
-from lm_runs import FAMILIES, metrics, one_thread, short_run, train_cmd, train_here
+from lm_runs import FAMILIES, metrics, short_run, train_cmd, train_here
 from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
-    with one_thread():
-        yield
 
 STEPS = 6
 COMMON = short_run(STEPS)

@@ -25,16 +25,10 @@ import pytest
 import torch
 
 from helpers import accelerate_launch, torchrun
-from lm_runs import FAMILIES, metrics, one_thread, run, short_run, train_cmd
+from lm_runs import FAMILIES, metrics, run, short_run, train_cmd
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
-    with one_thread():
-        yield
 
 STEPS = 4
 COMMON = short_run(STEPS)

@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from lm_runs import REPO, metrics, one_thread
+from lm_runs import REPO, metrics
 from tempnet.train.lm_trainer import main
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
-    with one_thread():
-        yield
 
 
 @pytest.mark.parametrize("objective", ["tempnet_dro", "dro"])

@@ -19,16 +19,10 @@ import pytest
 import torch
 
 from helpers import ActivationDtypes, deepspeed_launcher, order_agreement, record_indices, torchrun
-from lm_runs import REPO, assert_runs_match, load_train_module, metrics, one_thread, run, train_cmd, train_here
+from lm_runs import REPO, assert_runs_match, load_train_module, metrics, run, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
-    with one_thread():
-        yield
 
 STEPS = 8
 COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2")

@@ -16,16 +16,10 @@ import pytest
 import torch
 
 from helpers import accelerate_launch, torchrun
-from lm_runs import assert_runs_match, metrics, one_thread, run, train_cmd, train_here
+from lm_runs import assert_runs_match, metrics, run, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
-    with one_thread():
-        yield
 
 STEPS = 8
 COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2")

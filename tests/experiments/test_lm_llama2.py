@@ -10,16 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_runs import metrics, one_thread, run, train_here
+from lm_runs import metrics, run, train_here
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
-    with one_thread():
-        yield
 
 STEPS = 8
 COMMON = (f"train.max_steps={STEPS}", "train.save_every=2", "train.keep_last=2", "tempnet.dropout=0.1")

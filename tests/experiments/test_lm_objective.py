@@ -7,19 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm_runs import REPO, metrics, one_thread
+from lm_runs import REPO, metrics
 from tempnet.losses.objectives import OBJECTIVES, Objective
 from tempnet.modules import GlobalTemperature
 from tempnet.train.lm_trainer import main
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Every in-process computation of this file on one torch thread (lm_runs.one_thread)."""
-    with one_thread():
-        yield
 
 
 class GlobalTauCE(Objective):
