@@ -3,7 +3,9 @@
 existed is left as it was.
 
 The command lines run in one subprocess (tests/experiments/entry_points.py runs each as `python SCRIPT ...`
-would, paying the imports once); what only a real process shows (DataLoader workers, torchrun) runs as its own.
+would, paying the imports once), and so do the refused resumes of a finished run and the two skip runs whose
+resume is compared; what only a real process shows (DataLoader workers, torchrun, a resume from what another
+process left) runs as its own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OFFLINE_ENV, REPO, torchrun
+from helpers import OFFLINE_ENV, REPO, run, torchrun
 from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
@@ -286,15 +288,45 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results(lm_files, clip_files, checkpoints, tmp_path_factory):
+def lm_run(lm_files, tmp_path_factory):
+    """A finished two-step LLM run on the user's files: (its [target, argv], its hashes), for the resumes that
+    must be refused without touching it."""
+    out = tmp_path_factory.mktemp("lm_run") / "run"
+    target, argv = _gpt2(out, lm_files / "corpus.txt", lm_files / "tokenizer")
+    run([sys.executable, target, *argv])
+    return (target, argv), _hashes(out)
+
+
+#: A bad override or base key on --resume of lm_run (name -> (extra override, what the error line names)).
+RESUME_CASES = {"resume_bad_override": ("optim.lr=[1", "override optim.lr"),
+                "resume_bad_base_key": ("model.base.n_layers=1", "model.base.n_layers")}
+#: data.on_bad_sample=skip past the corrupt image (test_skip_resumes_exactly; its resume is its own process).
+SKIP = ("data.on_bad_sample=skip", "data.max_bad_fraction=0.05", "train.log_every=1", "train.epochs=2")
+
+
+def _skip_run(clip: Path, out: Path, *extra) -> list:
+    target, argv = _clip(out, clip / "corrupt_image.json", clip, *SKIP)
+    return [target, [*argv, *extra]]
+
+
+@pytest.fixture(scope="module")
+def results(lm_files, clip_files, checkpoints, lm_run, tmp_path_factory):
+    """Every command of _cases, the refused resumes of lm_run and the two skip runs (uninterrupted, stopped after
+    step 1) in one entry_points.py interpreter: (cases, {name: {code, stderr}}, out, lm_run's hashes after)."""
     out = tmp_path_factory.mktemp("runs")
     cases = _cases(lm_files, clip_files, checkpoints, out)
+    (target, argv), _ = lm_run
+    commands = {"skip_whole": _skip_run(clip_files, out / "skip_whole"),  # first: trains in a fresh interpreter
+                "skip_cut": _skip_run(clip_files, out / "skip_cut", "train.stop_after_steps=1"),
+                **{name: command for name, (command, _) in cases.items()},
+                **{name: [target, [*argv, extra, "--resume"]] for name, (extra, _) in RESUME_CASES.items()}}
     spec = out / "cases.json"
-    spec.write_text(json.dumps({name: command for name, (command, _) in cases.items()}))
+    spec.write_text(json.dumps(commands))
     proc = subprocess.run([sys.executable, "tests/experiments/entry_points.py", str(spec)], cwd=REPO, env=OFFLINE_ENV,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return cases, json.loads(proc.stdout.splitlines()[-1]), out
+    out_dir = Path(argv[argv.index("--output-dir") + 1])
+    return cases, json.loads(proc.stdout.splitlines()[-1]), out, _hashes(out_dir)
 
 
 #: Found only when the sample is read, after the run has started (and written its config).
@@ -304,7 +336,7 @@ CASE_NAMES = list(_cases(Path("l"), Path("c"), Path("k"), Path("o")))
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_bad_input_is_one_error_line_naming_it(results, name):
-    cases, got, out = results
+    cases, got, out, _ = results
     line = _one_error_line(got[name]["code"], got[name]["stderr"])
     assert cases[name][1] in line, line
     argv = cases[name][0][1]
@@ -321,18 +353,12 @@ def test_export_leaves_what_it_refused_alone(results, checkpoints):
     assert (checkpoints / "link.safetensors").is_symlink() and (checkpoints / "fifo").is_fifo()
 
 
-def test_a_bad_override_or_base_key_on_resume_leaves_the_run_directory_alone(lm_files, tmp_path):
-    from helpers import run
-
-    out = tmp_path / "run"
-    target, argv = _gpt2(out, lm_files / "corpus.txt", lm_files / "tokenizer")
-    run([sys.executable, target, *argv])
-    before = _hashes(out)
-    for extra, expected in (("optim.lr=[1", "override optim.lr"), ("model.base.n_layers=1", "model.base.n_layers")):
-        proc = subprocess.run([sys.executable, target, *argv, extra, "--resume"], cwd=REPO, env=OFFLINE_ENV,
-                              capture_output=True, text=True, timeout=300)
-        assert expected in _one_error_line(proc.returncode, proc.stderr)
-        assert _hashes(out) == before
+def test_a_bad_override_or_base_key_on_resume_leaves_the_run_directory_alone(results, lm_run):
+    _, got, _, after = results
+    _, before = lm_run
+    for name, (_, expected) in RESUME_CASES.items():
+        assert expected in _one_error_line(got[name]["code"], got[name]["stderr"])
+    assert after == before
 
 
 def test_a_corrupt_image_read_in_a_loader_worker_is_one_line(clip_files, tmp_path):
@@ -360,19 +386,19 @@ def test_a_bad_image_on_one_rank_of_two_prints_the_line_and_fails(clip_files, tm
     assert len(ours) == 1 and "cannot read the image file of entry 9 of" in ours[0], proc.stderr[-4000:]
 
 
-def test_skip_resumes_exactly(clip_files, tmp_path):
+def test_skip_resumes_exactly(results, clip_files):
     """skip trains past the corrupt image and counts it; the replacement is a rule of the index alone, so a run
     stopped after step 1 and resumed logs the losses of the uninterrupted run (bad_samples counts what this
-    process has found, so it restarts at a resume; the fraction limit is tests/tempnet/data/test_bad_samples.py's)."""
-    from helpers import read_jsonl, run
+    process has found, so it restarts at a resume; the fraction limit is tests/tempnet/data/test_bad_samples.py's).
+    The uninterrupted and the stopped run are results' (entry_points.py); the resume is a process of its own."""
+    from helpers import read_jsonl
 
-    skip = ("data.on_bad_sample=skip", "data.max_bad_fraction=0.05", "train.log_every=1", "train.epochs=2")
-    target, argv = _clip(tmp_path / "whole", clip_files / "corrupt_image.json", clip_files, *skip)
-    run([sys.executable, target, *argv])
-    target, argv = _clip(tmp_path / "cut", clip_files / "corrupt_image.json", clip_files, *skip)
-    run([sys.executable, target, *argv, "train.stop_after_steps=1"])
+    _, got, out, _ = results
+    for name in ("skip_whole", "skip_cut"):
+        assert got[name]["code"] == 0, got[name]["stderr"][-4000:]
+    target, argv = _skip_run(clip_files, out / "skip_cut")
     run([sys.executable, target, *argv, "--resume"])
-    whole, cut = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    whole, cut = read_jsonl(out / "skip_whole" / "metrics.jsonl"), read_jsonl(out / "skip_cut" / "metrics.jsonl")
     assert [r["step"] for r in whole] == [r["step"] for r in cut] == [1, 2, 3, 4]
     assert [r["loss"] for r in whole] == [r["loss"] for r in cut]
     assert whole[-1]["bad_samples"] == 1

@@ -66,9 +66,11 @@ def _preempted(proc, out, step: int) -> None:
 
 # each trainer and data format with 0, 1 and 2 loader workers, the three signals spread over them (SIGTERM, which
 # killed the workers, with workers in each); `twice`: the job gets the signal again after the save (schedulers
-# repeat it), which must not change the exit status
+# repeat it), which must not change the exit status. The LLM trainer's (lm, 2, SIGTERM:twice) and (lm, 1, SIGINT)
+# are the two preemptions of test_faults.py's test_llm_sigterm_then_sigint_... (the same checks, and its
+# directory then resumes exactly)
 @pytest.mark.parametrize("kind, workers, point", [
-    ("lm", 0, "SIGUSR1"), ("lm", 1, "SIGINT"), ("lm", 2, "SIGTERM:twice"),
+    ("lm", 0, "SIGUSR1"),
     ("clip-json", 0, "SIGINT"), ("clip-json", 1, "SIGUSR1:twice"), ("clip-json", 2, "SIGTERM"),
     ("clip-shards", 0, "SIGINT:twice"), ("clip-shards", 1, "SIGTERM"), ("clip-shards", 2, "SIGUSR1"),
 ])
@@ -104,14 +106,32 @@ def test_a_loader_worker_killed_by_something_else_still_fails_the_run(tmp_path):
     assert "preempted" not in proc.stderr and not (out / "final").exists()
 
 
+@pytest.fixture(scope="module")
+def started(shards, tmp_path_factory):
+    """Each trainer (1 loader worker) sent SIGTERM once config.yaml is written, then the directory resumed as the
+    SLURM requeue runs it (the directory holds a checkpoint): the two resumes one after the other in one
+    tests/experiments/entry_points.py interpreter (each exactly as `python train.py ... --resume`, the imports
+    paid once). {trainer: (out, the preempted run, the resume's {code, stderr})}."""
+    root = tmp_path_factory.mktemp("start_up")
+    preempted, resumes = {}, {}
+    for trainer in ("lm", "clip-json"):
+        (root / trainer).mkdir()
+        out = root / trainer / "run"
+        argv = _argv(trainer, out, 1, shards)
+        preempted[trainer] = out, faulty(out.parent, "SIGTERM", "start", argv, expect=128 + signal.SIGTERM)
+        resumes[trainer] = [str(argv[0]), [*map(str, argv[1:]), "--resume"]]
+    spec = root / "resumes.json"
+    spec.write_text(json.dumps(resumes))
+    done = json.loads(python_run("tests/experiments/entry_points.py", spec).stdout.splitlines()[-1])
+    return {trainer: (*preempted[trainer], done[trainer]) for trainer in preempted}
+
+
 @pytest.mark.parametrize("trainer", ["lm", "clip-json"])
-def test_a_signal_during_start_up_ends_in_a_checkpoint_that_resumes(trainer, shards, tmp_path):
-    out = tmp_path / "run"
-    argv = _argv(trainer, out, 1, shards)
-    proc = faulty(tmp_path, "SIGTERM", "start", argv, expect=128 + signal.SIGTERM)  # once config.yaml is written
+def test_a_signal_during_start_up_ends_in_a_checkpoint_that_resumes(trainer, started):
+    out, proc, done = started[trainer]
     _preempted(proc, out, 1)
-    done = python_run(*argv, "--resume")  # what the SLURM requeue runs (the directory holds a checkpoint)
-    assert f"resumed from {out / 'checkpoint-1'}" in done.stderr
+    assert done["code"] == 0, done["stderr"][-4000:]
+    assert f"resumed from {out / 'checkpoint-1'}" in done["stderr"]
     assert [r["step"] for r in metrics(out)] == list(range(1, 7 if trainer == "lm" else 11))
 
 

@@ -1,7 +1,9 @@
 """The paths a user takes outside the debug harness, as real subprocesses: a non-synthetic LLM run into a
 fresh nested directory, a run that would overwrite another, a resume that changes what was trained, a
 truncated checkpoint, bad overrides, missing paths, an --overwrite whose new inputs do not exist (nothing is
-removed). Every user error is one `error: ...` line, exit 2."""
+removed). Every user error is one `error: ...` line, exit 2. The refused commands (and the warning of an
+allowed large rho) run in one interpreter through tests/experiments/entry_points.py, each exactly as `python
+SCRIPT ARGV` would; the runs that train and resume are their own processes."""
 
 from __future__ import annotations
 
@@ -22,12 +24,17 @@ def _run(*args, expect: int = 0):
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == expect, f"exit {proc.returncode}, expected {expect}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    if expect == 2:
-        assert "Traceback" not in proc.stderr, proc.stderr
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1, proc.stderr
-        return errors[0]
     return proc
+
+
+def _error_line(result: dict) -> str:
+    """The one `error: ...` line of a refused command (exit 2, no traceback)."""
+    code, stderr = result["code"], result["stderr"]
+    assert code == 2, f"exit {code}, expected 2:\n{stderr[-4000:]}"
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    return errors[0]
 
 
 def _hashes(root):
@@ -53,31 +60,74 @@ def _gpt2(out, corpus, *extra):
             "train.save_every=2", "train.keep_last=3", "train.progress_bar=false", *extra]
 
 
-def test_real_data_run_into_a_fresh_nested_directory_and_what_protects_it(corpus, tmp_path):
-    out = tmp_path / "runs" / "nested" / "gpt2"
+@pytest.fixture(scope="module")
+def first_run(corpus, tmp_path_factory):
+    """The non-synthetic run into a fresh nested directory: (its directory, its hashes, its rows)."""
+    out = tmp_path_factory.mktemp("first") / "runs" / "nested" / "gpt2"
     _run(*_gpt2(out, corpus))
-    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    return out, _hashes(out), metrics(out)
+
+
+def _refused_cases(corpus, out, tmp):
+    """name -> [target, argv]: the commands that must be refused (and the one that warns), each as a user types it."""
+    def gpt2(run_dir, *extra, flag=()):
+        target, *argv = _gpt2(run_dir, corpus, *extra)
+        return [target, [*map(str, argv), *flag]]
+
+    return {
+        # into the first run's directory: none of them may touch it
+        "again": gpt2(out),  # without --resume
+        "resume_changed_objective": gpt2(out, "objective=ce", "train.max_steps=8", flag=["--resume"]),
+        "overwrite_bad_integer": gpt2(out, "train.max_steps=abc", flag=["--overwrite"]),
+        "overwrite_missing_data": gpt2(out, f"data.files=[{corpus / 'corpus.txtt'}]", flag=["--overwrite"]),
+        "overwrite_missing_tokenizer": gpt2(out, f"model.tokenizer={corpus / 'tokenizr'}", flag=["--overwrite"]),
+        # missing paths
+        "missing_data": gpt2(tmp / "a", f"data.files=[{tmp / 'nope.txt'}]"),
+        "missing_tokenizer": gpt2(tmp / "b", f"model.tokenizer={tmp / 'no_tokenizer'}"),
+        "missing_model": ["tempnet.cli", ["generate", "/no/such/dir", "--prompt", "the"]],
+        "missing_config": ["GPT_2/train.py", ["--config", str(tmp / "missing.yaml"), "--output-dir", str(tmp / "c")]],
+        "clip_bad_epochs": ["Bimodal-CL/train.py", ["--config", "Bimodal-CL/configs/debug.yaml", "--output-dir",
+                                                    str(tmp / "d"), "train.epochs=two"]],
+        # rho at or above log V: refused, or a warning when allowed (that run trains one step)
+        "rho_refused": gpt2(tmp / "rho_a", "tempnet.rho=8.0"),
+        "rho_allowed": gpt2(tmp / "rho_b", "tempnet.rho=8.0", "tempnet.allow_large_rho=true", "train.max_steps=1"),
+    }
+
+
+@pytest.fixture(scope="module")
+def refused(corpus, first_run, tmp_path_factory):
+    """The refused commands of this file run as tests/experiments/entry_points.py runs them (each exactly as
+    `python SCRIPT ARGV` / `python -m MODULE ARGV`, in one interpreter: the imports paid once): {name: {code,
+    stderr}}, and the first run's hashes right after them."""
+    out = first_run[0]
+    tmp = tmp_path_factory.mktemp("refused")
+    spec = tmp / "cases.json"
+    spec.write_text(json.dumps(_refused_cases(corpus, out, tmp)))
+    proc = _run("tests/experiments/entry_points.py", spec)
+    return json.loads(proc.stdout.splitlines()[-1]), _hashes(out)
+
+
+def test_real_data_run_into_a_fresh_nested_directory_and_what_protects_it(corpus, first_run, refused):
+    out, before, first_rows = first_run
+    assert [r["step"] for r in first_rows] == [1, 2, 3, 4, 5, 6]
     assert (out / "final" / "model.safetensors").is_file() and not (out / "debug_assets").exists()
-    before, first_rows = _hashes(out), metrics(out)
+    got, after = refused
 
-    message = _run(*_gpt2(out, corpus), expect=2)  # again, without --resume: refused, nothing touched
+    message = _error_line(got["again"])  # again, without --resume: refused
     assert "already holds a run" in message and "--resume" in message and "--overwrite" in message
-    assert _hashes(out) == before
 
-    message = _run(*_gpt2(out, corpus, "objective=ce", "train.max_steps=8"), "--resume", expect=2)
+    message = _error_line(got["resume_changed_objective"])
     assert "['objective']" in message and "'tempnet_dro' -> 'ce'" in message
-    assert _hashes(out) == before
 
-    message = _run(*_gpt2(out, corpus, "train.max_steps=abc"), "--overwrite", expect=2)
+    message = _error_line(got["overwrite_bad_integer"])
     assert "train.max_steps needs an integer, got 'abc'" in message
-    assert _hashes(out) == before
 
     # --overwrite checks the new inputs before it removes anything: a typo deletes nothing
-    message = _run(*_gpt2(out, corpus, f"data.files=[{corpus / 'corpus.txtt'}]"), "--overwrite", expect=2)
+    message = _error_line(got["overwrite_missing_data"])
     assert "data.files: no such file" in message and "corpus.txtt" in message
-    message = _run(*_gpt2(out, corpus, f"model.tokenizer={corpus / 'tokenizr'}"), "--overwrite", expect=2)
+    message = _error_line(got["overwrite_missing_tokenizer"])
     assert "model.tokenizer: no such file or directory" in message
-    assert _hashes(out) == before
+    assert after == before  # none of the five refused commands touched the run
 
     # a truncated newest checkpoint: resume from the newest intact one, with a warning naming the file
     optimizer = out / "checkpoint-6" / "optimizer.pt"
@@ -93,26 +143,26 @@ def test_real_data_run_into_a_fresh_nested_directory_and_what_protects_it(corpus
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
-def test_missing_paths_are_reported_as_missing(corpus, tmp_path):
-    message = _run(*_gpt2(tmp_path / "a", corpus, f"data.files=[{tmp_path / 'nope.txt'}]"), expect=2)
+def test_missing_paths_are_reported_as_missing(refused):
+    got, _ = refused
+    message = _error_line(got["missing_data"])
     assert "no such file" in message and "nope.txt" in message
-    message = _run(*_gpt2(tmp_path / "b", corpus, f"model.tokenizer={tmp_path / 'no_tokenizer'}"), expect=2)
+    message = _error_line(got["missing_tokenizer"])
     assert "model.tokenizer: no such file or directory" in message
-    message = _run("-m", "tempnet.cli", "generate", "/no/such/dir", "--prompt", "the", expect=2)
+    message = _error_line(got["missing_model"])
     assert message == "error: model: no such file or directory: /no/such/dir"
-    message = _run("GPT_2/train.py", "--config", tmp_path / "missing.yaml", "--output-dir", tmp_path / "c", expect=2)
+    message = _error_line(got["missing_config"])
     assert "config file not found" in message
-    message = _run("Bimodal-CL/train.py", "--config", "Bimodal-CL/configs/debug.yaml", "--output-dir", tmp_path / "d",
-                   "train.epochs=two", expect=2)
+    message = _error_line(got["clip_bad_epochs"])
     assert "train.epochs needs an integer, got 'two'" in message
 
 
-def test_rho_at_or_above_log_v_is_refused_naming_both_numbers(corpus, tmp_path):
-    message = _run(*_gpt2(tmp_path / "a", corpus, "tempnet.rho=8.0"), expect=2)
+def test_rho_at_or_above_log_v_is_refused_naming_both_numbers(refused):
+    got, _ = refused
+    message = _error_line(got["rho_refused"])
     assert "tempnet.rho=8.0 >= log V = 5.951" in message and "V=384" in message
-    proc = _run(*_gpt2(tmp_path / "b", corpus, "tempnet.rho=8.0", "tempnet.allow_large_rho=true",
-                       "train.max_steps=1"))
-    assert "the DRO constraint is vacuous" in proc.stderr  # a warning, and the run goes on
+    assert got["rho_allowed"]["code"] == 0, got["rho_allowed"]["stderr"][-4000:]
+    assert "the DRO constraint is vacuous" in got["rho_allowed"]["stderr"]  # a warning, and the run goes on
 
 
 def test_generated_tokens_are_shown_as_text_not_byte_level_symbols(corpus):
