@@ -62,3 +62,21 @@ def assert_runs_match(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
 def load_train_module(folder: str):
     """The folder's train.py as a module (folders have hyphens, so they are not packages)."""
     return load_module("lm_train_" + folder.replace("-", "_"), REPO / folder / "train.py")
+
+
+def main_in_process(folder: str, argv: list) -> dict:
+    """The folder's train.py main(argv) in this process (a run of one process, no launcher: no process group);
+    the global RNGs it seeds are restored afterwards (the trainer restores its signal handlers and sets no
+    environment variable itself). Returns the last logged metrics."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        return load_train_module(folder).main([str(a) for a in argv])
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
