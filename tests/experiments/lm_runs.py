@@ -7,6 +7,7 @@ the test with the tail of its output. The generic pieces (free port, JSONL, laun
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from helpers import OFFLINE_ENV as ENV  # noqa: F401  (re-exported for the tests that pass env= on)
@@ -64,12 +65,10 @@ def load_train_module(folder: str):
     return load_module("lm_train_" + folder.replace("-", "_"), REPO / folder / "train.py")
 
 
-def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yaml", resume: bool = False) -> dict:
-    """The same run as `train(...)`, through the folder's `main(argv)` in this process (no interpreter start-up, no
-    imports: a tiny debug run is mostly those). For runs checked by their numbers only; the command line itself runs
-    as a subprocess elsewhere (train() here, the launch-script tests). On one thread, as the subprocesses
-    (tests/conftest.py): the numbers equal a subprocess's bit for bit. The global RNGs, the environment and the working directory are
-    restored afterwards, so the run changes nothing another test sees."""
+@contextmanager
+def _globals_restored():
+    """Restores what an in-process run changes for the tests after it: the global RNGs it seeds, the environment
+    and the working directory (the trainer restores its own signal handlers)."""
     import os
     import random
 
@@ -78,9 +77,7 @@ def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yam
 
     state = (random.getstate(), np.random.get_state(), torch.get_rng_state(), dict(os.environ), os.getcwd())
     try:
-        argv = train_cmd(folder, out, *overrides, config=config, resume=resume)[1:]
-        argv[1] = str(REPO / argv[1])  # the config path, which the subprocess finds from the repository root
-        return load_train_module(folder).main([str(a) for a in argv])
+        yield
     finally:
         random.setstate(state[0])
         np.random.set_state(state[1])
@@ -88,3 +85,21 @@ def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yam
         os.environ.clear()
         os.environ.update(state[3])
         os.chdir(state[4])
+
+
+def main_in_process(folder: str, argv: list) -> dict:
+    """The folder's train.py main(argv) in this process (a run of one process, no launcher: no process group), the
+    globals restored afterwards. Returns the last logged metrics."""
+    with _globals_restored():
+        return load_train_module(folder).main([str(a) for a in argv])
+
+
+def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yaml", resume: bool = False) -> dict:
+    """The same run as `train(...)`, through the folder's `main(argv)` in this process (no interpreter start-up, no
+    imports: a tiny debug run is mostly those). For runs checked by their numbers only; the command line itself runs
+    as a subprocess elsewhere (train() here, the launch-script tests). On one thread, as the subprocesses
+    (tests/conftest.py): the numbers equal a subprocess's bit for bit. The globals are restored afterwards, so the
+    run changes nothing another test sees."""
+    argv = train_cmd(folder, out, *overrides, config=config, resume=resume)[1:]
+    argv[1] = str(REPO / argv[1])  # the config path, which the subprocess finds from the repository root
+    return main_in_process(folder, argv)

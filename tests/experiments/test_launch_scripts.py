@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lm_runs import ENV, REPO, free_port, metrics
 
@@ -66,6 +68,14 @@ def assets(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory):
+    """data.cache_dir of the one-process runs: the same corpus, tokenizer and seq_len tokenise once (the cache's
+    key is all three) and later runs read it. The runs of several processes each keep a fresh one, so under every
+    launcher rank 0 builds it while the other ranks wait."""
+    return tmp_path_factory.mktemp("token_cache")
+
+
 def _training_scripts(folder: str) -> list[str]:
     """The training launchers (the eval_* / alpaca_* ones run in test_eval_scripts.py)."""
     return sorted(p.name for p in (REPO / folder / "scripts").glob("*.sh")
@@ -76,12 +86,13 @@ GPT2_SCRIPTS = _training_scripts("GPT_2")
 
 
 @pytest.mark.parametrize("name", GPT2_SCRIPTS)
-def test_gpt2_script(name, assets, tmp_path, golden):
+def test_gpt2_script(name, assets, token_cache, tmp_path, golden):
     out = tmp_path / "run"
     tiny = ([f"model.tokenizer={assets / 'tokenizer-gpt2'}", *GPT2_TINY] if name.startswith(("scratch", "ablation"))
             else [f"model.path={assets / 'base-gpt2'}"])
     nproc = 2 if name == "scratch_tempnet.sh" else 1  # one script per launcher also runs 2 processes
-    _bash(f"GPT_2/scripts/{name}", *COMMON, *tiny, f"train.global_batch_size={nproc}", f"data.cache_dir={tmp_path}",
+    cache = tmp_path if nproc > 1 else token_cache
+    _bash(f"GPT_2/scripts/{name}", *COMMON, *tiny, f"train.global_batch_size={nproc}", f"data.cache_dir={cache}",
           NPROC=nproc, OUT=out, DATA=assets / "corpus.txt")
     assert [r["step"] for r in metrics(out)] == [1, 2]
     golden(f"GPT_2-{Path(name).stem}", out)
@@ -96,14 +107,15 @@ LLAMA_SCRIPTS = [f"{folder}/scripts/{name}" for folder in ("LLaMA-1", "LLaMA-2")
 
 
 @pytest.mark.parametrize("script", LLAMA_SCRIPTS)
-def test_llama_script(script, assets, tmp_path, golden):
+def test_llama_script(script, assets, token_cache, tmp_path, golden):
     out = tmp_path / "run"
     chat = "chat" in script
     nproc = 2 if script.endswith(("frozen_7b.sh", "chat_70b.sh")) else 1
     # a config that sets the budget as a target entropy keeps doing so: the same rho 3.0 for V = 384
     budget = ["tempnet.rho=null", f"tempnet.target_entropy={math.log(384) - 3.0}"] if "llama3" in script else []
     _bash(script, *COMMON, *budget, f"model.path={assets / 'base-llama'}", "model.dtype=null",
-          f"train.global_batch_size={nproc}", f"data.cache_dir={tmp_path}", *(["data.seq_len=48"] if chat else []),
+          f"train.global_batch_size={nproc}", f"data.cache_dir={tmp_path if nproc > 1 else token_cache}",
+          *(["data.seq_len=48"] if chat else []),
           NPROC=nproc, OUT=out, DATA=assets / ("alpaca.json" if chat else "corpus.txt"))
     assert [r["step"] for r in metrics(out)] == [1, 2]
     golden(script.replace("/scripts/", "-").removesuffix(".sh"), out)
@@ -143,16 +155,28 @@ def test_clip_script_then_evaluation(name, assets, tmp_path, golden):
     assert json.loads((out / "best.json").read_text())["epoch"] == 1  # the config's select_best, on our set
     if name != "cc3m_isogclr_tempnet.sh":
         return
+    # then the evaluation scripts on its last checkpoint, into the results layout (RESULTS_DIR/clip/ROW/<set>/,
+    # the sets named as the paper's) that scripts/make_tables.py merges into one row
     checkpoint = sorted(out.glob("checkpoint-*"))[-1]
-    for script, setting in (("eval_flickr30k.sh", retrieval),
-                            ("eval_zeroshot.sh", f"eval.zeroshot=[{{name: shapes, kind: folder, root: {pairs / 'zeroshot'}}}]")):
-        target = tmp_path / script
-        _bash(f"Bimodal-CL/scripts/{script}", setting, "eval.num_workers=0", "eval.batch_size=64", "train.precision=fp32",
-              CKPT=checkpoint, OUT=target)
-        record = json.loads((target / "eval.json").read_text())
+    results = tmp_path / "results"
+    records = {}
+    for part, setting in (("flickr30k", retrieval.replace("name: synthetic", "name: flickr30k")),
+                          ("zeroshot", f"eval.zeroshot=[{{name: imagenet, kind: folder, root: {pairs / 'zeroshot'}}}]")):
+        _bash(f"Bimodal-CL/scripts/eval_{part}.sh", setting, "eval.num_workers=0", "eval.batch_size=64",
+              "train.precision=fp32", CKPT=checkpoint, RESULTS_DIR=results, ROW="isogclr_tempnet")
+        record = records[part] = json.loads((results / "clip" / "isogclr_tempnet" / part / "eval.json").read_text())
         assert record["step"] == 4 and record["checkpoint"] == str(checkpoint)
-        key = "synthetic/img_r1" if "flickr" in script else "shapes/zeroshot_top1"
+        key = "flickr30k/img_r1" if part == "flickr30k" else "imagenet/zeroshot_top1"
         assert key in record, sorted(record)
+    from tempnet.eval.tables import build_tables
+
+    (clip,) = [t for t in build_tables(results) if t.key == "clip"]
+    assert [c.header for c in clip.columns] == ["Flickr30K IR@1", "Flickr30K TR@1", "ImageNet top-1"]
+    (row,) = clip.rows
+    assert row.name == "isogclr_tempnet"
+    assert row.cells["flickr30k/img_r1"].value == records["flickr30k"]["flickr30k/img_r1"]
+    assert row.cells["flickr30k/txt_r1"].value == records["flickr30k"]["flickr30k/txt_r1"]
+    assert row.cells["imagenet/zeroshot_top1"].value == records["zeroshot"]["imagenet/zeroshot_top1"]
 
 
 # ---- several nodes: two launchers on this machine -------------------------------------------------------------
@@ -193,11 +217,40 @@ def _state(out: Path, step: int) -> dict:
 
 
 # One launch script per launcher (torchrun, deepspeed, accelerate launch) as 2 nodes x 1 process, against 1 process
-# with the same global batch of 2 sequences (2 micro-batches accumulated); every dropout off.
+# with the same global batch of 2 sequences (2 micro-batches accumulated); every dropout off. The one process is the
+# script's trainer with the script's config and arguments, run in this process (its main(argv), engine ddp: one
+# process, no launcher, no wrapper), so each launcher's two-node run is compared with the plain computation; its
+# resolved config must be the two-node run's but for the engine.
 MULTINODE = {"torchrun": "LLaMA-2/scripts/frozen_7b.sh", "deepspeed": "GPT_2/scripts/scratch_tempnet.sh",
              "accelerate": "LLaMA-1/scripts/finetune_7b.sh"}
 NO_DROPOUT = ["tempnet.dropout=0.0", "model.base.resid_pdrop=0.0", "model.base.embd_pdrop=0.0",
               "model.base.attn_pdrop=0.0"]
+
+
+def _script_trainer(script: str) -> tuple[str, list[str]]:
+    """(the train.py folder, its arguments before the user's) of a launch script: --config and the fixed
+    key=value lines of its exec block (data.dataset comes from DATA and is passed by the caller)."""
+    text = (REPO / script).read_text()
+    folder = re.search(r"^\s*(\S+)/train\.py \\$", text, re.M).group(1)
+    config = re.search(r"^\s*--config (\S+) \\$", text, re.M).group(1)
+    fixed = re.findall(r"^\s*([a-z_][\w.]*=[\w.-]+) \\$", text, re.M)
+    return folder, ["--config", str(REPO / config), *fixed]
+
+
+def _one_process(script: str, out: Path, data: Path, *overrides: str) -> None:
+    """`script`'s run as one plain process: its train.py's main(argv) here, engine ddp."""
+    from lm_runs import main_in_process
+
+    folder, fixed = _script_trainer(script)
+    main_in_process(folder, [*fixed, "--output-dir", out, f"data.dataset={data}", *overrides, "engine.name=ddp"])
+
+
+def _config(out: Path) -> dict:
+    """The run's resolved config but its engine and its stop_after_steps."""
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config.pop("engine")
+    config["train"].pop("stop_after_steps")
+    return config
 
 
 @pytest.mark.parametrize("launcher", sorted(MULTINODE))
@@ -211,8 +264,12 @@ def test_two_nodes_match_one_process(launcher, assets, tmp_path):
     data = {"DATA": assets / "corpus.txt", "NPROC": 1}
     one, two = tmp_path / "one", tmp_path / "two"
     stop = ["train.stop_after_steps=2"] if launcher == "torchrun" else []
-    _finish(_start(script, tmp_path / "one.log", *args, OUT=one, **data),
-            *_two_nodes(script, tmp_path, *args, *stop, OUT=two, **data))
+    nodes = _two_nodes(script, tmp_path, *args, *stop, OUT=two, **data)
+    try:
+        _one_process(script, one, data["DATA"], *args)
+    finally:
+        _finish(*nodes)
+    assert _config(one) == _config(two)  # the same run but for the engine
     assert _state(two, 2)["world_size"] == 2 and _layout(_state(two, 2)) == (2, 1) and _layout(_state(one, 2)) == (1, 1)
     assert [_layout(r) for r in metrics(two)] == [(2, 1)] * (3 - len(stop))
     if launcher == "torchrun":  # the same world size in another layout resumes (another one: test_multinode.py)

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from lm_runs import REPO, load_train_module, metrics
+from lm_runs import REPO, main_in_process, metrics
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def _train(out, assets, records, *extra):
     data = out.parent / f"{out.name}.json"
     data.write_text(json.dumps(records))
     path, tokenizer = assets
-    return load_train_module("LLaMA-2").main([
+    return main_in_process("LLaMA-2", [
         "--config", str(REPO / "LLaMA-2/configs/debug_chat.yaml"), "--output-dir", str(out), "data.synthetic=false",
         f"data.files=[{data}]", f"model.path={path}", f"model.tokenizer={tokenizer}", f"data.seq_len={SEQ_LEN}",
         "train.max_steps=1", "train.micro_batch_size=1", "train.global_batch_size=2", *extra])

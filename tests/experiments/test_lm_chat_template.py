@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from lm_runs import ENV, REPO, metrics, train, train_cmd
+from lm_runs import ENV, REPO, main_in_process, metrics, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,8 @@ def test_records_in_the_tokenizers_chat_template(assets, tmp_path):
     from tempnet.train.lm_config import LMTrainConfig
 
     out = tmp_path / "run"
-    train("LLaMA-2", out, *_args(assets, assets["templated"]), config="debug_chat.yaml")
+    main_in_process("LLaMA-2", ["--config", REPO / "LLaMA-2/configs/debug_chat.yaml", "--output-dir", out,
+                                *_args(assets, assets["templated"])])  # in this process: a run's numbers and files
     assert len(metrics(out)) == 1
     tokenizer = AutoTokenizer.from_pretrained(assets["templated"])
     cfg = load_config(LMTrainConfig, out / "config.yaml")
