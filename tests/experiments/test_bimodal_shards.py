@@ -140,9 +140,10 @@ def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tm
 def test_a_train_index_that_is_not_an_index_is_one_line(what, shards, tmp_path):
     root, _, _ = shards
     path = {"albef_json": root / "pairs" / "train.json", "tar": root / "shards" / "00000.tar"}[what]
-    proc = python_run(TRAIN, *argv(tmp_path / "run", *RUN, f"data.train_index={path}"), expect=2)
-    assert error_line(proc) == f"error: {path} is not a shard index of scripts/index_shards.py (an index is its " \
-                               "JSON output; the shards themselves go in data.train_shards)"
+    with pytest.raises(UserError) as err:  # in-process: the CLI prints user_message's one line (exit 2, as above)
+        run_main(tmp_path / "run", *RUN, f"data.train_index={path}")
+    assert user_message(err.value) == f"{path} is not a shard index of scripts/index_shards.py (an index is its " \
+                                      "JSON output; the shards themselves go in data.train_shards)"
 
 
 def test_a_resampled_stream_where_nothing_decodes_stops_in_one_line(tmp_path):
