@@ -17,7 +17,7 @@ import torch
 
 from bimodal_runs import TRAIN, argv, checkpoint, metrics, run_main, run_torchrun, tensors
 from fault_runs import error_line, hashes, python_run
-from helpers import REPO
+from helpers import REPO, load_module
 from shard_data import write_pair_shards
 from tempnet.data.shards import build_index, write_index
 from tempnet.errors import UserError, user_message
@@ -126,23 +126,50 @@ BROKEN = {"truncated": r"is not a readable tar \(truncated or damaged\)", "empty
           "gzip": r"is gzip-compressed"}
 
 
+def _in_process(cli, args, capsys) -> str:
+    """A script's CLI wrapper (`run_cli` / `run_trainer`) called in this process: it exits 2 after one `error:`
+    line on stderr, which is returned."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli(list(map(str, args)))
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
 @pytest.mark.parametrize("kind", sorted(BROKEN))
-def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tmp_path):
+def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tmp_path, capsys):
+    """Both scripts as a user runs them (subprocesses) on a truncated shard; on the others their same CLI
+    wrappers in-process (the message is what differs)."""
+    from tempnet.train.cli import run_trainer
+
+    from bimodal_runs import train_module
+
     pattern = _broken_shards(tmp_path / "data", kind)
     expected = rf"error: shard \S+00001\.tar {BROKEN[kind]}"
-    proc = python_run(REPO / "scripts" / "index_shards.py", pattern, "--output", tmp_path / "index.json", expect=2)
-    assert re.match(expected, error_line(proc)) and not (tmp_path / "index.json").exists()
-    proc = python_run(TRAIN, *argv(tmp_path / "run", *RUN, f"data.train_shards={pattern}"), expect=2)
-    assert re.match(expected, error_line(proc))
+    index_args = [pattern, "--output", tmp_path / "index.json"]
+    train_args = argv(tmp_path / "run", *RUN, f"data.train_shards={pattern}")
+    if kind == "truncated":
+        line = error_line(python_run(REPO / "scripts" / "index_shards.py", *index_args, expect=2))
+    else:
+        line = _in_process(load_module("index_shards", REPO / "scripts" / "index_shards.py").cli, index_args, capsys)
+    assert re.match(expected, line) and not (tmp_path / "index.json").exists()
+    if kind == "truncated":
+        line = error_line(python_run(TRAIN, *train_args, expect=2))
+    else:
+        line = _in_process(lambda a: run_trainer(train_module().main, a), train_args, capsys)
+    assert re.match(expected, line)
 
 
 @pytest.mark.parametrize("what", ["albef_json", "tar"])
 def test_a_train_index_that_is_not_an_index_is_one_line(what, shards, tmp_path):
     root, _, _ = shards
     path = {"albef_json": root / "pairs" / "train.json", "tar": root / "shards" / "00000.tar"}[what]
-    proc = python_run(TRAIN, *argv(tmp_path / "run", *RUN, f"data.train_index={path}"), expect=2)
-    assert error_line(proc) == f"error: {path} is not a shard index of scripts/index_shards.py (an index is its " \
-                               "JSON output; the shards themselves go in data.train_shards)"
+    with pytest.raises(UserError) as err:  # in-process: the CLI prints user_message's one line (exit 2, as above)
+        run_main(tmp_path / "run", *RUN, f"data.train_index={path}")
+    assert user_message(err.value) == f"{path} is not a shard index of scripts/index_shards.py (an index is its " \
+                                      "JSON output; the shards themselves go in data.train_shards)"
 
 
 def test_a_resampled_stream_where_nothing_decodes_stops_in_one_line(tmp_path):

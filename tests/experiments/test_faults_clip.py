@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bimodal_runs import metrics, run_main
 from fault_runs import error_line, faulty, hashes, python_run, reference_run, same_run, same_weights
 
 pytestmark = pytest.mark.slow
@@ -45,17 +46,12 @@ def _same_clip_run(out, reference):
     same_weights(out / "checkpoint-best" / "model.safetensors", reference / "checkpoint-best" / "model.safetensors")
 
 
-@pytest.mark.parametrize("point, where", [("checkpoint", 20), ("step", 13)])
-def test_clip_run_killed_then_resumed_equals_an_uninterrupted_run(clip_reference, tmp_path, point, where):
-    out = tmp_path / "run"
-    faulty(tmp_path, point, where, _clip(out), expect=-signal.SIGKILL)
-    if point == "checkpoint":  # killed after epoch 2's evaluation was logged, before its checkpoint was complete
-        assert len((out / "eval_log.jsonl").read_text().splitlines()) == 2
-    python_run(*_clip(out), "--resume")
-    _same_clip_run(out, clip_reference)
-
-
-def test_clip_killed_in_the_best_update_then_sigterm_and_sigint_mid_epoch_then_resume(clip_reference, tmp_path):
+def test_clip_killed_and_signalled_at_every_point_then_resumed_equals_an_uninterrupted_run(clip_reference, tmp_path):
+    """One run through every fault, each resumed from what the last one left (the resume after each fault is the
+    next fault's run; a resume that restored anything wrongly shows at the end): SIGKILL in epoch 1's best-checkpoint
+    update, SIGTERM mid-epoch, SIGKILL mid-step (after an update, its row not logged; the row before it logged after
+    the last save), SIGINT, SIGKILL while checkpoint-20's files are written (after epoch 2's evaluation was logged);
+    the last resume ends exactly where the uninterrupted run ends."""
     out = tmp_path / "run"
     faulty(tmp_path, "best", 10, _clip(out), expect=-signal.SIGKILL)  # epoch 1 saved, its best copy unfinished
     assert (out / "checkpoint-10" / "COMPLETE").is_file() and not (out / "best.json").exists()
@@ -64,8 +60,15 @@ def test_clip_killed_in_the_best_update_then_sigterm_and_sigint_mid_epoch_then_r
     assert json.loads((out / "best.json").read_text())["step"] == 10  # the interrupted update was finished
     assert proc.stderr.splitlines()[-1] == f"preempted at step 12: saved {out / 'checkpoint-12'}"
     assert json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["step_in_epoch"] == 2  # mid-epoch
-    proc = faulty(tmp_path, "SIGINT", 16, [*_clip(out), "--resume"], expect=128 + signal.SIGINT)
-    assert proc.stderr.splitlines()[-1] == f"preempted at step 17: saved {out / 'checkpoint-17'}"
+    # killed in step 17: step 15 saved (save_every=5), step 16 logged but not saved, step 17 updated, not logged
+    faulty(tmp_path, "step", 17, [*_clip(out), "--resume"], expect=-signal.SIGKILL)
+    assert (out / "checkpoint-15" / "COMPLETE").is_file() and [r["step"] for r in metrics(out)][-2:] == [15, 16]
+    proc = faulty(tmp_path, "SIGINT", 18, [*_clip(out), "--resume"], expect=128 + signal.SIGINT)
+    assert f"resumed from {out / 'checkpoint-15'}" in proc.stderr  # the periodic checkpoint
+    assert proc.stderr.splitlines()[-1] == f"preempted at step 19: saved {out / 'checkpoint-19'}"
+    faulty(tmp_path, "checkpoint", 20, [*_clip(out), "--resume"], expect=-signal.SIGKILL)
+    # killed after epoch 2's evaluation was logged, before its checkpoint was complete
+    assert len((out / "eval_log.jsonl").read_text().splitlines()) == 2 and not (out / "checkpoint-20").exists()
     python_run(*_clip(out), "--resume")
     _same_clip_run(out, clip_reference)
 
@@ -90,8 +93,7 @@ def test_clip_divergence_stops_with_status_3_and_a_nan_model_never_scores(clip_r
     weights = load_file(clip_reference / "checkpoint-20" / "model.safetensors")
     save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
               broken / "checkpoint-20" / "model.safetensors")
-    python_run("Bimodal-CL/train.py", "--config", "Bimodal-CL/configs/debug.yaml", "--output-dir", broken / "eval",
-            "--evaluate", "--checkpoint", broken / "checkpoint-20", "data.synthetic=true")
+    run_main(broken / "eval", "data.synthetic=true", evaluate=broken / "checkpoint-20")  # in-process: numbers only
     record = json.loads((broken / "eval" / "eval.json").read_text())
     scores = {k: v for k, v in record.items() if k.endswith(("_r1", "zeroshot_top1", "r_mean"))}
     assert scores and all(v != v for v in scores.values()), scores  # NaN
