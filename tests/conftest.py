@@ -8,8 +8,8 @@ from pathlib import Path
 # One intra-op thread per test process (set before torch is imported; a value the caller set is kept): the suite
 # runs as 2 workers on 2 cores beside the runs they spawn, and tiny models gain nothing from more threads. With
 # 2 threads each the workers oversubscribe the cores and OpenMP's waiting threads take the CPU time (a 2-layer
-# LLaMA's forward + backward ran 40x slower that way beside one busy process). Subprocesses get the same
-# (helpers.OFFLINE_ENV).
+# LLaMA's forward + backward loop took 80 s on 2 threads against 1.8 s on one, beside other busy processes).
+# Subprocesses get the same (helpers.OFFLINE_ENV).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
