@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tempnet.data.shards import build_index, write_index
+from tempnet.data.shard_index import build_index, write_index
 from tempnet.errors import run_cli
 
 

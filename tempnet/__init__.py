@@ -1,30 +1,36 @@
 """TempNet: per-input softmax temperatures for large foundation models, trained by a DRO robust loss.
 
-The core (this package's `modules`, `losses`, `ops`, `distributed`) needs only torch. The Hugging Face
-classes are imported on first use, so `import tempnet` works without transformers installed.
+The core (this package's `modules`, `losses`, `ops`, `distributed`) needs only torch, the Hugging Face classes
+transformers. Every name below is imported on first use (PEP 562), so `import tempnet` works without
+transformers installed, and a tool that needs only a light module (`tempnet.errors`, `scripts/loss_compare.py`)
+starts without importing torch.
 """
 
-from tempnet import losses
-from tempnet.losses import dro_lm_loss
-from tempnet.modules import FixedTemperature, GlobalTemperature, PrototypeTempNet, TempNet
-from tempnet.ops import linear_tempnet_dro_loss
+import importlib
 
 __version__ = "0.1.0"
 
-# Names served lazily from tempnet.integrations.hf (they import transformers).
-_HF_NAMES = {
-    "LlamaTempNetForCausalLM", "GPT2TempNetForCausalLM", "GPTNeoXTempNetForCausalLM", "LLaMA_TempNet",
-    "TempNetLogitsProcessor", "TempNetConfig",
+#: Public name -> the module that defines it.
+_LAZY = {
+    "losses": "tempnet.losses", "dro_lm_loss": "tempnet.losses",
+    "FixedTemperature": "tempnet.modules", "GlobalTemperature": "tempnet.modules",
+    "PrototypeTempNet": "tempnet.modules", "TempNet": "tempnet.modules",
+    "linear_tempnet_dro_loss": "tempnet.ops",
+    **{name: "tempnet.integrations.hf" for name in (
+        "LlamaTempNetForCausalLM", "GPT2TempNetForCausalLM", "GPTNeoXTempNetForCausalLM", "LLaMA_TempNet",
+        "TempNetLogitsProcessor", "TempNetConfig")},
 }
 
 
 def __getattr__(name: str):
-    if name in _HF_NAMES:
-        from tempnet.integrations import hf
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tempnet' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    return module if module.__name__ == f"tempnet.{name}" else getattr(module, name)
 
-        return getattr(hf, name)
-    raise AttributeError(f"module 'tempnet' has no attribute {name!r}")
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["TempNet", "PrototypeTempNet", "GlobalTemperature", "FixedTemperature", "dro_lm_loss", "linear_tempnet_dro_loss", "losses",
-           *sorted(_HF_NAMES)]
+__all__ = sorted(_LAZY)

@@ -73,3 +73,20 @@ def test_no_import_cycle():
 def test_no_module_imports_a_private_name():
     _, private = _graph()
     assert not private, "\n".join(private)
+
+
+def test_light_tools_start_without_torch():
+    """`import tempnet` imports its names on first use: a tool that needs only the errors, the shard index or the
+    curves (scripts/loss_compare.py, scripts/index_shards.py, scripts/make_tables.py) starts without torch
+    (about 2 s a process)."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
+            "for script in ('loss_compare', 'index_shards', 'make_tables'):\n"
+            "    try: runpy.run_path(f'scripts/{script}.py', run_name='__main__')\n"
+            "    except SystemExit: pass\n"
+            "import tempnet.errors, tempnet.data.shard_index\n"
+            "print('loaded:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent)
+    assert out.stdout.strip().endswith("loaded: []"), out.stdout[-500:]

@@ -323,9 +323,14 @@ def test_base_model_methods_still_work(tiny_llama):
 
 
 def test_public_names_resolve():
-    import tempnet
-    from tempnet.integrations import hf
+    import importlib
 
-    for name in tempnet._HF_NAMES:
-        assert getattr(tempnet, name) is getattr(hf, name)
+    import tempnet
+
+    for name in tempnet.__all__:
+        module = importlib.import_module(tempnet._LAZY[name])
+        assert getattr(tempnet, name) is (module if name == "losses" else getattr(module, name)), name
     assert tempnet.LLaMA_TempNet is LlamaTempNetForCausalLM
+    assert set(tempnet.__all__) <= set(dir(tempnet))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        tempnet.nope  # noqa: B018
