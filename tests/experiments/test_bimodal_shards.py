@@ -63,19 +63,25 @@ def test_resume_mid_epoch_from_a_moved_copy_equals_the_uninterrupted_run(shards,
 
 
 def test_a_two_rank_resume_mid_epoch_reads_the_same_samples(shards, tmp_path):
-    """torchrun x 2, stopped at step 4 of 10 and resumed: every later step equals the uninterrupted run's (each rank
-    reads its slice of the same global batch; a wrong position shows in the losses and the per-sample state)."""
+    """torchrun x 2, resumed from its checkpoint at step 4 of 10: every later step equals the uninterrupted run's
+    (each rank reads its slice of the same global batch; a wrong position shows in the losses and the per-sample
+    state). Two launches, not three: the uninterrupted run also saves checkpoint-4 (train.save_every=4, the same
+    save as train.stop_after_steps=4's), and a copy of it without its later checkpoints is the directory a run
+    stopped at step 4 leaves (the trainer rewinds metrics.jsonl and the evaluations past the checkpoint)."""
     _, pattern, index = shards
     args = [*RUN, f"data.train_shards={pattern}", f"data.train_index={index}", "data.shard_window=2",
-            "data.num_workers=0", "train.epochs=1", "train.batch_size=8"]
-    run_torchrun(2, tmp_path / "ref", *args)
-    out = tmp_path / "run"
-    run_torchrun(2, out, *args, "train.stop_after_steps=4")
+            "data.num_workers=0", "train.epochs=1", "train.batch_size=8", "train.save_every=4", "train.keep_last=0"]
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    run_torchrun(2, ref, *args)
+    assert sorted(p.name for p in ref.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-4", "checkpoint-8"]
+    shutil.copytree(ref, out, symlinks=True)
+    for later in ("checkpoint-8", "checkpoint-10"):
+        shutil.rmtree(out / later)
     run_torchrun(2, out, *args, "--resume")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
     assert [r["step"] for r in metrics(out)] == list(range(1, 11))
-    assert strip(metrics(out)) == strip(metrics(tmp_path / "ref"))
-    a, b = checkpoint(out, 10)[1]["criterion"], checkpoint(tmp_path / "ref", 10)[1]["criterion"]
+    assert strip(metrics(out)) == strip(metrics(ref))
+    a, b = checkpoint(out, 10)[1]["criterion"], checkpoint(ref, 10)[1]["criterion"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
