@@ -2,7 +2,8 @@
 interrupted mid-epoch and resumed from a copy of its shards in another folder, with another number of loader
 workers, equals the uninterrupted run; a shard rewritten in place is refused on resume and the run directory
 is left as it was; broken shard files and a data.train_index that is not an index are one `error:` line
-(train.py and scripts/index_shards.py as subprocesses); a resume keeps host-memory per-sample state off the
+(scripts/index_shards.py as a subprocess, train.py as one where no sample decodes; elsewhere their CLI wrappers
+in-process); a resume keeps host-memory per-sample state off the
 device; the CC12M launch script runs."""
 
 import gzip
@@ -100,7 +101,13 @@ def _rewrite_with_other_images(shard):
     shard.write_bytes(buffer.getvalue())
 
 
-def test_a_rewritten_shard_is_refused_on_resume_and_nothing_is_written(shards, tmp_path):
+def test_a_rewritten_shard_is_refused_on_resume_and_nothing_is_written(shards, tmp_path, capsys):
+    """The refusal through train.py's CLI wrapper in-process (exit 2, one `error:` line; train.py's own process
+    ends in one line in test_a_resampled_stream_where_nothing_decodes_stops_in_one_line)."""
+    from tempnet.train.cli import run_trainer
+
+    from bimodal_runs import train_module
+
     root, _, _ = shards
     own = tmp_path / "shards"
     shutil.copytree(root / "shards", own)
@@ -112,8 +119,8 @@ def test_a_rewritten_shard_is_refused_on_resume_and_nothing_is_written(shards, t
     again = build_index(str(own / "00003.tar"))["shardlist"][0]
     assert all(again[k] == index["shardlist"][3][k] for k in ("nsamples", "first_key", "last_key"))
     before = hashes(out)
-    proc = python_run(TRAIN, *argv(out, *args, resume=True), expect=2)
-    assert "was trained on other data: its shard_list_hash" in error_line(proc)
+    line = _in_process(lambda a: run_trainer(train_module().main, a), argv(out, *args, resume=True), capsys)
+    assert "was trained on other data: its shard_list_hash" in line
     assert hashes(out) == before  # shard_index.json included: a refused resume changes no file
 
 
@@ -146,8 +153,9 @@ def _in_process(cli, args, capsys) -> str:
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tmp_path, capsys):
-    """Both scripts as a user runs them (subprocesses) on a truncated shard; on the others their same CLI
-    wrappers in-process (the message is what differs)."""
+    """scripts/index_shards.py as a user runs it (a subprocess) on a truncated shard; on the others its CLI
+    wrapper in-process (the message is what differs). train.py's CLI wrapper in-process on every kind (train.py's
+    own process ends in one `error:` line in test_a_resampled_stream_where_nothing_decodes_stops_in_one_line)."""
     from tempnet.train.cli import run_trainer
 
     from bimodal_runs import train_module
@@ -161,10 +169,7 @@ def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tm
     else:
         line = _in_process(load_module("index_shards", REPO / "scripts" / "index_shards.py").cli, index_args, capsys)
     assert re.match(expected, line) and not (tmp_path / "index.json").exists()
-    if kind == "truncated":
-        line = error_line(python_run(TRAIN, *train_args, expect=2))
-    else:
-        line = _in_process(lambda a: run_trainer(train_module().main, a), train_args, capsys)
+    line = _in_process(lambda a: run_trainer(train_module().main, a), train_args, capsys)
     assert re.match(expected, line)
 
 
