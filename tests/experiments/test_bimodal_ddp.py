@@ -69,9 +69,11 @@ def _group_rel(a: dict, b: dict, prefix: str) -> tuple[float, str]:
 
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
+    """The one-process run first, in this process; then the 2 ranks are forked from it (they start with its
+    imports done instead of importing torch, timm and transformers again; each seeds and builds its own run)."""
     data = tmp_path / "data"
-    mp.start_processes(_worker, args=(free_port(), data, str(tmp_path / "ranks")), nprocs=2, start_method="spawn")
     one, one_state = _steps(data, [*NO_RANDOMNESS, "train.batch_size=32"])
+    mp.start_processes(_worker, args=(free_port(), data, str(tmp_path / "ranks")), nprocs=2, start_method="fork")
     seen = {"loss": 0.0, "grad": 0.0, "state": 0.0}
     for rank in range(2):
         two, two_state = torch.load(tmp_path / f"ranks.{rank}", weights_only=False)

@@ -1,8 +1,10 @@
 """Bimodal-CL on webdataset shards (data.format=webdataset, configs/debug.yaml's tiny model, CPU): a run
 interrupted mid-epoch and resumed from a copy of its shards in another folder, with another number of loader
 workers, equals the uninterrupted run; a shard rewritten in place is refused on resume and the run directory
-is left as it was; broken shard files and a data.train_index that is not an index are one `error:` line
-(train.py and scripts/index_shards.py as subprocesses); a resume keeps host-memory per-sample state off the
+is left as it was; the CC12M launch script's run under torchrun x 2, resumed mid-epoch from a copy, equals
+itself uninterrupted; broken shard files and a data.train_index that is not an index are one `error:` line
+(scripts/index_shards.py as a subprocess, train.py as one where no sample decodes; elsewhere their CLI wrappers
+in-process); a resume keeps host-memory per-sample state off the
 device; the CC12M launch script runs."""
 
 import gzip
@@ -15,7 +17,7 @@ import tarfile
 import pytest
 import torch
 
-from bimodal_runs import TRAIN, argv, checkpoint, metrics, run_main, run_torchrun, tensors
+from bimodal_runs import TRAIN, argv, checkpoint, metrics, run_main, tensors
 from fault_runs import error_line, hashes, python_run
 from helpers import REPO, load_module
 from shard_data import write_pair_shards
@@ -62,23 +64,6 @@ def test_resume_mid_epoch_from_a_moved_copy_equals_the_uninterrupted_run(shards,
         assert torch.equal(a[key], b[key]), f"{key} differs after resuming"
 
 
-def test_a_two_rank_resume_mid_epoch_reads_the_same_samples(shards, tmp_path):
-    """torchrun x 2, stopped at step 4 of 10 and resumed: every later step equals the uninterrupted run's (each rank
-    reads its slice of the same global batch; a wrong position shows in the losses and the per-sample state)."""
-    _, pattern, index = shards
-    args = [*RUN, f"data.train_shards={pattern}", f"data.train_index={index}", "data.shard_window=2",
-            "data.num_workers=0", "train.epochs=1", "train.batch_size=8"]
-    run_torchrun(2, tmp_path / "ref", *args)
-    out = tmp_path / "run"
-    run_torchrun(2, out, *args, "train.stop_after_steps=4")
-    run_torchrun(2, out, *args, "--resume")
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
-    assert [r["step"] for r in metrics(out)] == list(range(1, 11))
-    assert strip(metrics(out)) == strip(metrics(tmp_path / "ref"))
-    a, b = checkpoint(out, 10)[1]["criterion"], checkpoint(tmp_path / "ref", 10)[1]["criterion"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def _rewrite_with_other_images(shard):
     """The shard downloaded again: the same keys in the same order, other image bytes (rotated by one)."""
     with tarfile.open(shard) as tar:
@@ -94,7 +79,13 @@ def _rewrite_with_other_images(shard):
     shard.write_bytes(buffer.getvalue())
 
 
-def test_a_rewritten_shard_is_refused_on_resume_and_nothing_is_written(shards, tmp_path):
+def test_a_rewritten_shard_is_refused_on_resume_and_nothing_is_written(shards, tmp_path, capsys):
+    """The refusal through train.py's CLI wrapper in-process (exit 2, one `error:` line; train.py's own process
+    ends in one line in test_a_resampled_stream_where_nothing_decodes_stops_in_one_line)."""
+    from tempnet.train.cli import run_trainer
+
+    from bimodal_runs import train_module
+
     root, _, _ = shards
     own = tmp_path / "shards"
     shutil.copytree(root / "shards", own)
@@ -106,8 +97,8 @@ def test_a_rewritten_shard_is_refused_on_resume_and_nothing_is_written(shards, t
     again = build_index(str(own / "00003.tar"))["shardlist"][0]
     assert all(again[k] == index["shardlist"][3][k] for k in ("nsamples", "first_key", "last_key"))
     before = hashes(out)
-    proc = python_run(TRAIN, *argv(out, *args, resume=True), expect=2)
-    assert "was trained on other data: its shard_list_hash" in error_line(proc)
+    line = _in_process(lambda a: run_trainer(train_module().main, a), argv(out, *args, resume=True), capsys)
+    assert "was trained on other data: its shard_list_hash" in line
     assert hashes(out) == before  # shard_index.json included: a refused resume changes no file
 
 
@@ -140,8 +131,9 @@ def _in_process(cli, args, capsys) -> str:
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tmp_path, capsys):
-    """Both scripts as a user runs them (subprocesses) on a truncated shard; on the others their same CLI
-    wrappers in-process (the message is what differs)."""
+    """scripts/index_shards.py as a user runs it (a subprocess) on a truncated shard; on the others its CLI
+    wrapper in-process (the message is what differs). train.py's CLI wrapper in-process on every kind (train.py's
+    own process ends in one `error:` line in test_a_resampled_stream_where_nothing_decodes_stops_in_one_line)."""
     from tempnet.train.cli import run_trainer
 
     from bimodal_runs import train_module
@@ -155,10 +147,7 @@ def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tm
     else:
         line = _in_process(load_module("index_shards", REPO / "scripts" / "index_shards.py").cli, index_args, capsys)
     assert re.match(expected, line) and not (tmp_path / "index.json").exists()
-    if kind == "truncated":
-        line = error_line(python_run(TRAIN, *train_args, expect=2))
-    else:
-        line = _in_process(lambda a: run_trainer(train_module().main, a), train_args, capsys)
+    line = _in_process(lambda a: run_trainer(train_module().main, a), train_args, capsys)
     assert re.match(expected, line)
 
 
@@ -220,9 +209,10 @@ TINY = ["model.image.source=timm", "model.image.name=vit_tiny_patch16_224", "mod
         "loss_args.rho=2.0", "eval.batch_size=64", "eval.num_workers=0", "eval.zeroshot=[]"]
 
 
-def test_cc12m_launch_script(shards, tmp_path):
-    """Bimodal-CL/scripts/cc12m_vitb32_isogclr_tempnet.sh as a user runs it (NPROC, OUT, DATA = the shard folder),
-    its config's sizes shrunk, on the first 2 shards: it trains on them and writes the evaluation and checkpoint."""
+def _cc12m(shards, out, *extra):
+    """Bimodal-CL/scripts/cc12m_vitb32_isogclr_tempnet.sh as a user runs it (NPROC=2, OUT, DATA = the shard
+    folder), its config's sizes shrunk (a global batch of 16: 8 per rank), on the first 2 shards, a checkpoint
+    every 2 steps, all kept."""
     import os
     import sys
 
@@ -231,18 +221,53 @@ def test_cc12m_launch_script(shards, tmp_path):
     root, _, _ = shards
     pairs = root / "pairs"
     retrieval = f"eval.retrieval=[{{name: synthetic, json: {pairs / 'retrieval.json'}, image_root: {pairs}}}]"
-    out = tmp_path / "run"
     env = {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MASTER_PORT": str(free_port()), "NPROC": "1", "OUT": str(out), "DATA": str(root / "shards"),
+           "MASTER_PORT": str(free_port()), "NPROC": "2", "OUT": str(out), "DATA": str(root / "shards"),
            "LAST_SHARD": "00001"}
-    run(["bash", "Bimodal-CL/scripts/cc12m_vitb32_isogclr_tempnet.sh", *TINY, retrieval,
-         "eval.select_best=synthetic/r_mean"], env=env)
+    run(["bash", "Bimodal-CL/scripts/cc12m_vitb32_isogclr_tempnet.sh", *TINY, "train.batch_size=8", retrieval,
+         "eval.select_best=synthetic/r_mean", "train.save_every=2", "train.keep_last=0", *extra], env=env)
+
+
+@pytest.fixture(scope="module")
+def cc12m(shards, tmp_path_factory):
+    """The launch script's uninterrupted 2-rank run (test_cc12m_launch_script's, and the reference of
+    test_a_two_rank_resume_mid_epoch_reads_the_same_samples)."""
+    out = tmp_path_factory.mktemp("cc12m") / "run"
+    _cc12m(shards, out)
+    return out
+
+
+def test_cc12m_launch_script(cc12m):
+    """The CC12M launch script trains on the 2 shards under torchrun x 2 and writes the evaluation and
+    checkpoint."""
+    out = cc12m
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5]  # 80 pairs of 2 shards, global batch 16
     index = json.loads((out / "shard_index.json").read_text())
     assert [s["url"].rsplit("/", 1)[1] for s in index["shardlist"]] == ["00000.tar", "00001.tar"]
     assert json.loads((out / "eval.json").read_text())["epoch"] == 1 and (out / "checkpoint-best").is_dir()
     _, state = checkpoint(out, 5)
     assert state["criterion"]["image_state.s"].shape == (80,) and state["shard_list_hash"] == index["shard_list_hash"]
+    assert state["world_size"] == 2
+
+
+def test_a_two_rank_resume_mid_epoch_reads_the_same_samples(shards, cc12m, tmp_path):
+    """torchrun x 2 (the launch script's run), resumed from its checkpoint at step 2 of 5: every later step equals
+    the uninterrupted run's (each rank reads its slice of the same global batch; a wrong position shows in the
+    losses and the per-sample state). Two launches, not three: the uninterrupted run also saves checkpoint-2
+    (train.save_every=2, the same save as train.stop_after_steps=2's), and a copy of it without its later
+    checkpoints is the directory a run stopped at step 2 leaves (the trainer rewinds metrics.jsonl, the
+    evaluations and the best checkpoint past the checkpoint)."""
+    assert sorted(p.name for p in cc12m.glob("checkpoint-[0-9]*")) == [f"checkpoint-{s}" for s in (2, 4, 5)]
+    out = tmp_path / "run"
+    shutil.copytree(cc12m, out, symlinks=True)
+    for later in ("checkpoint-4", "checkpoint-5"):
+        shutil.rmtree(out / later)
+    _cc12m(shards, out, "--resume")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5]
+    assert strip(metrics(out)) == strip(metrics(cc12m))
+    a, b = checkpoint(out, 5)[1]["criterion"], checkpoint(cc12m, 5)[1]["criterion"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resampled_run_resumes_its_step_count(shards, tmp_path):

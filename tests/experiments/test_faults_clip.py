@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bimodal_runs import metrics, run_main
-from fault_runs import error_line, faulty, hashes, python_run, reference_run, same_run, same_weights
+from bimodal_runs import argv, metrics, run_main, train_module
+from fault_runs import error_line, faulty, hashes, python_run, same_run, same_weights
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,10 @@ def _clip(out, *extra):
 
 @pytest.fixture(scope="module")
 def clip_reference(tmp_path_factory):
-    return reference_run(tmp_path_factory, "clip_faults", _clip)
+    """The uninterrupted run, in-process (its numbers are what counts; every faulted run is train.py's process)."""
+    out = tmp_path_factory.mktemp("clip_faults") / "reference"
+    run_main(out, *CLIP)
+    return out
 
 
 def _same_clip_run(out, reference):
@@ -46,12 +49,14 @@ def _same_clip_run(out, reference):
     same_weights(out / "checkpoint-best" / "model.safetensors", reference / "checkpoint-best" / "model.safetensors")
 
 
-def test_clip_killed_and_signalled_at_every_point_then_resumed_equals_an_uninterrupted_run(clip_reference, tmp_path):
+def test_clip_killed_and_signalled_at_every_point_then_resumed_equals_an_uninterrupted_run(clip_reference, tmp_path,
+                                                                                          capsys):
     """One run through every fault, each resumed from what the last one left (the resume after each fault is the
     next fault's run; a resume that restored anything wrongly shows at the end): SIGKILL in epoch 1's best-checkpoint
     update, SIGTERM mid-epoch, SIGKILL mid-step (after an update, its row not logged; the row before it logged after
     the last save), SIGINT, SIGKILL while checkpoint-20's files are written (after epoch 2's evaluation was logged);
-    the last resume ends exactly where the uninterrupted run ends."""
+    the last resume ends exactly where the uninterrupted run ends. Then a resume with a changed loss argument,
+    through train.py's CLI wrapper in-process (exit 2, one `error:` line), changes no file."""
     out = tmp_path / "run"
     faulty(tmp_path, "best", 10, _clip(out), expect=-signal.SIGKILL)  # epoch 1 saved, its best copy unfinished
     assert (out / "checkpoint-10" / "COMPLETE").is_file() and not (out / "best.json").exists()
@@ -73,8 +78,14 @@ def test_clip_killed_and_signalled_at_every_point_then_resumed_equals_an_uninter
     _same_clip_run(out, clip_reference)
 
     before = hashes(out)  # a changed loss argument is refused as for the LLM, nothing rewritten
-    message = error_line(python_run(*_clip(out, "loss_args.gamma=0.5", "train.epochs=3"), "--resume", expect=2))
-    assert "['loss_args.gamma']" in message and hashes(out) == before
+    from tempnet.train.cli import run_trainer
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_trainer(train_module().main, argv(out, *CLIP, "loss_args.gamma=0.5", "train.epochs=3", resume=True))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_.value.code == 2 and len(errors) == 1, errors
+    assert "['loss_args.gamma']" in errors[0] and hashes(out) == before
 
 
 def test_clip_divergence_stops_with_status_3_and_a_nan_model_never_scores(clip_reference, tmp_path):
