@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from helpers import accelerate_launch, run, torchrun
-from lm_runs import assert_runs_match, metrics, train_cmd, train_here
+from lm_runs import REPO, assert_runs_match, metrics, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +44,14 @@ DDP_ACCUM = ("train.max_steps=4", "train.micro_batch_size=1", "train.save_every=
 
 
 def _command(engine: str, nproc: int, out) -> list:
-    if engine == "ddp":  # (1 process: main(argv) in this process, see _train; 2 processes: the ddp_two fixture)
+    """The launch of 2 processes, and of DeepSpeed with 1 (a subprocess: DeepSpeed's imports and comm state stay
+    out of the test process)."""
+    if engine == "ddp":  # (2 processes: the ddp_two fixture)
         return [*torchrun(nproc), *train_cmd("GPT_2", out, *ONE_STEP, *DDP_ACCUM)]
     if engine == "deepspeed":
         return [*torchrun(nproc), *train_cmd("GPT_2", out, *ONE_STEP, *DEEPSPEED)]
-    return [*accelerate_launch(nproc, *(["--multi_gpu"] if nproc > 1 else []), "--num_machines", "1",
-                               "--mixed_precision", "no", "--dynamo_backend", "no"),
+    return [*accelerate_launch(nproc, "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
+                               "--dynamo_backend", "no"),
             *train_cmd("GPT_2", out, *ONE_STEP, "engine.name=accelerate")]
 
 
@@ -98,10 +100,22 @@ def ddp_two(tmp_path_factory):
 
 
 def _train(engine: str, nproc: int, out) -> None:
-    """The run: DDP with 1 process is the trainer's main(argv) here (lm_runs.train_here: the same numbers as
-    `python GPT_2/train.py`, which other tests run as a subprocess); every launcher runs as a subprocess."""
+    """The run: DDP and accelerate with 1 process are the trainer's main(argv) here (lm_runs.train_here: the same
+    numbers as `python GPT_2/train.py`, which other tests run as a subprocess; accelerate's 1-process state, a
+    shared singleton, is reset afterwards); every launcher runs as a subprocess (`accelerate launch` with 2
+    processes here, in test_lm_llama1.py and test_lm_family_engines.py)."""
     if (engine, nproc) == ("ddp", 1):
         train_here("GPT_2", out, *ONE_STEP)
+    elif (engine, nproc) == ("accelerate", 1):
+        from accelerate.state import AcceleratorState, GradientState
+
+        try:
+            train_here("GPT_2", out, *ONE_STEP, "engine.name=accelerate")
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+    elif (engine, nproc) == ("deepspeed", 1):
+        train_here("GPT_2", out, *ONE_STEP, DEEPSPEED[0], f"engine.deepspeed_config={REPO / 'GPT_2/configs/ds_zero2.json'}")
     else:
         run(_command(engine, nproc, out))
 
