@@ -103,3 +103,26 @@ def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yam
     argv = train_cmd(folder, out, *overrides, config=config, resume=resume)[1:]
     argv[1] = str(REPO / argv[1])  # the config path, which the subprocess finds from the repository root
     return main_in_process(folder, argv)
+
+
+_SEVERAL_RUNS = '''"""Runs <folder>/train.py's main(argv) once per argv, one after another, in this (launched) process."""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("lm_train", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+for argv in json.loads(sys.argv[2]):
+    module.main(argv)
+'''
+
+
+def several_runs_cmd(folder: str, script_dir: Path, *argvs: list) -> list:
+    """The argv after a launcher for one launch that runs several trainings in turn: the folder's main(argv) for
+    each ARGV (train_cmd(...)[1:]) in the same launched processes, the process group set up again for each (the
+    trainer tears it down when a run ends), each run seeded from its config as in a fresh process. For runs checked
+    by their numbers only (a launch's interpreter start-up and imports are most of a tiny run's cost); the
+    command line itself runs as a subprocess elsewhere. The driver script is written to SCRIPT_DIR."""
+    import json
+
+    script = Path(script_dir) / "several_runs.py"
+    script.write_text(_SEVERAL_RUNS)
+    return [script, REPO / folder / "train.py", json.dumps([[str(a) for a in argv] for argv in argvs])]
