@@ -107,20 +107,28 @@ def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yam
 
 _SEVERAL_RUNS = '''"""Runs <folder>/train.py's main(argv) once per argv, one after another, in this (launched) process."""
 import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("lm_train", sys.argv[1])
+from tempnet import distributed
+from tempnet.train import lm_trainer
+
+launcher = [a for a in sys.argv[1:] if a.startswith(("--local_rank", "--local-rank"))]  # the deepspeed launcher's
+train_py, argvs = [a for a in sys.argv[1:] if a not in launcher]
+spec = importlib.util.spec_from_file_location("lm_train", train_py)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-for argv in json.loads(sys.argv[2]):
-    module.main(argv)
+lm_trainer.destroy = lambda: None  # one process group for all the runs (DeepSpeed caches groups made from it)
+for argv in json.loads(argvs):
+    module.main(argv + launcher)
+distributed.destroy()
 '''
 
 
 def several_runs_cmd(folder: str, script_dir: Path, *argvs: list) -> list:
     """The argv after a launcher for one launch that runs several trainings in turn: the folder's main(argv) for
-    each ARGV (train_cmd(...)[1:]) in the same launched processes, the process group set up again for each (the
-    trainer tears it down when a run ends), each run seeded from its config as in a fresh process. For runs checked
-    by their numbers only (a launch's interpreter start-up and imports are most of a tiny run's cost); the
-    command line itself runs as a subprocess elsewhere. The driver script is written to SCRIPT_DIR."""
+    each ARGV (train_cmd(...)[1:]) in the same launched processes, one process group for all (the trainer's
+    teardown at the end of a run is skipped until the last: DeepSpeed caches groups made from it), each run seeded
+    from its config as in a fresh process. For runs checked by their numbers only (a launch's interpreter start-up
+    and imports are most of a tiny run's cost); the command line itself runs as a subprocess elsewhere. The
+    `deepspeed` launcher's --local_rank=N goes on to every run. The driver script is written to SCRIPT_DIR."""
     import json
 
     script = Path(script_dir) / "several_runs.py"

@@ -18,8 +18,14 @@ DDP with 2 processes runs micro-batch 1 (2 processes x accumulation 2) for 4 ste
 first step (checkpoint-1, the first logged row) is the hand check above, and the same run is compared step by
 step with 1 process x accumulation 4 (test_two_processes_with_accumulation_match_one_with_more, moved here from
 test_lm_gpt2.py): one launch serves both. DDP with 2 processes and no accumulation is compared with 1 process in
-test_lm_families.py. DeepSpeed with 2 processes runs under torchrun: the `deepspeed` launcher (--local_rank)
-runs in test_lm_gpt2.py (ZeRO-3) and test_launch_scripts.py.
+test_lm_families.py.
+
+DeepSpeed with 2 processes, moved here from test_lm_gpt2.py: ZeRO-2 and ZeRO-3 for 8 steps of the debug config
+(global batch 4 = 2 micro x 2 ranks) against the 1-process DDP run (accumulation 2), to 1e-5 absolute on loss
+and tau_mean, 1e-5 relative on grad_norm (float32 reductions in another order; measured ~2e-6 or exact), and the
+gathered ZeRO-3 weights against the DDP run's. The one-step ZeRO-2 hand check and those two runs are one launch of
+the `deepspeed` launcher (it passes --local_rank) with 2 processes, the three trainings in turn in the same
+processes (lm_runs.several_runs_cmd).
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import accelerate_launch, run, torchrun
-from lm_runs import REPO, assert_runs_match, metrics, train_cmd, train_here
+from helpers import accelerate_launch, deepspeed_launcher, run, torchrun
+from lm_runs import REPO, assert_runs_match, metrics, several_runs_cmd, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +50,9 @@ DDP_ACCUM = ("train.max_steps=4", "train.micro_batch_size=1", "train.save_every=
 
 
 def _command(engine: str, nproc: int, out) -> list:
-    """The launch of 2 processes, and of DeepSpeed with 1 (a subprocess: DeepSpeed's imports and comm state stay
-    out of the test process)."""
+    """The launch of 2 processes (DeepSpeed's: the deepspeed_two fixture)."""
     if engine == "ddp":  # (2 processes: the ddp_two fixture)
         return [*torchrun(nproc), *train_cmd("GPT_2", out, *ONE_STEP, *DDP_ACCUM)]
-    if engine == "deepspeed":
-        return [*torchrun(nproc), *train_cmd("GPT_2", out, *ONE_STEP, *DEEPSPEED)]
     return [*accelerate_launch(nproc, "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
                                "--dynamo_backend", "no"),
             *train_cmd("GPT_2", out, *ONE_STEP, "engine.name=accelerate")]
@@ -99,6 +102,32 @@ def ddp_two(tmp_path_factory):
     return out
 
 
+STEPS = 8  # the multi-step DeepSpeed comparisons
+
+
+@pytest.fixture(scope="module")
+def deepspeed_two(tmp_path_factory):
+    """One launch of the `deepspeed` launcher with 2 processes running, in turn: the one-step ZeRO-2 run of the
+    hand check, and ZeRO-2 and ZeRO-3 (every parameter partitioned: persistence 0) for 8 steps of the debug
+    config. name -> output dir."""
+    root = tmp_path_factory.mktemp("deepspeed_two")
+    outs = {name: root / name for name in ("one_step", "zero2", "zero3")}
+    eight = lambda stage: (f"train.max_steps={STEPS}", "engine.name=deepspeed",  # noqa: E731
+                           f"engine.deepspeed_config=GPT_2/configs/ds_zero{stage}.json")
+    argvs = [train_cmd("GPT_2", outs["one_step"], *ONE_STEP, *DEEPSPEED)[1:],
+             train_cmd("GPT_2", outs["zero2"], *eight(2))[1:], train_cmd("GPT_2", outs["zero3"], *eight(3))[1:]]
+    run([*deepspeed_launcher(2), *several_runs_cmd("GPT_2", root, *argvs)], timeout=600)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory):
+    """The DeepSpeed runs' 1-process DDP run (accumulation 2), main(argv) in this process."""
+    out = tmp_path_factory.mktemp("ddp_reference")
+    train_here("GPT_2", out, f"train.max_steps={STEPS}")
+    return out
+
+
 def _train(engine: str, nproc: int, out) -> None:
     """The run: DDP and accelerate with 1 process are the trainer's main(argv) here (lm_runs.train_here: the same
     numbers as `python GPT_2/train.py`, which other tests run as a subprocess; accelerate's 1-process state, a
@@ -138,6 +167,8 @@ def test_one_step_equals_the_hand_computed_adamw_step(engine, nproc, tmp_path, r
     ddp2 = (engine, nproc) == ("ddp", 2)
     if ddp2:
         tmp_path = request.getfixturevalue("ddp_two")
+    elif (engine, nproc) == ("deepspeed", 2):
+        tmp_path = request.getfixturevalue("deepspeed_two")["one_step"]
     else:
         _train(engine, nproc, tmp_path)
     p0, grads, cfg = hand_step(tmp_path)
@@ -176,3 +207,25 @@ def test_two_processes_with_accumulation_match_one_with_more(ddp_two, tmp_path):
     assert wa.keys() == wb.keys() and any(k.startswith("tempnet.") for k in wa)
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
     assert worst < 1e-5, f"final weights differ by {worst:.2e}"
+
+
+def test_deepspeed_zero2_two_processes_match_ddp(deepspeed_two, ddp_reference):
+    a, b = metrics(ddp_reference), metrics(deepspeed_two["zero2"])
+    assert [r["step"] for r in b] == list(range(1, STEPS + 1))
+    assert_runs_match(a, b, TOL)
+    ckpt = deepspeed_two["zero2"] / f"checkpoint-{STEPS}"
+    assert any(p.name.endswith("optim_states.pt") for p in ckpt.iterdir())  # DeepSpeed's own
+
+
+def test_deepspeed_zero3_two_processes_match_ddp(deepspeed_two, ddp_reference):
+    """ZeRO-3 under the `deepspeed` launcher (it passes --local_rank), every parameter partitioned."""
+    a, b = metrics(ddp_reference), metrics(deepspeed_two["zero3"])
+    assert [r["step"] for r in b] == list(range(1, STEPS + 1))
+    assert_runs_match(a, b, TOL)
+    # the gathered ZeRO-3 weights written by save_pretrained equal the DDP run's
+    from tempnet.integrations.hf import tempnet_model_from_pretrained
+
+    ref = tempnet_model_from_pretrained(ddp_reference / "final").state_dict()
+    z3 = tempnet_model_from_pretrained(deepspeed_two["zero3"] / "final").state_dict()
+    assert ref.keys() == z3.keys()
+    assert max((ref[k] - z3[k]).abs().max().item() for k in ref) < 1e-5
