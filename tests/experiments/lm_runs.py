@@ -108,14 +108,17 @@ def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yam
 _SEVERAL_RUNS = '''"""Runs <folder>/train.py's main(argv) once per argv, one after another, in this (launched) process."""
 import importlib.util, json, sys
 from tempnet import distributed
-from tempnet.train import lm_trainer
+from tempnet.train import engines, lm_trainer
 
 launcher = [a for a in sys.argv[1:] if a.startswith(("--local_rank", "--local-rank"))]  # the deepspeed launcher's
 train_py, argvs = [a for a in sys.argv[1:] if a not in launcher]
 spec = importlib.util.spec_from_file_location("lm_train", train_py)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-lm_trainer.destroy = lambda: None  # one process group for all the runs (DeepSpeed caches groups made from it)
+# One process group for all the runs: their teardowns wait for the last (DeepSpeed caches groups made from the
+# group; accelerate's end_training would tear it down under its shared state, which the next run reuses).
+lm_trainer.destroy = lambda: None
+engines.AccelerateEngine.close = lambda self: None
 for argv in json.loads(argvs):
     module.main(argv + launcher)
 distributed.destroy()
@@ -124,8 +127,9 @@ distributed.destroy()
 
 def several_runs_cmd(folder: str, script_dir: Path, *argvs: list) -> list:
     """The argv after a launcher for one launch that runs several trainings in turn: the folder's main(argv) for
-    each ARGV (train_cmd(...)[1:]) in the same launched processes, one process group for all (the trainer's
-    teardown at the end of a run is skipped until the last: DeepSpeed caches groups made from it), each run seeded
+    each ARGV (train_cmd(...)[1:]) in the same launched processes, one process group for all (the teardowns at the
+    end of a run, the trainer's and accelerate's end_training, wait for the last: DeepSpeed caches groups made from
+    it, accelerate's shared state holds it for the next run), each run seeded
     from its config as in a fresh process. For runs checked by their numbers only (a launch's interpreter start-up
     and imports are most of a tiny run's cost); the command line itself runs as a subprocess elsewhere. The
     `deepspeed` launcher's --local_rank=N goes on to every run. The driver script is written to SCRIPT_DIR."""
