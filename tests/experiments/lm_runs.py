@@ -127,11 +127,11 @@ distributed.destroy()
 
 def several_runs_cmd(folder: str, script_dir: Path, *argvs: list) -> list:
     """The argv after a launcher for one launch that runs several trainings in turn: the folder's main(argv) for
-    each ARGV (train_cmd(...)[1:]) in the same launched processes, one process group for all (the teardowns at the
-    end of a run, the trainer's and accelerate's end_training, wait for the last: DeepSpeed caches groups made from
-    it, accelerate's shared state holds it for the next run), each run seeded
-    from its config as in a fresh process. For runs checked by their numbers only (a launch's interpreter start-up
-    and imports are most of a tiny run's cost); the command line itself runs as a subprocess elsewhere. The
+    each ARGV (train_cmd(...)[1:]) in the same launched processes, each run seeded from its config as in a fresh
+    process, one process group for all (the teardowns at the end of a run, the trainer's and accelerate's
+    end_training, wait for the last: DeepSpeed caches groups made from it, accelerate's shared state holds it for
+    the next run). For runs checked by their numbers and files only (a launch's interpreter start-up and imports
+    are most of a tiny run's cost); each launcher with train.py itself runs as a user types it elsewhere. The
     `deepspeed` launcher's --local_rank=N goes on to every run. The driver script is written to SCRIPT_DIR."""
     import json
 
