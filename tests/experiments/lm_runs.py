@@ -105,7 +105,7 @@ def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yam
     return main_in_process(folder, argv)
 
 
-_SEVERAL_RUNS = '''"""Runs <folder>/train.py's main(argv) once per argv, one after another, in this (launched) process."""
+_SEVERAL_RUNS = '''"""<folder>/train.py's main(argv) once per argv, one after another, in this launched process."""
 import importlib.util, json, sys
 from tempnet import distributed
 from tempnet.train import engines, lm_trainer

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow
 
 
 EPS, TEMPNET_WD = 1e-3, 0.05
-TOL = 1e-5  # 2 processes x accumulation 2 against 1 x 4: as the multi-step comparisons of test_lm_gpt2.py
+TOL = 1e-5  # the multi-step comparisons of 2 processes with 1 (float32 reductions in another order)
 ONE_STEP = ("train.max_steps=1", "optim.warmup_steps=0", f"optim.eps={EPS}", "optim.grad_clip=0",
             f"tempnet.weight_decay={TEMPNET_WD}")
 DEEPSPEED = ("engine.name=deepspeed", "engine.deepspeed_config=GPT_2/configs/ds_zero2.json")
@@ -129,10 +129,10 @@ def ddp_reference(tmp_path_factory):
 
 
 def _train(engine: str, nproc: int, out) -> None:
-    """The run: DDP and accelerate with 1 process are the trainer's main(argv) here (lm_runs.train_here: the same
-    numbers as `python GPT_2/train.py`, which other tests run as a subprocess; accelerate's 1-process state, a
-    shared singleton, is reset afterwards); every launcher runs as a subprocess (`accelerate launch` with 2
-    processes here, in test_lm_llama1.py and test_lm_family_engines.py)."""
+    """The run of 1 process with each engine is the trainer's main(argv) here (lm_runs.train_here: the same numbers
+    as `python GPT_2/train.py`, which other tests run as a subprocess; the trainer tears down the process group
+    DeepSpeed needs, accelerate's shared singleton state is reset afterwards); every launcher runs as a subprocess
+    (`accelerate launch` with 2 processes here, in test_lm_llama1.py and test_lm_family_engines.py)."""
     if (engine, nproc) == ("ddp", 1):
         train_here("GPT_2", out, *ONE_STEP)
     elif (engine, nproc) == ("accelerate", 1):
@@ -144,7 +144,8 @@ def _train(engine: str, nproc: int, out) -> None:
             AcceleratorState._reset_state(reset_partial_state=True)
             GradientState._reset_state()
     elif (engine, nproc) == ("deepspeed", 1):
-        train_here("GPT_2", out, *ONE_STEP, DEEPSPEED[0], f"engine.deepspeed_config={REPO / 'GPT_2/configs/ds_zero2.json'}")
+        ds_config = REPO / "GPT_2/configs/ds_zero2.json"  # (absolute: in-process, the cwd may be anywhere)
+        train_here("GPT_2", out, *ONE_STEP, DEEPSPEED[0], f"engine.deepspeed_config={ds_config}")
     else:
         run(_command(engine, nproc, out))
 

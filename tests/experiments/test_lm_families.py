@@ -104,11 +104,12 @@ def two_processes(tmp_path_factory):
 
 def test_one_and_two_processes_agree(reference, two_processes):
     family, out, _ = reference
-    a, b = metrics(out), metrics(two_processes[family])  # (a frozen run logs TempNet's lr only: lm_runs.assert_runs_match wants "lr")
+    two = two_processes[family]
+    a, b = metrics(out), metrics(two)  # (a frozen run logs TempNet's lr only: lm_runs.assert_runs_match wants "lr")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
     for key in ("loss", "ce", "tau_mean"):
         assert max(abs(x[key] - y[key]) for x, y in zip(a, b)) <= 1e-5, (key, a, b)
     assert max(abs(x["grad_norm"] - y["grad_norm"]) for x, y in zip(a, b)) <= 1e-5 * max(r["grad_norm"] for r in a)
     assert [r["lr_tempnet"] for r in a] == [r["lr_tempnet"] for r in b]
-    assert json.loads((two_processes[family] / "final" / "config.json").read_text())["model_type"] == f"{family}_tempnet"
-    assert (two_processes[family] / f"checkpoint-{STEPS}" / "rng_state_1.pt").exists()  # a run of 2 ranks
+    assert json.loads((two / "final" / "config.json").read_text())["model_type"] == f"{family}_tempnet"
+    assert (two / f"checkpoint-{STEPS}" / "rng_state_1.pt").exists()  # a run of 2 ranks
