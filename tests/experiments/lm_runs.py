@@ -103,3 +103,38 @@ def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yam
     argv = train_cmd(folder, out, *overrides, config=config, resume=resume)[1:]
     argv[1] = str(REPO / argv[1])  # the config path, which the subprocess finds from the repository root
     return main_in_process(folder, argv)
+
+
+_SEVERAL_RUNS = '''"""<folder>/train.py's main(argv) once per argv, one after another, in this launched process."""
+import importlib.util, json, sys
+from tempnet import distributed
+from tempnet.train import engines, lm_trainer
+
+launcher = [a for a in sys.argv[1:] if a.startswith(("--local_rank", "--local-rank"))]  # the deepspeed launcher's
+train_py, argvs = [a for a in sys.argv[1:] if a not in launcher]
+spec = importlib.util.spec_from_file_location("lm_train", train_py)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+# One process group for all the runs: their teardowns wait for the last (DeepSpeed caches groups made from the
+# group; accelerate's end_training would tear it down under its shared state, which the next run reuses).
+lm_trainer.destroy = lambda: None
+engines.AccelerateEngine.close = lambda self: None
+for argv in json.loads(argvs):
+    module.main(argv + launcher)
+distributed.destroy()
+'''
+
+
+def several_runs_cmd(folder: str, script_dir: Path, *argvs: list) -> list:
+    """The argv after a launcher for one launch that runs several trainings in turn: the folder's main(argv) for
+    each ARGV (train_cmd(...)[1:]) in the same launched processes, each run seeded from its config as in a fresh
+    process, one process group for all (the teardowns at the end of a run, the trainer's and accelerate's
+    end_training, wait for the last: DeepSpeed caches groups made from it, accelerate's shared state holds it for
+    the next run). For runs checked by their numbers and files only (a launch's interpreter start-up and imports
+    are most of a tiny run's cost); each launcher with train.py itself runs as a user types it elsewhere. The
+    `deepspeed` launcher's --local_rank=N goes on to every run. The driver script is written to SCRIPT_DIR."""
+    import json
+
+    script = Path(script_dir) / "several_runs.py"
+    script.write_text(_SEVERAL_RUNS)
+    return [script, REPO / folder / "train.py", json.dumps([[str(a) for a in argv] for argv in argvs])]

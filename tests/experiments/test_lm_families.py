@@ -3,7 +3,8 @@ Qwen2 (the fused loss) and Gemma 2 (soft-capped logits: the full-logits path). E
 frozen base, saves a checkpoint of its own family, resumes exactly, and 1- and 2-process runs of the same global
 batches agree (1e-5), as the LLaMA runs do (test_lm_llama2.py, test_lm_engines.py). On Gemma 2 the default
 `tempnet.fused_loss` (null: auto) falls back to the full-logits path and says so once; an explicit true stops
-with one error line naming the reason.
+with one error line naming the reason. The 1-process runs are main(argv) in this process; the 2-process runs of
+both families are one torchrun launch that trains one family, then the other (lm_runs.several_runs_cmd).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from helpers import OFFLINE_ENV, REPO, run, torchrun
-from lm_runs import FAMILIES, metrics, short_run, train_cmd, train_here
+from lm_runs import FAMILIES, metrics, several_runs_cmd, short_run, train_cmd, train_here
 from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
@@ -90,12 +91,25 @@ def test_resume_reproduces_the_uninterrupted_losses(reference, tmp_path):
         assert [r[key] for r in a] == [r[key] for r in b], key
 
 
-def test_one_and_two_processes_agree(reference, tmp_path):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The 2-process runs (torchrun, DDP) of both families, in one launch: LLaMA-2/train.py's main(argv) for
+    one family, then for the other, in the same 2 processes (lm_runs.several_runs_cmd). family -> output dir."""
+    root = tmp_path_factory.mktemp("two_processes")
+    outs = {family: root / family for family in sorted(FAMILIES)}
+    argvs = [train_cmd("LLaMA-2", out, *_args(family))[1:] for family, out in outs.items()]
+    run([*torchrun(2), *several_runs_cmd("LLaMA-2", root, *argvs)])
+    return outs
+
+
+def test_one_and_two_processes_agree(reference, two_processes):
     family, out, _ = reference
-    run([*torchrun(2), *train_cmd("LLaMA-2", tmp_path, *_args(family))])
-    a, b = metrics(out), metrics(tmp_path)  # (a frozen run logs TempNet's lr only: lm_runs.assert_runs_match wants "lr")
+    two = two_processes[family]
+    a, b = metrics(out), metrics(two)  # (a frozen run logs TempNet's lr only: lm_runs.assert_runs_match wants "lr")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
     for key in ("loss", "ce", "tau_mean"):
         assert max(abs(x[key] - y[key]) for x, y in zip(a, b)) <= 1e-5, (key, a, b)
     assert max(abs(x["grad_norm"] - y["grad_norm"]) for x, y in zip(a, b)) <= 1e-5 * max(r["grad_norm"] for r in a)
     assert [r["lr_tempnet"] for r in a] == [r["lr_tempnet"] for r in b]
+    assert json.loads((two / "final" / "config.json").read_text())["model_type"] == f"{family}_tempnet"
+    assert (two / f"checkpoint-{STEPS}" / "rng_state_1.pt").exists()  # a run of 2 ranks

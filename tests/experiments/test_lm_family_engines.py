@@ -9,23 +9,21 @@ family that loads back through `tempnet_model_from_pretrained` with the logged r
 untouched, TempNet moved; finetune: both moved), and one DeepSpeed and one accelerate run resume exactly from their
 checkpoint.
 
-The resume is one launch, not two: a copy of the finished run without its last checkpoint and final/ is the
-directory a run stopped after step 2 leaves (checkpoint-2 and the metrics it logged; the trainer rewinds the
-metrics past the checkpoint). The run directory is a symlink, pointed at the copy for the resume, so the resumed
-run sees the same --output-dir (its config.yaml holds paths under it: the debug assets).
+Each test is one launch: with a resume, the launched processes run the uninterrupted run, then a run stopped after
+step 2 (train.stop_after_steps: checkpoint-2, no final/) and its --resume, in turn (lm_runs.several_runs_cmd: the
+folder's main(argv) per run in the same processes, one process group for all).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
 
 from helpers import accelerate_launch, torchrun
-from lm_runs import FAMILIES, metrics, run, short_run, train_cmd
+from lm_runs import FAMILIES, metrics, run, several_runs_cmd, short_run, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +41,16 @@ RUNS = [("qwen2", "frozen", "zero1", True), ("gemma2", "finetune", "zero2", Fals
         ("gemma2", "frozen", "zero3", False), ("qwen2", "finetune", "accelerate", True)]
 
 
-def _launch(engine: str, out, family: str, mode: str, *extra: str, resume: bool = False):
-    args = train_cmd(MODES[mode], out, *COMMON, *FAMILIES[family], *ENGINES[engine], *extra, resume=resume)
+def _launch(engine: str, family: str, mode: str, runs: list, script_dir):
+    """One 2-process launch (torchrun, or accelerate launch) of RUNS: (output dir, extra overrides, resume)."""
+    argvs = [train_cmd(MODES[mode], out, *COMMON, *FAMILIES[family], *ENGINES[engine], *extra, resume=resume)[1:]
+             for out, extra, resume in runs]
     if engine == "accelerate":
         launcher = accelerate_launch(2, "--multi_gpu", "--num_machines", "1", "--mixed_precision", "no",
                                      "--dynamo_backend", "no")
     else:
         launcher = torchrun(2)
-    return run([*launcher, *args], timeout=600)
+    return run([*launcher, *several_runs_cmd(MODES[mode], script_dir, *argvs)], timeout=600)
 
 
 @pytest.mark.parametrize("family,mode,engine,resume", RUNS, ids=[f"{f}-{m}-{e}" for f, m, e, _ in RUNS])
@@ -59,10 +59,9 @@ def test_two_process_engine_run_of_a_family(family, mode, engine, resume, tmp_pa
 
     from tempnet.integrations.hf import tempnet_class_for, tempnet_model_from_pretrained
 
-    out, link = tmp_path / "first", tmp_path / "run"
-    out.mkdir()
-    link.symlink_to(out, target_is_directory=True)
-    _launch(engine, link, family, mode)
+    out, again = tmp_path / "first", tmp_path / "resumed"
+    resumes = [(again, ("train.stop_after_steps=2",), False), (again, (), True)] if resume else []
+    proc = _launch(engine, family, mode, [(out, (), False), *resumes], tmp_path)
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert all(math.isfinite(r[k]) for r in rows for k in ("loss", "ce", "tau_mean", "grad_norm")), rows
@@ -80,16 +79,8 @@ def test_two_process_engine_run_of_a_family(family, mode, engine, resume, tmp_pa
         ids = torch.arange(3, 19)[None]
         loaded = final.eval()(input_ids=ids, labels=ids)
     assert torch.isfinite(loaded.loss) and bool((loaded.tau > 0).all())
-    if resume:  # as if stopped after step 2, resumed from checkpoint-2 with the same engine: the same losses
-        again = tmp_path / "resumed"
-        shutil.copytree(out, again, symlinks=True)
-        shutil.rmtree(again / f"checkpoint-{STEPS}")
-        shutil.rmtree(again / "final")
-        assert sorted(p.name for p in again.glob("checkpoint-*")) == ["checkpoint-2"]
-        link.unlink()
-        link.symlink_to(again, target_is_directory=True)
-        proc = _launch(engine, link, family, mode, resume=True)
-        assert f"resumed from {link / 'checkpoint-2'}" in proc.stderr, proc.stderr[-3000:]
+    if resume:  # stopped after step 2, resumed from checkpoint-2 with the same engine: the same losses
+        assert f"resumed from {again / 'checkpoint-2'}" in proc.stderr, proc.stderr[-3000:]
         assert (again / "final").is_dir() and (again / f"checkpoint-{STEPS}" / "COMPLETE").is_file()
         assert [r["step"] for r in metrics(again)] == list(range(1, STEPS + 1))
         for key in ("loss", "ce", "tau_mean", "grad_norm"):

@@ -12,10 +12,12 @@ The 1-process runs are the trainer's main(argv) in this process (lm_runs.train_h
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
-from helpers import accelerate_launch, torchrun
+from helpers import accelerate_launch
 from lm_runs import assert_runs_match, metrics, run, train_cmd, train_here
 
 pytestmark = pytest.mark.slow
@@ -79,14 +81,21 @@ def test_accelerate_launch_two_processes_match_one(reference, tmp_path):
 
 
 _FSDP2_SCRIPT = r'''
-import json, torch, torch.distributed as dist
+import datetime, json, os, socket, sys, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import LlamaConfig
 from tempnet.integrations.hf import tempnet_model_from_config
 
-dist.init_process_group("gloo")
-rank, mesh = dist.get_rank(), init_device_mesh("cpu", (2,))
+# Two ranks: this process and a fork of it after the imports (rank 1), on one free port (no launcher needed).
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+child = os.fork()
+rank = 1 if child == 0 else 0
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=120))
+mesh = init_device_mesh("cpu", (2,))
 
 def build():
     torch.manual_seed(0)
@@ -114,21 +123,26 @@ for layer in model.model.layers:
 fully_shard(model, mesh=mesh)
 sharded = train(model, ids[2 * rank:2 * rank + 2])
 single = train(build(), ids)  # every rank the whole batch, unsharded: the 1-process losses
-if rank == 0:
-    print("RESULT " + json.dumps({"sharded": sharded, "single": single}))
 dist.destroy_process_group()
+if child == 0:
+    sys.stdout.flush()
+    os._exit(0)
+_, status = os.waitpid(child, 0)
+assert os.waitstatus_to_exitcode(status) == 0, f"rank 1 failed: {status}"
+print("RESULT " + json.dumps({"sharded": sharded, "single": single}))
 '''
 
 
 def test_tempnet_llama_trains_under_torch_fsdp2_on_cpu(tmp_path):
     """The FSDP part that can run here: torch's own fully_shard (FSDP2, what accelerate_fsdp.yaml asks
     for) works on CPU with gloo. A TempNet LLaMA sharded per decoder layer over 2 ranks, each with half
-    the batch, reproduces the unsharded 1-process losses (tolerance 1e-5)."""
+    the batch, reproduces the unsharded 1-process losses (tolerance 1e-5). The 2 ranks are one process and its
+    fork after the imports (no launcher: the launchers run in the other tests)."""
     import json
 
     script = tmp_path / "fsdp2_check.py"
     script.write_text(_FSDP2_SCRIPT)
-    proc = run([*torchrun(2), script])
+    proc = run([sys.executable, script])  # rank 0, which forks rank 1
     result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
     assert max(abs(a - b) for a, b in zip(result["sharded"], result["single"])) <= 1e-5, result
     assert result["sharded"][-1] < result["sharded"][0]
