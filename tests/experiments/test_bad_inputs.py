@@ -290,10 +290,14 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
 @pytest.fixture(scope="module")
 def lm_run(lm_files, tmp_path_factory):
     """A finished two-step LLM run on the user's files: (its [target, argv], its hashes), for the resumes that
-    must be refused without touching it."""
+    must be refused without touching it. It runs through GPT_2/train.py's main(argv) in this process (the same
+    run directory as `python GPT_2/train.py ARGV` writes, without an interpreter's start-up): what is checked is
+    the refused resumes, which run as commands in `results`."""
+    from lm_runs import main_in_process
+
     out = tmp_path_factory.mktemp("lm_run") / "run"
     target, argv = _gpt2(out, lm_files / "corpus.txt", lm_files / "tokenizer")
-    run([sys.executable, target, *argv])
+    main_in_process("GPT_2", [str(REPO / a) if i == 1 else a for i, a in enumerate(argv)])
     return (target, argv), _hashes(out)
 
 
