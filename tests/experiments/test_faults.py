@@ -4,8 +4,9 @@ under torchrun), divergence (fp32, fp16), a full disk, two runs into one directo
 run ends with a known exit status and one-line message, leaves files that can be checked, and `--resume`
 continues exactly as if nothing had happened (every logged value but speed, and the final weights). The
 fault is placed deterministically from inside the trainer (fault_runs.py). The resumes that only end a run and are
-compared with the uninterrupted one (no fault, no launcher, exit 0) run as GPT_2/train.py's main(argv) in this
-process (_resume_here); every fault, refusal and torchrun run is a process of the real entry point."""
+compared with the uninterrupted one (no fault, no launcher, exit 0), and that uninterrupted reference itself, run
+as GPT_2/train.py's main(argv) in this process (_here: the numbers of a process); every fault, refusal and torchrun
+run is a process of the real entry point."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fault_runs import error_line, faulty, hashes, python_run, reference_run, same_run, same_weights, wrapper
+from fault_runs import error_line, faulty, hashes, python_run, same_run, same_weights, wrapper
 from helpers import torchrun
 from lm_runs import ENV, REPO, assert_runs_match, main_in_process, metrics
 
@@ -38,20 +39,28 @@ def _gpt2(out, *extra):
     return ["GPT_2/train.py", "--config", "GPT_2/configs/debug.yaml", "--output-dir", out, *LM, *extra]
 
 
-def _resume_here(argv: list) -> str:
-    """`python GPT_2/train.py ARGV --resume` through its main(argv) in this process (lm_runs.main_in_process: the
-    numbers of a process, the globals restored): its stderr. For a resume that ends the run, compared by numbers."""
+def _here(argv: list, *flags: str) -> str:
+    """`python GPT_2/train.py ARGV FLAGS` through its main(argv) in this process (lm_runs.main_in_process: the
+    numbers of a process, the globals restored): its stderr. For runs without a fault, compared by their numbers."""
     script, *args = map(str, argv)
     assert script == "GPT_2/train.py" and args[0] == "--config", argv
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        main_in_process("GPT_2", [args[0], str(REPO / args[1]), *args[2:], "--resume"])
+        main_in_process("GPT_2", [args[0], str(REPO / args[1]), *args[2:], *flags])
     return err.getvalue()
+
+
+def _resume_here(argv: list) -> str:
+    """The resume that ends a faulted run (`ARGV --resume`, _here): its stderr."""
+    return _here(argv, "--resume")
 
 
 @pytest.fixture(scope="module")
 def lm_reference(tmp_path_factory):
-    return reference_run(tmp_path_factory, "lm_faults", _gpt2)
+    """The uninterrupted run every LLM fault test compares with (_here)."""
+    out = tmp_path_factory.mktemp("lm_faults") / "reference"
+    _here(_gpt2(out))
+    return out
 
 
 @pytest.fixture(scope="module")
