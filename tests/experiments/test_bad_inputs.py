@@ -4,8 +4,9 @@ existed is left as it was.
 
 The command lines run in one subprocess (tests/experiments/entry_points.py runs each as `python SCRIPT ...`
 would, paying the imports once), and so do the refused resumes of a finished run and the two skip runs whose
-resume is compared; what only a real process shows (DataLoader workers, torchrun, a resume from what another
-process left) runs as its own.
+resume is compared; the finished run and that resume (from what the other process left) are the trainers'
+main(argv) in the pytest process, checked by what they wrote; what only a real process shows (DataLoader workers
+and torchrun: one test) runs as its own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OFFLINE_ENV, REPO, run, torchrun
+from helpers import OFFLINE_ENV, REPO, torchrun
 from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
@@ -388,14 +389,17 @@ def test_skip_resumes_exactly(results, clip_files):
     """skip trains past the corrupt image and counts it; the replacement is a rule of the index alone, so a run
     stopped after step 1 and resumed logs the losses of the uninterrupted run (bad_samples counts what this
     process has found, so it restarts at a resume; the fraction limit is tests/tempnet/data/test_bad_samples.py's).
-    The uninterrupted and the stopped run are results' (entry_points.py); the resume is a process of its own."""
+    The uninterrupted and the stopped run are results' (entry_points.py); the resume is another process's: this
+    one's, through Bimodal-CL/train.py's main(argv) (lm_runs.main_in_process, compared by its numbers)."""
     from helpers import read_jsonl
+    from lm_runs import main_in_process
 
     _, got, out, _ = results
     for name in ("skip_whole", "skip_cut"):
         assert got[name]["code"] == 0, got[name]["stderr"][-4000:]
     target, argv = _skip_run(clip_files, out / "skip_cut")
-    run([sys.executable, target, *argv, "--resume"])
+    assert target == "Bimodal-CL/train.py" and argv[0] == "--config"
+    main_in_process("Bimodal-CL", [argv[0], str(REPO / argv[1]), *argv[2:], "--resume"])
     whole, cut = read_jsonl(out / "skip_whole" / "metrics.jsonl"), read_jsonl(out / "skip_cut" / "metrics.jsonl")
     assert [r["step"] for r in whole] == [r["step"] for r in cut] == [1, 2, 3, 4]
     assert [r["loss"] for r in whole] == [r["loss"] for r in cut]
