@@ -4,8 +4,9 @@ existed is left as it was.
 
 The command lines run in one subprocess (tests/experiments/entry_points.py runs each as `python SCRIPT ...`
 would, paying the imports once), and so do the refused resumes of a finished run and the two skip runs whose
-resume is compared; what only a real process shows (DataLoader workers, torchrun, a resume from what another
-process left) runs as its own.
+resume is compared; the finished run and that resume (from what the other process left) are the trainers'
+main(argv) in the pytest process, checked by what they wrote; what only a real process shows (DataLoader workers
+and torchrun: one test) runs as its own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OFFLINE_ENV, REPO, run, torchrun
+from helpers import OFFLINE_ENV, REPO, torchrun
 from tempnet.train.checkpoint import RUN_FILES
 
 pytestmark = pytest.mark.slow
@@ -290,10 +291,14 @@ def _cases(lm: Path, clip: Path, ck: Path, out: Path) -> dict:
 @pytest.fixture(scope="module")
 def lm_run(lm_files, tmp_path_factory):
     """A finished two-step LLM run on the user's files: (its [target, argv], its hashes), for the resumes that
-    must be refused without touching it."""
+    must be refused without touching it. It runs through GPT_2/train.py's main(argv) in this process (the same
+    run directory as `python GPT_2/train.py ARGV` writes, without an interpreter's start-up): what is checked is
+    the refused resumes, which run as commands in `results`."""
+    from lm_runs import main_in_process
+
     out = tmp_path_factory.mktemp("lm_run") / "run"
     target, argv = _gpt2(out, lm_files / "corpus.txt", lm_files / "tokenizer")
-    run([sys.executable, target, *argv])
+    main_in_process("GPT_2", [str(REPO / a) if i == 1 else a for i, a in enumerate(argv)])
     return (target, argv), _hashes(out)
 
 
@@ -361,43 +366,40 @@ def test_a_bad_override_or_base_key_on_resume_leaves_the_run_directory_alone(res
     assert after == before
 
 
-def test_a_corrupt_image_read_in_a_loader_worker_is_one_line(clip_files, tmp_path):
-    """Found when a worker reads it: the worker's "Original Traceback" that torch re-raises with is not printed."""
-    target, argv = _clip(tmp_path / "run", clip_files / "corrupt_image.json", clip_files, "data.num_workers=2")
-    proc = subprocess.run([sys.executable, target, *argv], cwd=REPO, env=OFFLINE_ENV, capture_output=True, text=True,
-                          timeout=300)
-    line = _one_error_line(proc.returncode, proc.stderr)
-    assert "cannot read the image file of entry 9 of" in line and "broken.jpg" in line, line
-    assert "truncated" in line.lower(), line
-    assert "Original Traceback" not in proc.stderr and "DataLoader worker" not in line
-
-
-def test_a_bad_image_on_one_rank_of_two_prints_the_line_and_fails(clip_files, tmp_path):
+def test_a_bad_image_on_one_rank_of_two_read_in_a_loader_worker_prints_the_line_and_fails(clip_files, tmp_path):
     """Only the rank whose batch holds the corrupt entry fails, with our line (and exit 2); the other rank's next
     collective loses its peer (torch prints that rank's traceback), torchrun stops it, adds its own
     ChildFailedError report and exits 1. Which rank that report names as the root cause is whichever exited
-    first (the rank with our error or its peer), so only torchrun's status and our one line are checked."""
+    first (the rank with our error or its peer), so only torchrun's status and our one line are checked.
+    The image is read in a DataLoader worker (2 per rank; without workers it is results' clip_corrupt_image): the
+    worker's "Original Traceback" that torch re-raises with is not printed, and the line names the file and why."""
     target, argv = _clip(tmp_path / "run", clip_files / "corrupt_image.json", clip_files, "train.batch_size=16",
-                         "data.num_workers=0")
+                         "data.num_workers=2")
     proc = subprocess.run([*torchrun(2), target, *argv], cwd=REPO, env={**OFFLINE_ENV, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "ChildFailedError" in proc.stderr, proc.stderr[-4000:]
     ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and "cannot read the image file of entry 9 of" in ours[0], proc.stderr[-4000:]
+    line = ours[0]
+    assert "broken.jpg" in line and "truncated" in line.lower() and "DataLoader worker" not in line, line
+    assert "Original Traceback" not in proc.stderr, proc.stderr[-4000:]
 
 
 def test_skip_resumes_exactly(results, clip_files):
     """skip trains past the corrupt image and counts it; the replacement is a rule of the index alone, so a run
     stopped after step 1 and resumed logs the losses of the uninterrupted run (bad_samples counts what this
     process has found, so it restarts at a resume; the fraction limit is tests/tempnet/data/test_bad_samples.py's).
-    The uninterrupted and the stopped run are results' (entry_points.py); the resume is a process of its own."""
+    The uninterrupted and the stopped run are results' (entry_points.py); the resume is another process's: this
+    one's, through Bimodal-CL/train.py's main(argv) (lm_runs.main_in_process, compared by its numbers)."""
     from helpers import read_jsonl
+    from lm_runs import main_in_process
 
     _, got, out, _ = results
     for name in ("skip_whole", "skip_cut"):
         assert got[name]["code"] == 0, got[name]["stderr"][-4000:]
     target, argv = _skip_run(clip_files, out / "skip_cut")
-    run([sys.executable, target, *argv, "--resume"])
+    assert target == "Bimodal-CL/train.py" and argv[0] == "--config"
+    main_in_process("Bimodal-CL", [argv[0], str(REPO / argv[1]), *argv[2:], "--resume"])
     whole, cut = read_jsonl(out / "skip_whole" / "metrics.jsonl"), read_jsonl(out / "skip_cut" / "metrics.jsonl")
     assert [r["step"] for r in whole] == [r["step"] for r in cut] == [1, 2, 3, 4]
     assert [r["loss"] for r in whole] == [r["loss"] for r in cut]

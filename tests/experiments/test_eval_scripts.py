@@ -1,7 +1,8 @@
 """The evaluation launch scripts (GPT_2, LLaMA-1, LLaMA-2 `scripts/eval_*.sh`, Bimodal-CL `scripts/eval_*.sh`).
 
-Every LLM script runs for real on CPU: lm-eval through `scripts/eval_lm.py` on a tiny LLaMA checkpoint with
-a TempNet and local tasks, into a fresh RESULTS_DIR, in the layout `scripts/make_tables.py` reads. A stub
+A script of each LLM folder runs for real on CPU: lm-eval through `scripts/eval_lm.py` on a tiny LLaMA checkpoint
+with a TempNet and local tasks, into a fresh RESULTS_DIR, in the layout `scripts/make_tables.py` reads (one of
+them whole as a user types it, the others' commands in one interpreter: see `real`). A stub
 launcher on PATH checks, in milliseconds, each script's command: the paper's task list, defaults, env
 variables, NPROC and the pass-through of extra arguments.
 """
@@ -58,17 +59,23 @@ def test_every_eval_script_is_listed():
 @pytest.fixture
 def stub_path(tmp_path) -> tuple[dict, Path]:
     """(env, log): `python`, `accelerate` and `torchrun` on PATH only write their argv (JSON) to the log."""
-    bin_dir, log = tmp_path / "bin", tmp_path / "argv.jsonl"
+    bin_dir, log = _stub_bin(tmp_path)
+    env = {k: v for k, v in ENV.items() if k not in ("CKPT", "RESULTS_DIR", "ROW", "TASKS", "NPROC", "DTYPE",
+                                                      "BATCH_SIZE", "APPLY_TEMPNET", "OUT")}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    return env, log
+
+
+def _stub_bin(root: Path) -> tuple[Path, Path]:
+    """(ROOT/bin, ROOT/argv.jsonl): stub `python`, `accelerate` and `torchrun` that append their argv (JSON) to the log."""
+    bin_dir, log = root / "bin", root / "argv.jsonl"
     bin_dir.mkdir()
     for name in ("python", "accelerate", "torchrun"):
         stub = bin_dir / name
         stub.write_text(f'#!/bin/sh\n"{os.sys.executable}" -c \'import json, sys; '
                         f'print(json.dumps(["{name}"] + sys.argv[1:]))\' "$@" >> "{log}"\n')
         stub.chmod(0o755)
-    env = {k: v for k, v in ENV.items() if k not in ("CKPT", "RESULTS_DIR", "ROW", "TASKS", "NPROC", "DTYPE",
-                                                      "BATCH_SIZE", "APPLY_TEMPNET", "OUT")}
-    env["PATH"] = f"{bin_dir}:{env['PATH']}"
-    return env, log
+    return bin_dir, log
 
 
 def _argv(script: str, env: dict, log: Path, *extra: str) -> list[str]:
@@ -118,24 +125,53 @@ def test_clip_script_writes_into_the_results_layout(script, stub_path):
 
 # ---- real runs on CPU ------------------------------------------------------------------------------------
 
+# One script runs whole, as a user types it: GPT_2's (bash, then `python scripts/eval_lm.py ...` with lm-eval).
+# The other real runs (LLaMA-1's and the LLaMA-2 pair of the table test) run their script with the stub launcher
+# (the script for real, its `python ...` command recorded), and the three recorded commands then run one after the
+# other in one tests/experiments/entry_points.py interpreter, each exactly as `python scripts/eval_lm.py ...`
+# would (lm-eval's imports paid once, not per script). The scripts export nothing: the command and the
+# environment are all the `python` they start gets.
+WHOLE = "GPT_2/scripts/eval_scratch_tempnet.sh"
+BATCHED = ("LLaMA-1/scripts/eval_7b_baseline.sh", "LLaMA-2/scripts/eval_frozen_7b_base.sh",
+           "LLaMA-2/scripts/eval_frozen_7b_tempnet.sh")
+
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    """A tiny checkpoint, local tasks, a fresh RESULTS_DIR, and `run(script)` (each script runs once)."""
+    """A tiny checkpoint, local tasks, a fresh RESULTS_DIR, and `run(script)`: each script of WHOLE and BATCHED
+    run once (as said above), its row's results directory."""
     root = tmp_path_factory.mktemp("eval_scripts")
     ckpt = tiny_checkpoint(root / "final", train_tokenizer(root / "tokenizer"))
     tasks = local_tasks(root / "data")
     results = root / "results"
     env = {**ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CKPT": str(ckpt), "RESULTS_DIR": str(results),
            "TASKS": "toy_mc,toy_ppl", "DTYPE": "float32", "NPROC": "1"}
-    done = {}
+    extra = ["--include_path", str(tasks), "--device", "cpu", "--batch_size", "2"]
+
+    proc = subprocess.run(["bash", WHOLE, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{WHOLE} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+    bin_dir, log = _stub_bin(root)
+    commands = {}
+    for script in BATCHED:
+        log.unlink(missing_ok=True)
+        subprocess.run(["bash", script, *extra], cwd=REPO, env={**env, "PATH": f"{bin_dir}:{env['PATH']}"},
+                       check=True, capture_output=True, timeout=60)
+        (line,) = log.read_text().splitlines()
+        launcher, target, *argv = json.loads(line)
+        assert launcher == "python" and target == "scripts/eval_lm.py", line
+        commands[script] = [target, argv]
+    spec = root / "commands.json"
+    spec.write_text(json.dumps(commands))
+    proc = subprocess.run([os.sys.executable, "tests/experiments/entry_points.py", str(spec)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    for script, got in json.loads(proc.stdout.splitlines()[-1]).items():
+        assert got["code"] == 0, f"{script} failed:\n{got['stderr'][-5000:]}"
 
     def run(script: str) -> Path:
-        if script not in done:
-            proc = subprocess.run(["bash", script, "--include_path", str(tasks), "--device", "cpu", "--batch_size", "2"],
-                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-            done[script] = results / "llm" / LLM_SCRIPTS[script][0]
-        return done[script]
+        assert script in (WHOLE, *BATCHED), script
+        return results / "llm" / LLM_SCRIPTS[script][0]
 
     hand = {}
 
@@ -160,10 +196,10 @@ def _results(row_dir: Path) -> dict:
     return json.loads(file.read_text())
 
 
-# One real lm-eval run per folder (the LLaMA-2 pair runs in the table test below); every script's command
-# line is checked against the stub launcher above. The scores themselves are checked against an independent
-# computation in tests/tempnet/integrations/test_lm_eval.py.
-REAL_RUNS = ["GPT_2/scripts/eval_scratch_tempnet.sh", "LLaMA-1/scripts/eval_7b_baseline.sh"]
+# One real lm-eval run per folder (the LLaMA-2 pair runs in the table test below; see `real` for which runs whole);
+# every script's command line is checked against the stub launcher above. The scores themselves are checked
+# against an independent computation in tests/tempnet/integrations/test_lm_eval.py.
+REAL_RUNS = [WHOLE, "LLaMA-1/scripts/eval_7b_baseline.sh"]
 
 
 @pytest.mark.slow

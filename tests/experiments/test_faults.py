@@ -3,10 +3,15 @@ test_faults_clip.py): a SIGKILL while a checkpoint is written or mid-step, SIGTE
 under torchrun), divergence (fp32, fp16), a full disk, two runs into one directory, a torn metrics line. Each
 run ends with a known exit status and one-line message, leaves files that can be checked, and `--resume`
 continues exactly as if nothing had happened (every logged value but speed, and the final weights). The
-fault is placed deterministically from inside the trainer (fault_runs.py)."""
+fault is placed deterministically from inside the trainer (fault_runs.py). The resumes that only end a run and are
+compared with the uninterrupted one (no fault, no launcher, exit 0), and that uninterrupted reference itself, run
+as GPT_2/train.py's main(argv) in this process (_here: the numbers of a process); every fault, refusal and torchrun
+run is a process of the real entry point."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -19,9 +24,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fault_runs import error_line, faulty, hashes, python_run, reference_run, same_run, same_weights, wrapper
+from fault_runs import error_line, faulty, hashes, python_run, same_run, same_weights, wrapper
 from helpers import torchrun
-from lm_runs import ENV, REPO, assert_runs_match, metrics
+from lm_runs import ENV, REPO, assert_runs_match, main_in_process, metrics
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +39,28 @@ def _gpt2(out, *extra):
     return ["GPT_2/train.py", "--config", "GPT_2/configs/debug.yaml", "--output-dir", out, *LM, *extra]
 
 
+def _here(argv: list, *flags: str) -> str:
+    """`python GPT_2/train.py ARGV FLAGS` through its main(argv) in this process (lm_runs.main_in_process: the
+    numbers of a process, the globals restored): its stderr. For runs without a fault, compared by their numbers."""
+    script, *args = map(str, argv)
+    assert script == "GPT_2/train.py" and args[0] == "--config", argv
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        main_in_process("GPT_2", [args[0], str(REPO / args[1]), *args[2:], *flags])
+    return err.getvalue()
+
+
+def _resume_here(argv: list) -> str:
+    """The resume that ends a faulted run (`ARGV --resume`, _here): its stderr."""
+    return _here(argv, "--resume")
+
+
 @pytest.fixture(scope="module")
 def lm_reference(tmp_path_factory):
-    return reference_run(tmp_path_factory, "lm_faults", _gpt2)
+    """The uninterrupted run every LLM fault test compares with (_here)."""
+    out = tmp_path_factory.mktemp("lm_faults") / "reference"
+    _here(_gpt2(out))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +85,7 @@ def test_llm_run_killed_then_resumed_equals_an_uninterrupted_run(lm_reference, g
     assert "skipping" in proc.stderr and "checkpoint-6.tmp: interrupted while writing" in proc.stderr
     assert not (out / "checkpoint-6.tmp").exists()
     assert (out / "checkpoint-6" / "COMPLETE").is_file() and [r["step"] for r in metrics(out)] == list(range(1, 7))
-    proc = python_run(*gpt2(out), "--resume")
-    assert f"resumed from {out / 'checkpoint-6'}" in proc.stderr  # step 7 is redone
+    assert f"resumed from {out / 'checkpoint-6'}" in _resume_here(gpt2(out))  # step 7 is redone
     same_run(out, lm_reference)
     same_weights(out / "final" / "model.safetensors", lm_reference / "final" / "model.safetensors")
 
@@ -100,7 +123,7 @@ def test_llm_sigterm_then_sigint_save_and_exit_then_resume_exactly_and_a_second_
     assert proc.stderr.splitlines()[-1] == f"preempted at step 5: saved {out / 'checkpoint-5'}"
     assert "DataLoader worker" not in proc.stderr and (out / "checkpoint-5" / "COMPLETE").is_file()
     assert json.loads((out / "checkpoint-5" / "trainer_state.json").read_text())["step"] == 5
-    python_run(*gpt2(out), "--resume")
+    assert f"resumed from {out / 'checkpoint-5'}" in _resume_here(gpt2(out))
     same_run(out, lm_reference)
     same_weights(out / "final" / "model.safetensors", lm_reference / "final" / "model.safetensors")
 
@@ -154,8 +177,7 @@ def test_llm_full_disk_is_one_error_and_the_previous_checkpoint_resumes(lm_refer
         assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
         assert (out / "checkpoint-2" / "COMPLETE").is_file()
         subprocess.run(["mount", "-o", "remount,size=16M", str(disk)], check=True)  # space freed
-        proc = python_run(*_gpt2(out, "train.keep_last=1"), "--resume")
-        assert f"resumed from {out / 'checkpoint-2'}" in proc.stderr
+        assert f"resumed from {out / 'checkpoint-2'}" in _resume_here(_gpt2(out, "train.keep_last=1"))
         same_run(out, lm_reference)
         same_weights(out / "final" / "model.safetensors", lm_reference / "final" / "model.safetensors")
     finally:

@@ -4,7 +4,8 @@ SIGINT or SIGUSR1 to every process of the job (the trainer and its DataLoader wo
 signal to the trainer alone does: the step finishes, every rank saves, `preempted at step N: saved
 DIR/checkpoint-N` and exit 128 + signal. The signal is sent from inside the trainer once it is provably in
 its loop (or has written config.yaml), see fault_runs.py; the LLM trainer's exact resume after a preemption
-is in test_faults.py, the CLIP trainer's in test_faults_clip.py."""
+is in test_faults.py, the CLIP trainer's in test_faults_clip.py. The LLM runs train on the corpus, tokenizer and
+token cache that the start-up case's run generated (data.synthetic=true), not generated again by each (lm_data)."""
 
 from __future__ import annotations
 
@@ -45,10 +46,30 @@ def shards(tmp_path_factory):
     return pattern, write_index(build_index(pattern), root / "index.json")
 
 
-def _argv(kind, out, workers, shards):
+@pytest.fixture(scope="module")
+def lm_started(tmp_path_factory):
+    """The LLM trainer (1 loader worker, data.synthetic=true) sent SIGTERM once config.yaml is written: (its argv,
+    its directory, the process). Its generated data are lm_data; its resume is `started`'s."""
+    root = tmp_path_factory.mktemp("start_up_lm")
+    out = root / "run"
+    argv = _argv("lm", out, 1, None)
+    return argv, out, faulty(root, "SIGTERM", "start", argv, expect=128 + signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def lm_data(lm_started):
+    """Overrides pointing an LLM run at lm_started's generated corpus and tokenizer and its token cache: the data
+    data.synthetic=true generates, the same batches, without generating and tokenising them again."""
+    out = lm_started[1]
+    assets = out / "debug_assets"
+    return ("data.synthetic=false", f"data.files=[{assets / 'corpus.jsonl'}]",
+            f"model.tokenizer={assets / 'tokenizer-gpt2'}", f"data.cache_dir={out / 'token_cache'}")
+
+
+def _argv(kind, out, workers, shards, lm_data=()):
     data = f"data.num_workers={workers}"
     if kind == "lm":
-        return _lm(out, data)
+        return _lm(out, *lm_data, data)
     if kind == "clip-json":
         return _clip(out, data)
     pattern, index = shards
@@ -75,15 +96,16 @@ def _preempted(proc, out, step: int) -> None:
     ("clip-shards", 0, "SIGINT:twice"), ("clip-shards", 1, "SIGTERM"), ("clip-shards", 2, "SIGUSR1"),
 ])
 def test_a_signal_to_every_process_of_the_job_saves_and_exits_128_plus_signal(kind, workers, point, shards,
-                                                                                tmp_path):
+                                                                                tmp_path, request):
     out = tmp_path / "run"
     sig = getattr(signal, point.split(":")[0])
-    proc = faulty(tmp_path, point, 2, _argv(kind, out, workers, shards), expect=128 + sig)  # sent in step 2
+    lm_data = request.getfixturevalue("lm_data") if kind == "lm" else ()
+    proc = faulty(tmp_path, point, 2, _argv(kind, out, workers, shards, lm_data), expect=128 + sig)  # in step 2
     _preempted(proc, out, 3)  # step 3 had begun when the ranks agreed: it finishes, then the save
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]
 
 
-def test_a_loader_worker_killed_by_something_else_still_fails_the_run(tmp_path):
+def test_a_loader_worker_killed_by_something_else_still_fails_the_run(lm_data, tmp_path):
     out = tmp_path / "run"
     script = tmp_path / "kill_worker.py"  # SIGKILL one DataLoader worker in step 2, then train on
     script.write_text(
@@ -97,7 +119,8 @@ def test_a_loader_worker_killed_by_something_else_still_fails_the_run(tmp_path):
         "logging.MetricsLogger.log = killing_log\n"
         "sys.argv = sys.argv[1:]\n"
         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    proc = subprocess.run([sys.executable, script, *map(str, _lm(out, "data.num_workers=2"))], cwd=REPO, env=ENV,
+    argv = _lm(out, *lm_data, "data.num_workers=2")
+    proc = subprocess.run([sys.executable, script, *map(str, argv)], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=400, start_new_session=True)
     # torch notices the dead worker by its watchdog ("DataLoader worker (pid ...) is killed") or by the broken
     # pipe of its queue (ConnectionResetError), whichever comes first: both fail the run, neither is a preemption
@@ -107,7 +130,7 @@ def test_a_loader_worker_killed_by_something_else_still_fails_the_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def started(shards, tmp_path_factory):
+def started(lm_started, shards, tmp_path_factory):
     """Each trainer (1 loader worker) sent SIGTERM once config.yaml is written, then the directory resumed as the
     SLURM requeue runs it (the directory holds a checkpoint): the two resumes one after the other in one
     tests/experiments/entry_points.py interpreter (each exactly as `python train.py ... --resume`, the imports
@@ -115,10 +138,14 @@ def started(shards, tmp_path_factory):
     root = tmp_path_factory.mktemp("start_up")
     preempted, resumes = {}, {}
     for trainer in ("lm", "clip-json"):
-        (root / trainer).mkdir()
-        out = root / trainer / "run"
-        argv = _argv(trainer, out, 1, shards)
-        preempted[trainer] = out, faulty(out.parent, "SIGTERM", "start", argv, expect=128 + signal.SIGTERM)
+        if trainer == "lm":
+            argv, out, proc = lm_started
+            preempted[trainer] = out, proc
+        else:
+            (root / trainer).mkdir()
+            out = root / trainer / "run"
+            argv = _argv(trainer, out, 1, shards)
+            preempted[trainer] = out, faulty(out.parent, "SIGTERM", "start", argv, expect=128 + signal.SIGTERM)
         resumes[trainer] = [str(argv[0]), [*map(str, argv[1:]), "--resume"]]
     spec = root / "resumes.json"
     spec.write_text(json.dumps(resumes))
@@ -135,10 +162,10 @@ def test_a_signal_during_start_up_ends_in_a_checkpoint_that_resumes(trainer, sta
     assert [r["step"] for r in metrics(out)] == list(range(1, 7 if trainer == "lm" else 11))
 
 
-def test_a_signal_to_one_rank_of_two_stops_both_after_the_same_step(tmp_path):
+def test_a_signal_to_one_rank_of_two_stops_both_after_the_same_step(lm_data, tmp_path):
     out = tmp_path / "run"
-    proc = faulty(tmp_path, "SIGTERM:rank1", 2, _lm(out, "data.num_workers=1"), expect=1,  # torchrun's status
-                  launcher=torchrun(2))
+    proc = faulty(tmp_path, "SIGTERM:rank1", 2, _lm(out, *lm_data, "data.num_workers=1"), expect=1,
+                  launcher=torchrun(2))  # torchrun's status
     assert f"preempted at step 3: saved {out / 'checkpoint-3'}" in proc.stderr.splitlines()
     assert {"rng_state_0.pt", "rng_state_1.pt", "COMPLETE"} <= {p.name for p in (out / "checkpoint-3").iterdir()}
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]

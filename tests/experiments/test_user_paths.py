@@ -1,14 +1,15 @@
 """The paths a user takes outside the debug harness, as real subprocesses: a non-synthetic LLM run into a
 fresh nested directory, a run that would overwrite another, a resume that changes what was trained, a
 truncated checkpoint, bad overrides, missing paths, an --overwrite whose new inputs do not exist (nothing is
-removed). Every user error is one `error: ...` line, exit 2. The refused commands (and the warning of an
-allowed large rho) run in one interpreter through tests/experiments/entry_points.py, each exactly as `python
-SCRIPT ARGV` would; the runs that train and resume are their own processes."""
+removed). Every user error is one `error: ...` line, exit 2. The first run is its own process; the refused
+commands, the warning of an allowed large rho, and the resume and the --overwrite of two copies of the first run
+run in one interpreter through tests/experiments/entry_points.py, each exactly as `python SCRIPT ARGV` would."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 
 import pytest
@@ -69,7 +70,8 @@ def first_run(corpus, tmp_path_factory):
 
 
 def _refused_cases(corpus, out, tmp):
-    """name -> [target, argv]: the commands that must be refused (and the one that warns), each as a user types it."""
+    """name -> [target, argv]: the commands that must be refused (and the one that warns), each as a user types it,
+    then the resume of tmp/truncated and the --overwrite of tmp/overwritten (copies of the first run)."""
     def gpt2(run_dir, *extra, flag=()):
         target, *argv = _gpt2(run_dir, corpus, *extra)
         return [target, [*map(str, argv), *flag]]
@@ -91,27 +93,35 @@ def _refused_cases(corpus, out, tmp):
         # rho at or above log V: refused, or a warning when allowed (that run trains one step)
         "rho_refused": gpt2(tmp / "rho_a", "tempnet.rho=8.0"),
         "rho_allowed": gpt2(tmp / "rho_b", "tempnet.rho=8.0", "tempnet.allow_large_rho=true", "train.max_steps=1"),
+        # the first run's copies: one whose newest checkpoint is truncated resumed, one overwritten
+        "resume_truncated": gpt2(tmp / "truncated", "train.max_steps=8", flag=["--resume"]),
+        "overwrite": gpt2(tmp / "overwritten", "train.max_steps=2", flag=["--overwrite"]),
     }
 
 
 @pytest.fixture(scope="module")
 def refused(corpus, first_run, tmp_path_factory):
-    """The refused commands of this file run as tests/experiments/entry_points.py runs them (each exactly as
-    `python SCRIPT ARGV` / `python -m MODULE ARGV`, in one interpreter: the imports paid once): {name: {code,
-    stderr}}, and the first run's hashes right after them."""
+    """The commands of _refused_cases run as tests/experiments/entry_points.py runs them (each exactly as
+    `python SCRIPT ARGV` / `python -m MODULE ARGV`, in one interpreter: the imports paid once): ({name: {code,
+    stderr}}, the first run's hashes right after them, the directory of the refused commands and copies). The
+    copies of the first run are made before: `truncated` with checkpoint-6/optimizer.pt cut to 100 bytes."""
     out = first_run[0]
     tmp = tmp_path_factory.mktemp("refused")
+    for copy in ("truncated", "overwritten"):
+        shutil.copytree(out, tmp / copy)
+    optimizer = tmp / "truncated" / "checkpoint-6" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
     spec = tmp / "cases.json"
     spec.write_text(json.dumps(_refused_cases(corpus, out, tmp)))
     proc = _run("tests/experiments/entry_points.py", spec)
-    return json.loads(proc.stdout.splitlines()[-1]), _hashes(out)
+    return json.loads(proc.stdout.splitlines()[-1]), _hashes(out), tmp
 
 
 def test_real_data_run_into_a_fresh_nested_directory_and_what_protects_it(corpus, first_run, refused):
     out, before, first_rows = first_run
     assert [r["step"] for r in first_rows] == [1, 2, 3, 4, 5, 6]
     assert (out / "final" / "model.safetensors").is_file() and not (out / "debug_assets").exists()
-    got, after = refused
+    got, after, tmp = refused
 
     message = _error_line(got["again"])  # again, without --resume: refused
     assert "already holds a run" in message and "--resume" in message and "--overwrite" in message
@@ -129,22 +139,24 @@ def test_real_data_run_into_a_fresh_nested_directory_and_what_protects_it(corpus
     assert "model.tokenizer: no such file or directory" in message
     assert after == before  # none of the five refused commands touched the run
 
-    # a truncated newest checkpoint: resume from the newest intact one, with a warning naming the file
-    optimizer = out / "checkpoint-6" / "optimizer.pt"
-    optimizer.write_bytes(optimizer.read_bytes()[:100])
-    proc = _run(*_gpt2(out, corpus, "train.max_steps=8"), "--resume")
-    assert "skipping" in proc.stderr and "checkpoint-6/optimizer.pt is truncated" in proc.stderr
-    rows = metrics(out)
+    # a truncated newest checkpoint (in a copy of the run): resume from the newest intact one, with a warning
+    # naming the file
+    resumed, overwritten = tmp / "truncated", tmp / "overwritten"
+    assert got["resume_truncated"]["code"] == 0, got["resume_truncated"]["stderr"][-4000:]
+    stderr = got["resume_truncated"]["stderr"]
+    assert "skipping" in stderr and "checkpoint-6/optimizer.pt is truncated" in stderr
+    assert f"resumed from {resumed / 'checkpoint-4'}" in stderr
+    rows = metrics(resumed)
     assert [r["step"] for r in rows] == list(range(1, 9))  # steps 5 and 6 redone from checkpoint-4 ...
     assert [r["loss"] for r in rows[:5]] == [r["loss"] for r in first_rows[:5]]  # ... from the same weights
 
-    proc = _run(*_gpt2(out, corpus, "train.max_steps=2"), "--overwrite")
-    assert "--overwrite: removing" in proc.stderr and [r["step"] for r in metrics(out)] == [1, 2]
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert got["overwrite"]["code"] == 0, got["overwrite"]["stderr"][-4000:]  # another copy, overwritten
+    assert "--overwrite: removing" in got["overwrite"]["stderr"] and [r["step"] for r in metrics(overwritten)] == [1, 2]
+    assert sorted(p.name for p in overwritten.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def test_missing_paths_are_reported_as_missing(refused):
-    got, _ = refused
+    got, *_ = refused
     message = _error_line(got["missing_data"])
     assert "no such file" in message and "nope.txt" in message
     message = _error_line(got["missing_tokenizer"])
@@ -158,7 +170,7 @@ def test_missing_paths_are_reported_as_missing(refused):
 
 
 def test_rho_at_or_above_log_v_is_refused_naming_both_numbers(refused):
-    got, _ = refused
+    got, *_ = refused
     message = _error_line(got["rho_refused"])
     assert "tempnet.rho=8.0 >= log V = 5.951" in message and "V=384" in message
     assert got["rho_allowed"]["code"] == 0, got["rho_allowed"]["stderr"][-4000:]
