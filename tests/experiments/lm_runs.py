@@ -94,15 +94,23 @@ def main_in_process(folder: str, argv: list) -> dict:
         return load_train_module(folder).main([str(a) for a in argv])
 
 
+def run_here(script: str, argv: list) -> dict:
+    """`python SCRIPT ARGV` from the repository root (SCRIPT `<folder>/train.py`, ARGV starting `--config CONFIG`)
+    through the folder's main(argv) in this process: CONFIG made absolute, as the subprocess finds it from the
+    repository root; the globals restored (main_in_process). Returns the last logged metrics."""
+    folder, name = str(script).split("/")
+    assert name == "train.py" and argv[0] == "--config", (script, argv)
+    return main_in_process(folder, [argv[0], str(REPO / argv[1]), *argv[2:]])
+
+
 def train_here(folder: str, out: Path, *overrides: str, config: str = "debug.yaml", resume: bool = False) -> dict:
     """The same run as `train(...)`, through the folder's `main(argv)` in this process (no interpreter start-up, no
     imports: a tiny debug run is mostly those). For runs checked by their numbers only; the command line itself runs
     as a subprocess elsewhere (train() here, the launch-script tests). On one thread, as the subprocesses
     (tests/conftest.py): the numbers equal a subprocess's bit for bit. The globals are restored afterwards, so the
     run changes nothing another test sees."""
-    argv = train_cmd(folder, out, *overrides, config=config, resume=resume)[1:]
-    argv[1] = str(REPO / argv[1])  # the config path, which the subprocess finds from the repository root
-    return main_in_process(folder, argv)
+    script, *argv = train_cmd(folder, out, *overrides, config=config, resume=resume)
+    return run_here(script, argv)
 
 
 _SEVERAL_RUNS = '''"""<folder>/train.py's main(argv) once per argv, one after another, in this launched process."""

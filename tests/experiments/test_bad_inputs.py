@@ -294,11 +294,11 @@ def lm_run(lm_files, tmp_path_factory):
     must be refused without touching it. It runs through GPT_2/train.py's main(argv) in this process (the same
     run directory as `python GPT_2/train.py ARGV` writes, without an interpreter's start-up): what is checked is
     the refused resumes, which run as commands in `results`."""
-    from lm_runs import main_in_process
+    from lm_runs import run_here
 
     out = tmp_path_factory.mktemp("lm_run") / "run"
     target, argv = _gpt2(out, lm_files / "corpus.txt", lm_files / "tokenizer")
-    main_in_process("GPT_2", [str(REPO / a) if i == 1 else a for i, a in enumerate(argv)])
+    run_here(target, argv)
     return (target, argv), _hashes(out)
 
 
@@ -390,16 +390,16 @@ def test_skip_resumes_exactly(results, clip_files):
     stopped after step 1 and resumed logs the losses of the uninterrupted run (bad_samples counts what this
     process has found, so it restarts at a resume; the fraction limit is tests/tempnet/data/test_bad_samples.py's).
     The uninterrupted and the stopped run are results' (entry_points.py); the resume is another process's: this
-    one's, through Bimodal-CL/train.py's main(argv) (lm_runs.main_in_process, compared by its numbers)."""
+    one's, through Bimodal-CL/train.py's main(argv) (lm_runs.run_here, compared by its numbers)."""
     from helpers import read_jsonl
-    from lm_runs import main_in_process
+    from lm_runs import run_here
 
     _, got, out, _ = results
     for name in ("skip_whole", "skip_cut"):
         assert got[name]["code"] == 0, got[name]["stderr"][-4000:]
     target, argv = _skip_run(clip_files, out / "skip_cut")
-    assert target == "Bimodal-CL/train.py" and argv[0] == "--config"
-    main_in_process("Bimodal-CL", [argv[0], str(REPO / argv[1]), *argv[2:], "--resume"])
+    assert target == "Bimodal-CL/train.py"
+    run_here(target, [*argv, "--resume"])
     whole, cut = read_jsonl(out / "skip_whole" / "metrics.jsonl"), read_jsonl(out / "skip_cut" / "metrics.jsonl")
     assert [r["step"] for r in whole] == [r["step"] for r in cut] == [1, 2, 3, 4]
     assert [r["loss"] for r in whole] == [r["loss"] for r in cut]

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from fault_runs import error_line, faulty, hashes, python_run, same_run, same_weights, wrapper
 from helpers import torchrun
-from lm_runs import ENV, REPO, assert_runs_match, main_in_process, metrics
+from lm_runs import ENV, REPO, assert_runs_match, metrics, run_here
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +40,13 @@ def _gpt2(out, *extra):
 
 
 def _here(argv: list, *flags: str) -> str:
-    """`python GPT_2/train.py ARGV FLAGS` through its main(argv) in this process (lm_runs.main_in_process: the
+    """`python GPT_2/train.py ARGV FLAGS` through its main(argv) in this process (lm_runs.run_here: the
     numbers of a process, the globals restored): its stderr. For runs without a fault, compared by their numbers."""
-    script, *args = map(str, argv)
-    assert script == "GPT_2/train.py" and args[0] == "--config", argv
+    script, *args = argv
+    assert script == "GPT_2/train.py", argv
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        main_in_process("GPT_2", [args[0], str(REPO / args[1]), *args[2:], *flags])
+        run_here(script, [*args, *flags])
     return err.getvalue()
 
 
