@@ -124,6 +124,19 @@ def error_line(proc) -> str:
     return errors[0]
 
 
+def cli_error_line(cli, args, capsys) -> str:
+    """A script's CLI wrapper (`run_cli` / `run_trainer`) called in this process with ARGS: it must exit 2 after
+    one `error:` line on stderr, which is returned (capsys: the test's fixture)."""
+    import pytest
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli(list(map(str, args)))
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_.value.code == 2 and len(errors) == 1, (exit_.value.code, errors)
+    return errors[0]
+
+
 def wrapper(tmp_path):
     """The fault wrapper as a file: `python fault.py POINT WHERE train.py ARGS...`."""
     path = tmp_path / "fault.py"

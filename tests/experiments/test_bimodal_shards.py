@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bimodal_runs import TRAIN, argv, checkpoint, metrics, run_main, tensors
-from fault_runs import error_line, hashes, python_run
+from fault_runs import cli_error_line, error_line, hashes, python_run
 from helpers import REPO, load_module
 from shard_data import write_pair_shards
 from tempnet.data.shards import build_index, write_index
@@ -97,7 +97,7 @@ def test_a_rewritten_shard_is_refused_on_resume_and_nothing_is_written(shards, t
     again = build_index(str(own / "00003.tar"))["shardlist"][0]
     assert all(again[k] == index["shardlist"][3][k] for k in ("nsamples", "first_key", "last_key"))
     before = hashes(out)
-    line = _in_process(lambda a: run_trainer(train_module().main, a), argv(out, *args, resume=True), capsys)
+    line = cli_error_line(lambda a: run_trainer(train_module().main, a), argv(out, *args, resume=True), capsys)
     assert "was trained on other data: its shard_list_hash" in line
     assert hashes(out) == before  # shard_index.json included: a refused resume changes no file
 
@@ -117,18 +117,6 @@ BROKEN = {"truncated": r"is not a readable tar \(truncated or damaged\)", "empty
           "gzip": r"is gzip-compressed"}
 
 
-def _in_process(cli, args, capsys) -> str:
-    """A script's CLI wrapper (`run_cli` / `run_trainer`) called in this process: it exits 2 after one `error:`
-    line on stderr, which is returned."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        cli(list(map(str, args)))
-    assert exit_.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, errors
-    return errors[0]
-
-
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tmp_path, capsys):
     """scripts/index_shards.py as a user runs it (a subprocess) on a truncated shard; on the others its CLI
@@ -145,9 +133,9 @@ def test_a_broken_shard_is_one_line_in_the_trainer_and_the_index_script(kind, tm
     if kind == "truncated":
         line = error_line(python_run(REPO / "scripts" / "index_shards.py", *index_args, expect=2))
     else:
-        line = _in_process(load_module("index_shards", REPO / "scripts" / "index_shards.py").cli, index_args, capsys)
+        line = cli_error_line(load_module("index_shards", REPO / "scripts" / "index_shards.py").cli, index_args, capsys)
     assert re.match(expected, line) and not (tmp_path / "index.json").exists()
-    line = _in_process(lambda a: run_trainer(train_module().main, a), train_args, capsys)
+    line = cli_error_line(lambda a: run_trainer(train_module().main, a), train_args, capsys)
     assert re.match(expected, line)
 
 
