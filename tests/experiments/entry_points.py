@@ -38,6 +38,23 @@ def run_case(target: str, argv: list[str]) -> dict:
     return {"code": code, "stderr": err.getvalue()}
 
 
+def run_cases(cases: dict, spec, env: dict | None = None, timeout: int = 900) -> dict:
+    """For the tests: CASES ({name: [target, argv]}) written to the JSON file SPEC and run by this script in one
+    interpreter from the repository root with ENV (default: the suite's offline environment); it must exit 0.
+    Returns {name: {"code", "stderr"}}."""
+    import subprocess
+    from pathlib import Path
+
+    from helpers import OFFLINE_ENV
+
+    Path(spec).write_text(json.dumps({name: [str(t), [str(a) for a in argv]] for name, (t, argv) in cases.items()}))
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(spec)], cwd=repo,
+                          env=OFFLINE_ENV if env is None else env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
         cases = json.load(f)

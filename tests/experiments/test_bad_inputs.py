@@ -15,11 +15,11 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from entry_points import run_cases
 from helpers import OFFLINE_ENV, REPO, torchrun
 from tempnet.train.checkpoint import RUN_FILES
 
@@ -325,13 +325,9 @@ def results(lm_files, clip_files, checkpoints, lm_run, tmp_path_factory):
                 "skip_cut": _skip_run(clip_files, out / "skip_cut", "train.stop_after_steps=1"),
                 **{name: command for name, (command, _) in cases.items()},
                 **{name: [target, [*argv, extra, "--resume"]] for name, (extra, _) in RESUME_CASES.items()}}
-    spec = out / "cases.json"
-    spec.write_text(json.dumps(commands))
-    proc = subprocess.run([sys.executable, "tests/experiments/entry_points.py", str(spec)], cwd=REPO, env=OFFLINE_ENV,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = run_cases(commands, out / "cases.json")
     out_dir = Path(argv[argv.index("--output-dir") + 1])
-    return cases, json.loads(proc.stdout.splitlines()[-1]), out, _hashes(out_dir)
+    return cases, got, out, _hashes(out_dir)
 
 
 #: Found only when the sample is read, after the run has started (and written its config).

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from entry_points import run_cases
 from eval_runs import local_tasks, tiny_checkpoint, train_tokenizer
 from helpers import lm_eval_by_hand, load_module
 from lm_runs import ENV, REPO
@@ -161,12 +162,7 @@ def real(tmp_path_factory):
         launcher, target, *argv = json.loads(line)
         assert launcher == "python" and target == "scripts/eval_lm.py", line
         commands[script] = [target, argv]
-    spec = root / "commands.json"
-    spec.write_text(json.dumps(commands))
-    proc = subprocess.run([os.sys.executable, "tests/experiments/entry_points.py", str(spec)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    for script, got in json.loads(proc.stdout.splitlines()[-1]).items():
+    for script, got in run_cases(commands, root / "commands.json", env=env, timeout=600).items():
         assert got["code"] == 0, f"{script} failed:\n{got['stderr'][-5000:]}"
 
     def run(script: str) -> Path:

@@ -16,7 +16,8 @@ import sys
 
 import pytest
 
-from fault_runs import faulty, python_run
+from entry_points import run_cases
+from fault_runs import faulty
 from helpers import torchrun
 from lm_runs import ENV, REPO, metrics
 from shard_data import write_pair_shards
@@ -147,9 +148,7 @@ def started(lm_started, shards, tmp_path_factory):
             argv = _argv(trainer, out, 1, shards)
             preempted[trainer] = out, faulty(out.parent, "SIGTERM", "start", argv, expect=128 + signal.SIGTERM)
         resumes[trainer] = [str(argv[0]), [*map(str, argv[1:]), "--resume"]]
-    spec = root / "resumes.json"
-    spec.write_text(json.dumps(resumes))
-    done = json.loads(python_run("tests/experiments/entry_points.py", spec).stdout.splitlines()[-1])
+    done = run_cases(resumes, root / "resumes.json")
     return {trainer: (*preempted[trainer], done[trainer]) for trainer in preempted}
 
 

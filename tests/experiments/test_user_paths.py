@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from lm_runs import REPO, ENV, metrics
+from entry_points import run_cases
 
 pytestmark = pytest.mark.slow
 
@@ -111,10 +112,7 @@ def refused(corpus, first_run, tmp_path_factory):
         shutil.copytree(out, tmp / copy)
     optimizer = tmp / "truncated" / "checkpoint-6" / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
-    spec = tmp / "cases.json"
-    spec.write_text(json.dumps(_refused_cases(corpus, out, tmp)))
-    proc = _run("tests/experiments/entry_points.py", spec)
-    return json.loads(proc.stdout.splitlines()[-1]), _hashes(out), tmp
+    return run_cases(_refused_cases(corpus, out, tmp), tmp / "cases.json"), _hashes(out), tmp
 
 
 def test_real_data_run_into_a_fresh_nested_directory_and_what_protects_it(corpus, first_run, refused):
